@@ -1,0 +1,293 @@
+"""``podlatency bench``: serving latency, model compute and memory of a real server, in one run.
+
+What it measures, all on this machine in one run so the figures compare:
+
+1. end-to-end latency of a 7-pod ``/v1/predict`` from one keep-alive client (p50, p90, p99);
+2. the server's own model compute for those requests (its ``predict ttft`` + ``predict tpot`` phases)
+   against raw ``inplace_predict`` of the same matrix in this process: the ratio shows what serving adds
+   around the model call;
+3. resident memory of the serving process, and of a bare process that only imports Litestar,
+   uvicorn and XGBoost, for scale;
+4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99).
+
+The server runs with the embedded default model, on the CPU, with no trace exporter.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from podlatency.predictor import Predictor
+from podlatency.registry import ModelRegistry
+from podlatency.schema import PodMetrics, feature_matrix
+from podlatency.settings import Settings
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import pod_rows
+
+CONCURRENT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of one measurement, in milliseconds."""
+
+    count: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> LatencySummary:
+        """Summarise durations given in seconds."""
+        values = np.asarray(seconds) * 1000.0
+        return cls(
+            count=len(values),
+            p50_ms=round(float(np.percentile(values, 50)), 4),
+            p90_ms=round(float(np.percentile(values, 90)), 4),
+            p99_ms=round(float(np.percentile(values, 99)), 4),
+            mean_ms=round(float(values.mean()), 4),
+        )
+
+
+class BenchServer:
+    """A ``podlatency serve`` subprocess on a free loopback port."""
+
+    def __init__(self, model_dir: Path, nthread: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        env = os.environ | {
+            "PODLATENCY_MODEL_DIR": str(model_dir),
+            "PODLATENCY_DEVICE": "cpu",
+            "PODLATENCY_NTHREAD": str(nthread),
+            "PODLATENCY_LOG_LEVEL": "warning",
+        }
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+        self.process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
+            [sys.executable, "-m", "podlatency", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
+                )
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/readyz")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def rss_mb(self) -> float:
+        """Resident set size of the server process."""
+        return _rss_mb(self.process.pid)
+
+    def stop(self) -> None:
+        """Terminate and reap."""
+        self.process.terminate()
+        self.process.wait(timeout=15)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _post(connection: http.client.HTTPConnection, body: bytes) -> dict[str, Any]:
+    connection.request("POST", "/v1/predict", body=body, headers={"content-type": "application/json"})
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"/v1/predict answered {response.status}: {payload[:200]!r}")
+    answer: dict[str, Any] = json.loads(payload)
+    return answer
+
+
+def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, LatencySummary]:
+    """One keep-alive client: end-to-end latency and the server's model-compute phases."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(min(200, requests)):
+        _post(connection, body)
+    end_to_end: list[float] = []
+    model_compute: list[float] = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        answer = _post(connection, body)
+        end_to_end.append(time.perf_counter() - started)
+        timing = answer["timing_ms"]
+        model_compute.append((timing["predict ttft"] + timing["predict tpot"]) / 1000.0)
+    connection.close()
+    return LatencySummary.of(end_to_end), LatencySummary.of(model_compute)
+
+
+def concurrent(port: int, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` keep-alive clients for ``seconds``: throughput and latency percentiles."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop_at = time.monotonic() + seconds
+    errors: list[BaseException] = []
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                _post(connection, body)
+                latencies[index].append(time.perf_counter() - started)
+        except (OSError, RuntimeError) as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
+    merged = [value for values in latencies for value in values]
+    summary = LatencySummary.of(merged)
+    return {"clients": clients, "rps": round(len(merged) / elapsed, 1), **asdict(summary)}
+
+
+def raw_inplace_predict(model_dir: Path, rows: list[PodMetrics], repeats: int = 3000) -> LatencySummary:
+    """Both targets' ``inplace_predict`` on the request's matrix, in this process, nthread=1."""
+    bundle = ModelRegistry(model_dir).load_active()
+    assert bundle is not None  # noqa: S101  (trained just before)
+    predictor = Predictor(bundle, "cpu", nthread=1)
+    matrix = feature_matrix(rows)
+    for _ in range(200):
+        predictor.predict_all(matrix)
+    durations: list[float] = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for target in predictor.targets:
+            predictor.predict_target(target, matrix)
+        durations.append(time.perf_counter() - started)
+    return LatencySummary.of(durations)
+
+
+def bare_process_rss_mb() -> float:
+    """RSS of a process that imports only Litestar, uvicorn and XGBoost (for scale)."""
+    code = (
+        "import litestar, uvicorn, xgboost, numpy, pathlib;"
+        "status = pathlib.Path('/proc/self/status').read_text().splitlines();"
+        "print([line for line in status if line.startswith('VmRSS')][0])"
+    )
+    command = [sys.executable, "-c", code]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
+    return round(int(output.stdout.split()[1]) / 1024, 1)
+
+
+def run_benchmark(requests: int, pods: int, concurrency: int, out: Path) -> int:
+    """Run every measurement, print a summary, write ``results.json``; 0 when all targets are met."""
+    rows_json = pod_rows(pods, seed=7)
+    body = json.dumps({"pods": rows_json}).encode()
+    rows = [msgspec.convert(row, PodMetrics) for row in rows_json]
+    defaults = Settings()
+    with tempfile.TemporaryDirectory(prefix="podlatency-bench-") as folder:
+        model_dir = Path(folder)
+        bundle = train_bundle(
+            synthetic_training_set(defaults.default_samples), TrainingOptions(), source="synthetic-default"
+        )
+        ModelRegistry(model_dir).save(bundle)
+        print(f"model {bundle.version}: {pods}-pod requests, {requests} sequential, {concurrency} concurrent")
+
+        server = BenchServer(model_dir, nthread=1)
+        try:
+            end_to_end, served_compute = sequential(server.port, body, requests)
+            rss_after = server.rss_mb()
+            nthread_one = concurrent(server.port, body, concurrency, CONCURRENT_SECONDS)
+        finally:
+            server.stop()
+        raw = raw_inplace_predict(model_dir, rows)
+
+        server = BenchServer(model_dir, nthread=0)
+        try:
+            sequential(server.port, body, 300)
+            nthread_all = concurrent(server.port, body, concurrency, CONCURRENT_SECONDS)
+        finally:
+            server.stop()
+    bare_rss = bare_process_rss_mb()
+
+    compute_ratio = served_compute.p50_ms / raw.p50_ms
+    targets = {
+        "end_to_end_p50_ms<=1.5": end_to_end.p50_ms <= 1.5,
+        "served_compute_within_1.5x_raw": compute_ratio <= 1.5,
+        "server_rss_mb<=250": rss_after <= 250,
+    }
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "model_version": bundle.version,
+        "pods_per_request": pods,
+        "end_to_end": asdict(end_to_end),
+        "served_model_compute": asdict(served_compute),
+        "raw_inplace_predict": asdict(raw),
+        "served_compute_over_raw_p50": round(compute_ratio, 3),
+        "server_rss_mb": rss_after,
+        "bare_litestar_xgboost_rss_mb": bare_rss,
+        "concurrent": {"nthread_1": nthread_one, "nthread_all": nthread_all},
+        "targets": targets,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _print_summary(results)
+    print(f"wrote {out / 'results.json'}")
+    return 0 if all(targets.values()) else 1
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    e2e, served, raw = results["end_to_end"], results["served_model_compute"], results["raw_inplace_predict"]
+    one, every = results["concurrent"]["nthread_1"], results["concurrent"]["nthread_all"]
+    ratio = results["served_compute_over_raw_p50"]
+    lines = [
+        f"end to end, 1 client:      p50 {e2e['p50_ms']:.3f} ms  p90 {e2e['p90_ms']:.3f}  "
+        f"p99 {e2e['p99_ms']:.3f}",
+        f"model compute in server:   p50 {served['p50_ms']:.3f} ms",
+        f"raw inplace_predict x2:    p50 {raw['p50_ms']:.3f} ms  (served/raw = {ratio})",
+        f"server RSS: {results['server_rss_mb']} MB (bare Litestar+XGBoost process: "
+        f"{results['bare_litestar_xgboost_rss_mb']} MB)",
+    ]
+    for label, row in (("nthread=1  ", one), ("nthread=all", every)):
+        lines.append(
+            f"{row['clients']} clients, {label}: {row['rps']} req/s  p50 {row['p50_ms']:.2f} ms  "
+            f"p99 {row['p99_ms']:.2f}"
+        )
+    lines += [f"target {name}: {'met' if met else 'MISSED'}" for name, met in results["targets"].items()]
+    print("\n".join(lines))
+    sys.stdout.flush()

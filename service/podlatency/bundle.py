@@ -1,0 +1,193 @@
+"""A model bundle: one XGBoost booster per target plus JSON metadata, saved without pickle.
+
+On disk a bundle is a folder::
+
+    metadata.json     feature names and order, targets, objective, metrics, trained_at, version
+    ttft.ubj          the TTFT booster in XGBoost's own UBJSON format
+    tpot.ubj          the TPOT booster
+
+The version is a content hash over what decides predictions (booster bytes, feature names, objective),
+so two bundles with the same version predict the same; loading recomputes it and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xgboost as xgb
+
+from podlatency.errors import ModelLoadError
+from podlatency.schema import FEATURE_NAMES, TARGETS
+
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBundle:
+    """Immutable: a new model is a new bundle, swapped in whole."""
+
+    boosters: dict[str, xgb.Booster]
+    feature_names: tuple[str, ...]
+    objective: str
+    quantile_alpha: float | None
+    metrics: dict[str, dict[str, float]]
+    trained_at: str
+    training_rows: int
+    source: str
+    version: str = field(default="")
+
+    @classmethod
+    def create(
+        cls,
+        boosters: dict[str, xgb.Booster],
+        *,
+        objective: str,
+        quantile_alpha: float | None,
+        metrics: dict[str, dict[str, float]],
+        trained_at: str,
+        training_rows: int,
+        source: str,
+    ) -> ModelBundle:
+        """A bundle with its content-hash version filled in."""
+        raw = {target: bytes(booster.save_raw("ubj")) for target, booster in boosters.items()}
+        version = content_version(raw, FEATURE_NAMES, objective, quantile_alpha)
+        return cls(
+            boosters=boosters,
+            feature_names=FEATURE_NAMES,
+            objective=objective,
+            quantile_alpha=quantile_alpha,
+            metrics=metrics,
+            trained_at=trained_at,
+            training_rows=training_rows,
+            source=source,
+            version=version,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON sidecar's content."""
+        return {
+            "format": FORMAT_VERSION,
+            "version": self.version,
+            "model_type": "xgboost",
+            "targets": list(self.boosters),
+            "feature_names": list(self.feature_names),
+            "objective": self.objective,
+            "quantile_alpha": self.quantile_alpha,
+            "metrics": self.metrics,
+            "trained_at": self.trained_at,
+            "training_rows": self.training_rows,
+            "source": self.source,
+            "xgboost_version": xgb.__version__,
+        }
+
+    def save(self, folder: Path) -> Path:
+        """Write the bundle into ``folder`` atomically: readers see all of it or none of it."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            for target, booster in self.boosters.items():
+                (staging / f"{target}.ubj").write_bytes(bytes(booster.save_raw("ubj")))
+            (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+            for written in staging.iterdir():
+                _fsync(written)
+            if folder.exists():
+                shutil.rmtree(staging)
+                return folder
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+
+def content_version(
+    raw_boosters: dict[str, bytes],
+    feature_names: tuple[str, ...],
+    objective: str,
+    quantile_alpha: float | None,
+) -> str:
+    """The first 16 hex digits of a SHA-256 over everything that decides predictions."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(feature_names), objective, quantile_alpha]).encode())
+    for target in sorted(raw_boosters):
+        digest.update(target.encode())
+        digest.update(hashlib.sha256(raw_boosters[target]).digest())
+    return digest.hexdigest()[:16]
+
+
+def load_bundle(folder: Path) -> ModelBundle:
+    """Load and verify a bundle; any fault is a :class:`ModelLoadError` naming the file and why."""
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder}: no {METADATA_FILE}") from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: unreadable metadata ({error})") from None
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{folder / METADATA_FILE}: metadata is not a JSON object")
+    try:
+        feature_names = tuple(str(name) for name in metadata["feature_names"])
+        targets = [str(target) for target in metadata["targets"]]
+        objective = str(metadata["objective"])
+        alpha = metadata.get("quantile_alpha")
+        quantile_alpha = None if alpha is None else float(alpha)
+        expected_version = str(metadata["version"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: missing or invalid field {error}") from None
+    if feature_names != FEATURE_NAMES:
+        raise ModelLoadError(
+            f"{folder}: model features {list(feature_names)} do not match this server's {list(FEATURE_NAMES)}"
+        )
+    if sorted(targets) != sorted(TARGETS):
+        raise ModelLoadError(f"{folder}: model targets {targets} are not {list(TARGETS)}")
+    raw: dict[str, bytes] = {}
+    boosters: dict[str, xgb.Booster] = {}
+    for target in TARGETS:
+        path = folder / f"{target}.ubj"
+        try:
+            raw[target] = path.read_bytes()
+            booster = xgb.Booster()
+            booster.load_model(bytearray(raw[target]))
+        except OSError as error:
+            raise ModelLoadError(f"{path}: unreadable ({error})") from None
+        except xgb.core.XGBoostError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
+            raise ModelLoadError(f"{path}: not a valid XGBoost model ({first_line})") from None
+        if booster.num_features() != len(FEATURE_NAMES):
+            raise ModelLoadError(
+                f"{path}: booster expects {booster.num_features()} features, "
+                f"this server has {len(FEATURE_NAMES)}"
+            )
+        boosters[target] = booster
+    actual_version = content_version(raw, feature_names, objective, quantile_alpha)
+    if actual_version != expected_version:
+        raise ModelLoadError(
+            f"{folder}: content hash {actual_version} does not match recorded version {expected_version}"
+        )
+    return ModelBundle(
+        boosters=boosters,
+        feature_names=feature_names,
+        objective=objective,
+        quantile_alpha=quantile_alpha,
+        metrics=metadata.get("metrics", {}),
+        trained_at=str(metadata.get("trained_at", "")),
+        training_rows=int(metadata.get("training_rows", 0)),
+        source=str(metadata.get("source", "")),
+        version=expected_version,
+    )
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

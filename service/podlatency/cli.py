@@ -1,0 +1,143 @@
+"""The ``podlatency`` command: ``serve``, ``train`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+from podlatency import __version__
+from podlatency.errors import PodlatencyError
+from podlatency.settings import ENV_PREFIX, Device, Objective, Settings
+
+logger = logging.getLogger("podlatency")
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve predictions over HTTP (trains the embedded default model on first start)",
+        description="Flags override the PODLATENCY_* environment variables of the same name.",
+    )
+    serve.add_argument("--host", help="bind address (PODLATENCY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (PODLATENCY_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (PODLATENCY_WORKERS, default 1)")
+    serve.add_argument(
+        "--threads", type=int, help="handler threads per process (PODLATENCY_THREADS, default 8)"
+    )
+    serve.add_argument("--model-dir", type=Path, help="model folder (PODLATENCY_MODEL_DIR)")
+    serve.add_argument("--device", choices=get_args(Device), help="auto, cpu or cuda (PODLATENCY_DEVICE)")
+    serve.add_argument(
+        "--nthread", type=int, help="XGBoost threads per predict, 0 = all (PODLATENCY_NTHREAD)"
+    )
+    serve.add_argument("--max-pods", type=int, help="most pods per /v1/predict (PODLATENCY_MAX_PODS)")
+    serve.add_argument("--log-level", help="debug, info, warning or error (PODLATENCY_LOG_LEVEL)")
+
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = commands.add_parser("train", help="train a model bundle into a model folder")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", type=Path, help="CSV or Parquet of recorded observations")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N rows from the synthetic workload")
+    train.add_argument("--out", type=Path, required=True, help="model folder to store the bundle in")
+    train.add_argument("--objective", choices=get_args(Objective), default="mean")
+    train.add_argument("--alpha", type=float, default=0.9, help="quantile for --objective quantile")
+    train.add_argument("--rounds", type=int, default=200, help="boosting rounds per target")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser("bench", help="measure latency, model compute and memory of a real server")
+    bench.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
+    bench.add_argument("--pods", type=int, default=7, help="pods per request")
+    bench.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and --help)."""
+    parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"podlatency {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_train(commands)
+    _add_bench(commands)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run uvicorn on the app factory; flags become PODLATENCY_* variables so every worker sees them."""
+    import uvicorn  # noqa: PLC0415  (keeps `podlatency train --help` fast)
+
+    overrides = {
+        field.name: getattr(args, field.name, None)
+        for field in dataclasses.fields(Settings)
+        if getattr(args, field.name, None) is not None
+    }
+    settings = Settings.from_env(**overrides)
+    for name, value in overrides.items():
+        os.environ[ENV_PREFIX + name.upper()] = str(value)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        "podlatency.web.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train from a sample file or the synthetic workload; nothing is written on bad input."""
+    from podlatency.registry import ModelRegistry  # noqa: PLC0415
+    from podlatency.training import (  # noqa: PLC0415
+        TrainingOptions,
+        read_samples,
+        synthetic_training_set,
+        train_bundle,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.synthetic is not None:
+        data, source = synthetic_training_set(args.synthetic, seed=args.seed), f"synthetic:{args.synthetic}"
+    else:
+        data, source = read_samples(args.samples), f"samples:{args.samples.name}"
+    options = TrainingOptions(
+        objective=args.objective, quantile_alpha=args.alpha, rounds=args.rounds, seed=args.seed
+    )
+    bundle = train_bundle(data, options, source=source)
+    ModelRegistry(args.out).save(bundle, activate=not args.no_activate)
+    print(f"trained {bundle.version} on {bundle.training_rows} rows into {args.out}")
+    for target, figures in bundle.metrics.items():
+        print(f"  {target}: " + ", ".join(f"{name}={value:.4g}" for name, value in figures.items()))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the serving benchmark (see :mod:`podlatency.bench`)."""
+    from podlatency.bench import run_benchmark  # noqa: PLC0415
+
+    return run_benchmark(requests=args.requests, pods=args.pods, concurrency=args.concurrency, out=args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``podlatency`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = {"serve": serve, "train": train, "bench": bench}[args.command]
+        return handler(args)
+    except PodlatencyError as error:
+        print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)
+        return 2

@@ -1,0 +1,114 @@
+"""The core every HTTP route calls: which model serves, and batched prediction with per-phase timing.
+
+It knows nothing of HTTP: routes decode bodies into structs, call :meth:`PredictionService.predict`,
+and encode what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from opentelemetry.trace import Tracer
+
+from podlatency.bundle import ModelBundle
+from podlatency.errors import ModelLoadError, PodlatencyError
+from podlatency.metrics import service_metrics
+from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
+from podlatency.registry import ModelRegistry
+from podlatency.schema import PodMetrics, feature_matrix
+from podlatency.settings import Settings
+from podlatency.tracing import PhaseRecorder, SpanWriter
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    """Predicted latencies per target, row for row, and the model that made them."""
+
+    by_target: dict[str, npt.NDArray[np.float64]]
+    model: LoadedModel
+
+
+class PredictionService:
+    """Serves the active model of one model folder."""
+
+    def __init__(self, settings: Settings, tracer: Tracer, registry: ModelRegistry | None = None) -> None:
+        self.settings = settings
+        self.tracer = tracer
+        self.registry = registry or ModelRegistry(settings.model_dir)
+        self.holder = ModelHolder()
+        self.span_writer = SpanWriter()
+        self.device = resolve_device(settings.device)
+
+    def phase_recorder(self) -> PhaseRecorder:
+        """A recorder for one request's phases, tagged with the device."""
+        return PhaseRecorder(self.tracer, self.span_writer, {"podlatency.device": self.device})
+
+    def predict(self, rows: Sequence[PodMetrics], phases: PhaseRecorder) -> Predictions:
+        """All rows in one matrix, one ``inplace_predict`` per target."""
+        model = self.holder.current()
+        phases.attributes |= {"podlatency.pods": len(rows), "podlatency.model_version": model.version}
+        predictor = model.predictor
+        with phases.phase("frame"):
+            matrix = predictor.to_device(feature_matrix(rows))
+        by_target: dict[str, npt.NDArray[np.float64]] = {}
+        for target in predictor.targets:
+            with phases.phase(f"predict {target}"):
+                by_target[target] = predictor.predict_target(target, matrix)
+        service_metrics().rows_per_predict.observe(len(rows))
+        return Predictions(by_target=by_target, model=model)
+
+    # -- model lifecycle -------------------------------------------------------------------------
+
+    def serve_bundle(self, bundle: ModelBundle) -> LoadedModel:
+        """Put ``bundle`` in service on this process's device, warmed up."""
+        predictor = Predictor(bundle, self.device, self.settings.nthread)
+        predictor.warm_up()
+        loaded = LoadedModel(predictor)
+        previous = self.holder.swap(loaded)
+        service_metrics().active_model.info(
+            {"version": bundle.version, "objective": bundle.objective, "device": self.device}
+        )
+        if previous is None or previous.version != bundle.version:
+            logger.info("serving model %s (%s, %s)", bundle.version, bundle.objective, self.device)
+        return loaded
+
+    def reload(self) -> LoadedModel:
+        """Load the folder's active version; on any fault the current model keeps serving."""
+        bundle = self.registry.load_active()
+        if bundle is None:
+            raise ModelLoadError(f"no active model in {self.registry.model_dir}")
+        return self.serve_bundle(bundle)
+
+    def train_default(self) -> ModelBundle:
+        """Train the embedded default from the synthetic workload and make it the active version."""
+        logger.info("no model in %s: training the embedded default", self.registry.model_dir)
+        options = TrainingOptions(
+            objective=self.settings.objective, quantile_alpha=self.settings.quantile_alpha
+        )
+        bundle = train_bundle(
+            synthetic_training_set(self.settings.default_samples), options, source="synthetic-default"
+        )
+        self.registry.save(bundle, activate=True)
+        return bundle
+
+    def bootstrap(self) -> None:
+        """Start-up: serve the active model, training the embedded default when there is none."""
+        try:
+            bundle = self.registry.load_active()
+            if bundle is None:
+                self.holder.mark_unavailable("training the embedded default model")
+                bundle = self.train_default()
+            self.serve_bundle(bundle)
+        except PodlatencyError as error:
+            self.holder.mark_unavailable(error.detail)
+            logger.error("no model can be served: %s", error.detail)
+        except Exception as error:
+            self.holder.mark_unavailable(f"unexpected error while loading the model: {error}")
+            logger.exception("no model can be served")

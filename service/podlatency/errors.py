@@ -1,0 +1,95 @@
+"""Every error podlatency raises on purpose, each carrying the HTTP status it maps to.
+
+The hierarchy::
+
+    PodlatencyError (500)
+    ├── ClientError (400)              the caller sent something we cannot use
+    │   ├── MalformedBody (400)        not JSON, or not the JSON shape at all
+    │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
+    │   └── TooManyPods (413)          more rows than the configured limit
+    ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
+    ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
+    ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
+    ├── SettingsError (500)            the configuration cannot be used
+    └── DeviceUnavailable (500)        ``cuda`` was asked for and there is no usable GPU
+
+The HTTP layer maps them to responses in one place (:mod:`podlatency.web.errors`); the core never
+imports a web framework.
+"""
+
+from __future__ import annotations
+
+
+class PodlatencyError(Exception):
+    """Base of all podlatency errors."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class ClientError(PodlatencyError):
+    """The request cannot be served as sent; retrying it unchanged will fail again."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class MalformedBody(ClientError):
+    """The body is not JSON, or not a JSON object of the expected shape."""
+
+    status_code = 400
+    code = "malformed_body"
+
+
+class InvalidField(ClientError):
+    """One field is missing, of the wrong type, out of range, or not a known field."""
+
+    status_code = 422
+    code = "invalid_field"
+
+
+class TooManyPods(ClientError):
+    """The request carries more rows than this server accepts in one call."""
+
+    status_code = 413
+    code = "too_many_pods"
+
+
+class ModelNotReady(PodlatencyError):
+    """No model is loaded yet; the server answers again once one is."""
+
+    status_code = 503
+    code = "model_not_ready"
+
+
+class ModelLoadError(PodlatencyError):
+    """A model bundle could not be loaded; the model that was serving keeps serving."""
+
+    status_code = 500
+    code = "model_load_failed"
+
+
+class TrainingDataError(PodlatencyError):
+    """Recorded samples cannot be trained on; nothing was written."""
+
+    status_code = 422
+    code = "invalid_training_data"
+
+
+class SettingsError(PodlatencyError):
+    """A setting holds a value no process could run with."""
+
+    status_code = 500
+    code = "invalid_settings"
+
+
+class DeviceUnavailable(PodlatencyError):
+    """``PODLATENCY_DEVICE=cuda`` was asked for, and XGBoost cannot use a GPU here."""
+
+    status_code = 500
+    code = "device_unavailable"

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the core, registered once per process in the default registry.
+
+Request counts and durations by route come from Litestar's Prometheus middleware (``podlatency_*``
+names, see :mod:`podlatency.web.app`); these add what only the core knows.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from prometheus_client import Histogram, Info
+
+# Phases run from ~10 microseconds (frame) to tens of milliseconds under load.
+PHASE_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMetrics:
+    """The core's metrics."""
+
+    phase_seconds: Histogram
+    rows_per_predict: Histogram
+    active_model: Info
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """The process-wide metrics (created on first use, so importing this module registers nothing)."""
+    return ServiceMetrics(
+        phase_seconds=Histogram(
+            "podlatency_phase_duration_seconds",
+            "Time spent in each phase of a prediction request.",
+            ["phase"],
+            buckets=PHASE_BUCKETS,
+        ),
+        rows_per_predict=Histogram(
+            "podlatency_rows_per_predict",
+            "Rows (pods) passed to one inplace_predict call.",
+            buckets=ROW_BUCKETS,
+        ),
+        active_model=Info("podlatency_active_model", "The model bundle this process serves."),
+    )

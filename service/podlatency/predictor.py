@@ -1,0 +1,157 @@
+"""Batched prediction: one float32 matrix, one ``inplace_predict`` per target, on CPU or GPU.
+
+``inplace_predict`` skips the DMatrix that ``predict`` builds per call; on a float32 C-contiguous numpy
+matrix it reads the rows where they are. On ``cuda`` the matrix is copied to the device first (with cupy
+when it is installed) so XGBoost does not fall back to a DMatrix on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+
+from podlatency.bundle import ModelBundle
+from podlatency.errors import DeviceUnavailable, ModelNotReady
+from podlatency.schema import FEATURE_NAMES
+
+logger = logging.getLogger(__name__)
+
+FloatMatrix = npt.NDArray[np.float32]
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether this XGBoost build can predict on a visible GPU (probed once per process)."""
+    if not xgb.build_info().get("USE_CUDA"):
+        return False
+    probe_rows = np.zeros((4, 2), dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            booster = xgb.train(
+                {"device": "cuda", "tree_method": "hist", "nthread": 1},
+                xgb.DMatrix(probe_rows, label=np.zeros(4)),
+                num_boost_round=1,
+            )
+            booster.inplace_predict(probe_rows)
+        except xgb.core.XGBoostError:
+            return False
+    # Without a GPU XGBoost warns and quietly runs on the CPU instead.
+    return not any("GPU" in str(warning.message) for warning in caught)
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when usable, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if requested == "cpu":
+        return "cpu"
+    usable = cuda_usable()
+    if requested == "cuda" and not usable:
+        raise DeviceUnavailable("PODLATENCY_DEVICE=cuda, but XGBoost sees no usable GPU on this machine")
+    return "cuda" if usable else "cpu"
+
+
+def _cupy() -> Any | None:
+    try:
+        import cupy  # noqa: PLC0415  (optional: only on GPU nodes)
+    except ImportError:
+        return None
+    return cupy
+
+
+class Predictor:
+    """Predicts every target of one bundle on one device."""
+
+    def __init__(self, bundle: ModelBundle, device: str, nthread: int) -> None:
+        self.bundle = bundle
+        self.device = device
+        self.nthread = nthread
+        self._cupy = _cupy() if device == "cuda" else None
+        # Private copies: device and thread settings are per predictor, the bundle stays untouched.
+        self._boosters = {target: booster.copy() for target, booster in bundle.boosters.items()}
+        for booster in self._boosters.values():
+            booster.set_param({"device": device, "nthread": nthread})
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Target names in prediction order."""
+        return tuple(self.bundle.boosters)
+
+    def to_device(self, matrix: FloatMatrix) -> Any:
+        """The matrix where the boosters run: as is on CPU, on the GPU when cupy is there."""
+        if self._cupy is not None:
+            return self._cupy.asarray(matrix)
+        return matrix
+
+    def predict_target(self, target: str, matrix: Any) -> npt.NDArray[np.float64]:
+        """One ``inplace_predict`` call for all rows, clipped at 0 ms."""
+        result = self._boosters[target].inplace_predict(matrix, validate_features=False)
+        if self._cupy is not None:
+            result = self._cupy.asnumpy(result)
+        return np.maximum(np.asarray(result, dtype=np.float64).reshape(-1), 0.0)
+
+    def predict_all(self, matrix: FloatMatrix) -> dict[str, npt.NDArray[np.float64]]:
+        """Every target for the same rows (used by tests and the benchmark)."""
+        on_device = self.to_device(matrix)
+        return {target: self.predict_target(target, on_device) for target in self.targets}
+
+    def warm_up(self) -> None:
+        """Run one prediction so the first request does not pay for lazy initialisation."""
+        self.predict_all(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A bundle ready to serve, and when it was loaded."""
+
+    predictor: Predictor
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def bundle(self) -> ModelBundle:
+        """The bundle being served."""
+        return self.predictor.bundle
+
+    @property
+    def version(self) -> str:
+        """The bundle's content-hash version."""
+        return self.predictor.bundle.version
+
+
+class ModelHolder:
+    """The model a process serves: read without locks, swapped whole."""
+
+    def __init__(self) -> None:
+        self._current: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+        self.not_ready_reason = "model is loading"
+
+    def current(self) -> LoadedModel:
+        """The model in service; :class:`ModelNotReady` while there is none."""
+        current = self._current
+        if current is None:
+            raise ModelNotReady(self.not_ready_reason)
+        return current
+
+    @property
+    def ready(self) -> bool:
+        """Whether a model is loaded."""
+        return self._current is not None
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        """Put ``model`` in service; returns the one it replaced."""
+        with self._swap_lock:
+            previous, self._current = self._current, model
+        return previous
+
+    def mark_unavailable(self, reason: str) -> None:
+        """Record why no model could be loaded (shown by readiness)."""
+        self.not_ready_reason = reason

@@ -1,0 +1,159 @@
+"""The feature schema, request and response structs, and decoding of request bodies.
+
+Features are the llm-d latency predictor's, so a router's rows fit unchanged. The model sees them as
+one float32 matrix whose columns are :data:`FEATURE_NAMES`: the raw features, ``pod_type`` as a code,
+and ``uncached_input_tokens`` (the prefill work the prefix cache does not save).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from podlatency.errors import InvalidField, MalformedBody, TooManyPods
+
+# Counts above a billion are not a real pod's state; bounding them keeps float32 exact enough.
+MAX_COUNT = 1_000_000_000
+
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+PodType = Literal["", "prefill", "decode"]
+
+POD_TYPE_CODES: dict[str, float] = {"": 0.0, "prefill": 1.0, "decode": 2.0}
+
+RAW_FEATURES: tuple[str, ...] = (
+    "kv_cache_percentage",
+    "input_token_length",
+    "num_request_waiting",
+    "num_request_running",
+    "num_tokens_generated",
+    "prefix_cache_score",
+    "prefill_tokens_in_flight",
+    "decode_tokens_in_flight",
+)
+FEATURE_NAMES: tuple[str, ...] = (*RAW_FEATURES, "pod_type_code", "uncached_input_tokens")
+TARGETS: tuple[str, ...] = ("ttft", "tpot")
+
+
+class PodMetrics(msgspec.Struct, frozen=True):
+    """One candidate pod's live metrics, as the router sees them; unknown fields are ignored.
+
+    The llm-d-compatible routes use this lenient form, as llm-d's own server does, so a router that
+    sends newer fields keeps working.
+    """
+
+    kv_cache_percentage: Fraction
+    input_token_length: Count
+    num_request_waiting: Count
+    num_request_running: Count
+    num_tokens_generated: Count
+    prefix_cache_score: Fraction
+    pod_type: PodType = ""
+    prefill_tokens_in_flight: Count = 0
+    decode_tokens_in_flight: Count = 0
+
+
+class PodFeatures(PodMetrics, frozen=True, forbid_unknown_fields=True):
+    """The same metrics, with unknown fields refused (our own ``/v1`` API)."""
+
+
+class PodRow(PodFeatures, frozen=True, forbid_unknown_fields=True):
+    """A ``/v1/predict`` row: the features plus an optional pod id echoed back."""
+
+    pod: str | None = None
+
+
+class PredictRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/predict``."""
+
+    pods: Annotated[list[PodRow], msgspec.Meta(min_length=1)]
+
+
+class PodPrediction(msgspec.Struct, frozen=True):
+    """The predicted latencies for one pod, in the order the pods were sent."""
+
+    pod: str | None
+    ttft_ms: float
+    tpot_ms: float
+
+
+class PredictResponse(msgspec.Struct, frozen=True):
+    """Answer of ``POST /v1/predict``: one prediction per pod, the model used, and where time went."""
+
+    predictions: list[PodPrediction]
+    model_version: str
+    timing_ms: dict[str, float]
+
+
+_PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def field_path(error: msgspec.ValidationError) -> str | None:
+    """The JSON path msgspec names in a validation error, as ``pods[0].input_token_length``."""
+    match = _PATH_SUFFIX.search(str(error))
+    return match.group("path") if match else None
+
+
+def decode_json[T](body: bytes, target: type[T], *, prefix: str = "") -> T:
+    """Decode ``body`` into ``target``, turning msgspec's errors into our client errors."""
+    try:
+        return msgspec.json.decode(body, type=target)
+    except msgspec.ValidationError as error:
+        path = field_path(error)
+        where = f"{prefix}{path}" if path else (prefix.rstrip(".") or None)
+        message = _PATH_SUFFIX.sub("", str(error))
+        raise InvalidField(f"{message} at `{where}`" if where else message, field=where) from None
+    except msgspec.DecodeError as error:
+        raise MalformedBody(f"request body is not valid JSON: {error}") from None
+
+
+def decode_predict_request(body: bytes, max_pods: int) -> PredictRequest:
+    """Decode and validate a ``/v1/predict`` body; refuse more than ``max_pods`` rows."""
+    if not body:
+        raise MalformedBody("request body is empty; expected a JSON object with a `pods` list")
+    request = decode_json(body, PredictRequest)
+    if len(request.pods) > max_pods:
+        raise TooManyPods(
+            f"{len(request.pods)} pods in one request; this server accepts at most {max_pods}",
+            field="pods",
+        )
+    return request
+
+
+def feature_matrix(rows: Sequence[PodMetrics]) -> npt.NDArray[np.float32]:
+    """Rows -> one C-contiguous float32 matrix with the columns of :data:`FEATURE_NAMES`."""
+    matrix = np.empty((len(rows), len(FEATURE_NAMES)), dtype=np.float32)
+    matrix[:, : len(RAW_FEATURES)] = [
+        (
+            row.kv_cache_percentage,
+            row.input_token_length,
+            row.num_request_waiting,
+            row.num_request_running,
+            row.num_tokens_generated,
+            row.prefix_cache_score,
+            row.prefill_tokens_in_flight,
+            row.decode_tokens_in_flight,
+        )
+        for row in rows
+    ]
+    matrix[:, len(RAW_FEATURES)] = [POD_TYPE_CODES[row.pod_type] for row in rows]
+    add_derived_columns(matrix)
+    return matrix
+
+
+def add_derived_columns(matrix: npt.NDArray[np.float32]) -> None:
+    """Fill ``uncached_input_tokens`` in place from the raw columns."""
+    column = FEATURE_NAMES.index
+    matrix[:, column("uncached_input_tokens")] = matrix[:, column("input_token_length")] * (
+        1.0 - matrix[:, column("prefix_cache_score")]
+    )
+
+
+def to_builtins(value: Any) -> Any:
+    """Msgspec structs -> plain JSON-ready Python objects."""
+    return msgspec.to_builtins(value)

@@ -1,0 +1,119 @@
+"""The one settings object: built once from ``PODLATENCY_*`` environment variables, then passed down.
+
+Each field documents itself; ``podlatency serve --help`` and the README's configuration table list the same
+names. Command-line flags override the environment (see :mod:`podlatency.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from podlatency.errors import SettingsError
+
+ENV_PREFIX = "PODLATENCY_"
+
+Device = Literal["auto", "cpu", "cuda"]
+Objective = Literal["mean", "quantile"]
+
+
+def default_model_dir() -> Path:
+    """The per-user cache folder the embedded default model is trained into."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "podlatency" / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime configuration of one podlatency process."""
+
+    host: str = "127.0.0.1"
+    """Address ``podlatency serve`` binds to (``0.0.0.0`` inside a container)."""
+
+    port: int = 8000
+    """TCP port ``podlatency serve`` listens on."""
+
+    workers: int = 1
+    """Server worker processes; each loads its own copy of the model."""
+
+    threads: int = 8
+    """Worker threads that run the sync handlers in each process."""
+
+    model_dir: Path = field(default_factory=default_model_dir)
+    """Folder of model bundles and the active-version pointer; the embedded default is trained here."""
+
+    device: Device = "auto"
+    """Where XGBoost predicts: ``cuda`` needs a GPU, ``auto`` uses one when XGBoost can."""
+
+    nthread: int = 1
+    """OpenMP threads per XGBoost predict call (0 = all cores). 1 is measured fastest under concurrency."""
+
+    max_pods: int = 1024
+    """Most pods one ``/v1/predict`` request may carry."""
+
+    default_samples: int = 20_000
+    """Synthetic rows the embedded default model is trained on when the model folder is empty."""
+
+    objective: Objective = "mean"
+    """Training objective for the embedded default: squared error (``mean``) or ``quantile``."""
+
+    quantile_alpha: float = 0.9
+    """Quantile trained for when ``objective`` is ``quantile``."""
+
+    log_level: str = "info"
+    """Log level of the server process (debug, info, warning, error)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for settings_field in dataclasses.fields(cls):
+            name = ENV_PREFIX + settings_field.name.upper()
+            if name in env:
+                values[settings_field.name] = _parse(settings_field.name, name, env[name])
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse values no process could run with, naming the variable."""
+        checks: list[tuple[bool, str, str]] = [
+            (1 <= self.port <= 65535, "port", "must be 1..65535"),
+            (self.workers >= 1, "workers", "must be >= 1"),
+            (self.threads >= 1, "threads", "must be >= 1"),
+            (self.nthread >= 0, "nthread", "must be >= 0 (0 = all cores)"),
+            (self.max_pods >= 1, "max_pods", "must be >= 1"),
+            (self.default_samples >= 1000, "default_samples", "must be >= 1000"),
+            (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
+            (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
+            (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
+
+
+_INT_FIELDS = {"port", "workers", "threads", "nthread", "max_pods", "default_samples"}
+_FLOAT_FIELDS = {"quantile_alpha"}
+
+
+def _parse(field_name: str, env_name: str, raw: str) -> object:
+    if field_name in _INT_FIELDS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{env_name} must be an integer, got {raw!r}") from None
+    if field_name in _FLOAT_FIELDS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{env_name} must be a number, got {raw!r}") from None
+    if field_name == "model_dir":
+        return Path(raw).expanduser()
+    return raw.strip().lower() if field_name in {"device", "objective", "log_level"} else raw

@@ -1,0 +1,173 @@
+"""OpenTelemetry set-up and the per-phase spans of a request.
+
+Configuration follows the standard ``OTEL_*`` variables: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) turns on the OTLP/HTTP exporter behind a BatchSpanProcessor;
+``OTEL_SERVICE_NAME`` names the service (default ``podlatency``); with no endpoint no spans leave the
+process. Tests pass their own tracer provider instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
+
+from podlatency.metrics import service_metrics
+
+logger = logging.getLogger(__name__)
+
+TRACER_NAME = "podlatency"
+DEFAULT_SERVICE_NAME = "podlatency"
+
+
+def otlp_endpoint_configured(environ: Mapping[str, str]) -> bool:
+    """Whether the standard variables ask for an OTLP trace exporter."""
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def build_tracer_provider(environ: Mapping[str, str] | None = None) -> TracerProvider:
+    """A tracer provider for this process, exporting over OTLP/HTTP when an endpoint is set."""
+    env = os.environ if environ is None else environ
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if otlp_endpoint_configured(env):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+class PhaseRecorder:
+    """Times the phases of one request: each becomes a child span, a histogram sample and a duration.
+
+    A phase is noted as (name, start, end) on the request path, which costs about a microsecond;
+    the spans (with explicit timestamps, under the span that was current when the recorder was made)
+    and the metric samples are made later by a :class:`SpanWriter` thread. Creating them inline cost
+    ~30 microseconds per phase, a quarter of a 7-pod request.
+    """
+
+    def __init__(
+        self, tracer: Tracer, writer: SpanWriter, attributes: dict[str, AttributeValue] | None = None
+    ) -> None:
+        self._tracer = tracer
+        self._writer = writer
+        self._parent: Context = trace.set_span_in_context(trace.get_current_span())
+        self._phases: list[tuple[str, int, int, BaseException | None]] = []
+        self._submitted = False
+        self.attributes: dict[str, AttributeValue] = dict(attributes or {})
+        self.durations_ns: dict[str, int] = {}
+
+    def record(self, name: str, start_ns: int, end_ns: int, error: BaseException | None = None) -> None:
+        """Note a phase that ran from ``start_ns`` to ``end_ns`` (``time.time_ns`` clock)."""
+        self.durations_ns[name] = end_ns - start_ns
+        self._phases.append((name, start_ns, end_ns, error))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the enclosed block as phase ``name``."""
+        start_ns = time.time_ns()
+        try:
+            yield
+        except BaseException as error:
+            self.record(name, start_ns, time.time_ns(), error)
+            raise
+        self.record(name, start_ns, time.time_ns())
+
+    def milliseconds(self) -> dict[str, float]:
+        """Durations so far, in milliseconds rounded to the microsecond."""
+        return {name: round(duration / 1e6, 3) for name, duration in self.durations_ns.items()}
+
+    def submit(self) -> None:
+        """Hand the noted phases to the writer (once; later calls do nothing)."""
+        if not self._submitted:
+            self._submitted = True
+            self._writer.submit(self)
+
+    def emit(self) -> None:
+        """Make the spans and metric samples (on the writer's thread)."""
+        histogram = service_metrics().phase_seconds
+        for name, start_ns, end_ns, error in self._phases:
+            span = self._tracer.start_span(
+                name, context=self._parent, start_time=start_ns, attributes=self.attributes
+            )
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.end(end_time=end_ns)
+            histogram.labels(name).observe((end_ns - start_ns) / 1e9)
+
+
+class SpanWriter:
+    """One background thread that turns submitted recorders into spans and metric samples.
+
+    Its queue is bounded: past ``max_pending`` recorders it drops rather than grow without limit
+    when the process is saturated, and counts what it dropped.
+    """
+
+    def __init__(self, max_pending: int = 10_000) -> None:
+        self._queue: queue.SimpleQueue[PhaseRecorder | threading.Event | None] = queue.SimpleQueue()
+        self._max_pending = max_pending
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.dropped = 0
+
+    def submit(self, recorder: PhaseRecorder) -> None:
+        """Queue a finished request's phases."""
+        if self._queue.qsize() >= self._max_pending:
+            self.dropped += 1
+            return
+        self._ensure_started()
+        self._queue.put(recorder)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far has been emitted."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Emit what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="podlatency-span-writer", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                item.emit()
+            except Exception:  # a broken exporter must not stop tracing for good
+                logger.exception("could not record phase spans")

@@ -1,0 +1,88 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import anyio.to_thread
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from opentelemetry.sdk.trace import TracerProvider
+
+from podlatency import __version__
+from podlatency.dataplane import PredictionService
+from podlatency.settings import Settings
+from podlatency.tracing import TRACER_NAME, build_tracer_provider
+from podlatency.web import health, routes_llmd, routes_v1
+from podlatency.web.errors import EXCEPTION_HANDLERS
+from podlatency.web.phases import PhaseTimingMiddleware
+
+logger = logging.getLogger(__name__)
+
+UNTRACED_PATHS = [r"^/healthz$", r"^/readyz$", r"^/metrics$", r"^/schema"]
+
+
+def create_app(
+    settings: Settings,
+    tracer_provider: TracerProvider | None = None,
+    *,
+    load_model: bool = True,
+) -> Litestar:
+    """Build the app. ``tracer_provider`` is injectable (tests pass one with an in-memory exporter).
+
+    With ``load_model`` the model is loaded (or the embedded default trained) in a background thread
+    at start-up, so the server answers probes at once and ``/readyz`` says 503 until it is ready.
+    """
+    owns_provider = tracer_provider is None
+    provider = tracer_provider or build_tracer_provider()
+    service = PredictionService(settings, provider.get_tracer(TRACER_NAME))
+
+    def start(app: Litestar) -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        if load_model:
+            threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
+
+    def stop(app: Litestar) -> None:
+        service.span_writer.close()
+        if owns_provider:
+            provider.shutdown()  # flushes spans still in the batch processor
+
+    prometheus = PrometheusConfig(
+        app_name="podlatency", prefix="podlatency", group_path=True, exclude=[r"^/metrics$"]
+    )
+    return Litestar(
+        route_handlers=[
+            routes_v1.predict,
+            routes_v1.model_info,
+            routes_llmd.predict_one,
+            routes_llmd.predict_bulk,
+            routes_llmd.predict_bulk_strict,
+            routes_llmd.status,
+            routes_llmd.reload,
+            health.healthz,
+            health.readyz,
+            PrometheusController,
+        ],
+        middleware=[PhaseTimingMiddleware(), prometheus.middleware],
+        plugins=[
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(
+                    tracer_provider=provider, exclude=UNTRACED_PATHS, exclude_spans=["receive", "send"]
+                )
+            )
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),
+        state=State({"service": service}),
+        on_startup=[start],
+        on_shutdown=[stop],
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for ``uvicorn --factory``: settings from ``PODLATENCY_*`` variables."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,59 @@
+"""``/v1``: our own prediction API."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, get, post
+from litestar.datastructures import State
+from litestar.params import RawBody
+from litestar.types import Scope
+
+from podlatency.dataplane import PredictionService
+from podlatency.schema import PodPrediction, PredictRequest, PredictResponse, decode_predict_request
+from podlatency.web.errors import JSON
+from podlatency.web.openapi import json_body_operation
+from podlatency.web.phases import elapsed_ms, request_phases
+
+
+def service_of(state: State) -> PredictionService:
+    """The app's prediction service."""
+    service: PredictionService = state.service
+    return service
+
+
+@post(
+    "/v1/predict",
+    sync_to_thread=True,
+    status_code=200,
+    operation_class=json_body_operation(PredictRequest, "One row of live metrics per candidate pod."),
+    response_description="One prediction per pod, in request order, with model version and phase timings.",
+)
+def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+    """Predict TTFT and TPOT for every pod in the request with one batched call per target."""
+    service = service_of(state)
+    with request_phases(scope, service) as phases:
+        with phases.phase("decode"):
+            request = decode_predict_request(body, service.settings.max_pods)
+        result = service.predict(request.pods, phases)
+        with phases.phase("encode"):
+            ttft, tpot = result.by_target["ttft"].tolist(), result.by_target["tpot"].tolist()
+            timing = phases.milliseconds() | {"total": elapsed_ms(scope)}
+            content = msgspec.json.encode(
+                PredictResponse(
+                    predictions=[
+                        PodPrediction(pod=row.pod, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+                        for row, ttft_ms, tpot_ms in zip(request.pods, ttft, tpot, strict=True)
+                    ],
+                    model_version=result.model.version,
+                    timing_ms=timing,
+                )
+            )
+        return Response(content, media_type=JSON)
+
+
+@get("/v1/model", sync_to_thread=False)
+def model_info(state: State) -> dict[str, object]:
+    """Metadata of the model in service."""
+    service = service_of(state)
+    loaded = service.holder.current()
+    return loaded.bundle.metadata() | {"loaded_at": loaded.loaded_at.isoformat(), "device": service.device}

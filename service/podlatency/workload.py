@@ -1,0 +1,123 @@
+"""A synthetic LLM-serving workload: pod states and the latencies a request would see on them.
+
+It stands in for recorded router traffic so that ``podlatency serve`` has a real model from the first
+command. The shape follows how a vLLM-style server behaves; the constants are plausible for a mid-size
+model on one GPU, not measurements of any particular one.
+
+Pod state (one row per pod and moment):
+
+- ``kv_cache_percentage``: Beta(2, 3), higher when more requests run.
+- ``input_token_length``: log-normal around 700 tokens, 1..32k.
+- ``num_request_waiting``: 0 on most pods (idle or keeping up); a geometric queue on the rest.
+- ``num_request_running``: Poisson around 8 plus a share of the queue.
+- ``num_tokens_generated``: geometric, the new request's tokens so far (0 for a new request).
+- ``prefix_cache_score``: 0 on half the rows, uniform on the rest.
+- ``pod_type``: mostly ``""`` (aggregated), some ``prefill`` and ``decode`` pods.
+- ``prefill_tokens_in_flight`` / ``decode_tokens_in_flight``: the running requests' work.
+
+Latencies:
+
+- TTFT grows with the uncached prompt (``input_token_length * (1 - prefix_cache_score)``), the queue
+  (each waiting request costs a share of a prefill), running requests and KV-cache pressure (pre-emption
+  near a full cache). Its noise is log-normal, with a heavier tail when requests are queued.
+- TPOT grows with running requests, decode tokens in flight and KV-cache pressure; decode pods are a
+  little faster per token, prefill pods pay for interference.
+
+Everything is drawn from one ``numpy.random.Generator``: the same seed gives the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from podlatency.schema import FEATURE_NAMES, POD_TYPE_CODES, RAW_FEATURES, add_derived_columns
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSample:
+    """Pod states as the model's float32 matrix, and the latencies observed on them."""
+
+    features: npt.NDArray[np.float32]
+    ttft_ms: FloatArray
+    tpot_ms: FloatArray
+    pod_types: list[str]
+
+    def rows(self) -> list[dict[str, object]]:
+        """The pod states as request rows (JSON-ready dicts with the llm-d field names)."""
+        names = RAW_FEATURES
+        fractions = {"kv_cache_percentage", "prefix_cache_score"}
+        result: list[dict[str, object]] = []
+        for values, pod_type in zip(self.features[:, : len(names)].tolist(), self.pod_types, strict=True):
+            row: dict[str, object] = {
+                name: (round(value, 4) if name in fractions else round(value))
+                for name, value in zip(names, values, strict=True)
+            }
+            row["pod_type"] = pod_type
+            result.append(row)
+        return result
+
+
+def generate(samples: int, seed: int = 0, queued_share: float = 0.4) -> WorkloadSample:
+    """Draw ``samples`` pod states and their latencies; ``queued_share`` of pods have a queue."""
+    rng = np.random.default_rng(seed)
+    n = samples
+    queued = rng.random(n) < queued_share
+    waiting = np.where(queued, rng.geometric(0.15, n), 0).astype(np.float64)
+    running = rng.poisson(8.0, n) + np.minimum(waiting, 24) * 0.5
+    running = np.floor(running)
+    kv = np.clip(rng.beta(2.0, 3.0, n) + running / 120.0, 0.0, 1.0)
+    input_tokens = np.clip(np.round(rng.lognormal(np.log(700.0), 1.0, n)), 1, 32_768)
+    generated = np.where(rng.random(n) < 0.5, 0, rng.geometric(1 / 200.0, n)).astype(np.float64)
+    generated = np.minimum(generated, 8_192)
+    prefix = np.where(rng.random(n) < 0.5, 0.0, rng.random(n))
+    pod_type_draw = rng.random(n)
+    pod_types = np.where(pod_type_draw < 0.7, "", np.where(pod_type_draw < 0.85, "prefill", "decode"))
+    prefill_in_flight = np.round(running * rng.lognormal(np.log(300.0), 0.8, n) * 0.3)
+    decode_in_flight = np.round(running * rng.lognormal(np.log(400.0), 0.6, n))
+
+    uncached = input_tokens * (1.0 - prefix)
+    pressure = np.maximum(kv - 0.8, 0.0) / 0.2  # 0 below 80% KV use, 1 at a full cache
+    is_prefill = pod_types == "prefill"
+    is_decode = pod_types == "decode"
+
+    ttft_base = (
+        12.0
+        + uncached * 0.045
+        + waiting * (35.0 + 0.02 * input_tokens)
+        + running * 1.8
+        + prefill_in_flight * 0.004
+        + pressure * (40.0 + uncached * 0.03)
+        + is_decode * 25.0  # KV transfer from a prefill pod
+    )
+    ttft_sigma = 0.08 + 0.07 * np.sqrt(waiting)
+    ttft = ttft_base * rng.lognormal(0.0, ttft_sigma)
+
+    tpot_base = (
+        6.0
+        + running * 0.55
+        + decode_in_flight * 0.0009
+        + kv * 4.0
+        + pressure * 10.0
+        + generated * 0.001
+        + is_prefill * 3.0
+        - is_decode * 1.5
+    )
+    tpot = tpot_base * rng.lognormal(0.0, 0.06 + 0.02 * np.sqrt(waiting))
+
+    matrix = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
+    columns = [kv, input_tokens, waiting, running, generated, prefix, prefill_in_flight, decode_in_flight]
+    for index, column in enumerate(columns):
+        matrix[:, index] = column
+    matrix[:, len(RAW_FEATURES)] = [POD_TYPE_CODES[str(kind)] for kind in pod_types]
+    add_derived_columns(matrix)
+    return WorkloadSample(features=matrix, ttft_ms=ttft, tpot_ms=tpot, pod_types=[str(t) for t in pod_types])
+
+
+def pod_rows(count: int, seed: int = 0, queued_share: float = 0.4) -> list[dict[str, object]]:
+    """``count`` realistic request rows (a mix of idle and queued pods), e.g. for load tests."""
+    return generate(count, seed=seed, queued_share=queued_share).rows()

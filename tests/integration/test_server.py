@@ -1,0 +1,140 @@
+"""A real ``podlatency serve`` process: readiness, predictions, llm-d routes, errors and metrics."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from podlatency.bundle import ModelBundle
+from podlatency.registry import ModelRegistry
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import pod_rows
+
+ROW = {
+    "kv_cache_percentage": 0.4,
+    "input_token_length": 900,
+    "num_request_waiting": 3,
+    "num_request_running": 6,
+    "num_tokens_generated": 0,
+    "prefix_cache_score": 0.2,
+}
+
+
+def test_readiness_follows_the_model(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
+    """A corrupt model leaves the server up but not ready (saying why); a good one and /reload make it ready.
+
+    After the reload it predicts with the new version.
+    """
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    registry = ModelRegistry(folder)
+    active = registry.active_version()
+    assert active is not None
+    (registry.bundle_dir(active) / "ttft.ubj").write_bytes(b"truncated")
+
+    server = start_server(folder)
+    not_ready = server.wait_for("/readyz", 503)
+    assert "ttft.ubj" in not_ready.json()["detail"]
+    assert server.request("POST", "/v1/predict", {"pods": [ROW]}).status == 503
+    assert server.request("POST", "/reload").status == 500, "a corrupt active model is refused on reload too"
+
+    replacement = train_bundle(synthetic_training_set(3_000, seed=8), TrainingOptions(rounds=20), "test")
+    registry.save(replacement)
+    reloaded = server.request("POST", "/reload")
+    assert reloaded.status == 200
+    assert reloaded.json()["model_version"] == replacement.version
+    assert server.request("GET", "/readyz").json()["model_version"] == replacement.version
+    assert (
+        server.request("POST", "/v1/predict", {"pods": [ROW]}).json()["model_version"] == replacement.version
+    )
+
+
+def test_embedded_default_is_trained_once_and_reused(tmp_path: Path, start_server: Any) -> None:
+    """An empty model folder gets the embedded default on first start; a second start reuses it."""
+    folder = tmp_path / "fresh"
+    first = start_server(folder, PODLATENCY_DEFAULT_SAMPLES="5000")
+    version = first.wait_for("/readyz", 200).json()["model_version"]
+    assert ModelRegistry(folder).active_version() == version
+    assert "training the embedded default" in first.log()
+    first.stop()
+
+    second = start_server(folder)
+    assert second.wait_for("/readyz", 200).json()["model_version"] == version
+    assert "training the embedded default" not in second.log()
+
+
+def test_predict_and_llmd_routes_agree(model_dir: Path, small_bundle: ModelBundle, start_server: Any) -> None:
+    """/v1/predict, /predict, /predict/bulk and /predict/bulk/strict give equal numbers for the same rows."""
+    server = start_server(model_dir)
+    server.wait_for("/readyz", 200)
+    rows = pod_rows(7, seed=21)
+
+    ours = server.request("POST", "/v1/predict", {"pods": rows})
+    assert ours.status == 200
+    ours_body = ours.json()
+    assert ours_body["model_version"] == small_bundle.version
+    expected = [(p["ttft_ms"], p["tpot_ms"]) for p in ours_body["predictions"]]
+    assert all(math.isfinite(value) and value >= 0 for pair in expected for value in pair)
+
+    strict = server.request("POST", "/predict/bulk/strict", {"requests": rows}).json()
+    assert strict["total_requests"] == strict["successful_predictions"] == 7
+    assert [(p["ttft_ms"], p["tpot_ms"]) for p in strict["predictions"]] == expected
+    assert strict["predictions"][0]["model_type"] == "xgboost"
+
+    single = server.request("POST", "/predict", rows[0]).json()
+    assert (single["ttft_ms"], single["tpot_ms"]) == expected[0]
+
+    mixed = server.request(
+        "POST", "/predict/bulk", {"requests": [rows[0], {"kv_cache_percentage": 7}, rows[1]]}
+    )
+    assert mixed.status == 200
+    mixed_body = mixed.json()
+    assert (mixed_body["successful_predictions"], mixed_body["failed_predictions"]) == (2, 1)
+    assert mixed_body["predictions"][1] is None
+    assert mixed_body["errors"][0]["index"] == 1
+    assert "requests[1]" in mixed_body["errors"][0]["error"]
+    assert (mixed_body["predictions"][2]["ttft_ms"], mixed_body["predictions"][2]["tpot_ms"]) == expected[1]
+
+    status = server.request("GET", "/status").json()
+    assert status["is_ready"] is True
+    assert status["model_version"] == small_bundle.version
+
+
+def test_bad_input_is_answered_4xx(model_dir: Path, start_server: Any) -> None:
+    """Malformed JSON, NaN, wrong types, unknown fields and oversized batches are 4xx JSON errors."""
+    server = start_server(model_dir, PODLATENCY_MAX_PODS="8")
+    server.wait_for("/readyz", 200)
+    cases: list[tuple[str, bytes | dict[str, Any], int]] = [
+        ("/v1/predict", b"{", 400),
+        ("/v1/predict", b'{"pods": [{"kv_cache_percentage": NaN}]}', 400),
+        ("/v1/predict", {"pods": [ROW | {"input_token_length": "many"}]}, 422),
+        ("/v1/predict", {"pods": [ROW | {"unknown": 1}]}, 422),
+        ("/v1/predict", {"pods": [ROW] * 9}, 413),
+        ("/predict/bulk/strict", {"requests": [ROW, ROW | {"prefix_cache_score": 2}]}, 422),
+        ("/predict/bulk/strict", {"requests": [ROW] * 10_001}, 422),
+        ("/predict", b"[]", 422),
+    ]
+    for path, body, status in cases:
+        answer = server.request("POST", path, body)
+        assert answer.status == status, (path, body if isinstance(body, bytes) else "...", answer.body[:200])
+        assert answer.json()["detail"]
+    assert server.request("POST", "/v1/predict", {"pods": [ROW]}).status == 200, "still serving afterwards"
+    assert "Traceback" not in server.log()
+
+
+def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
+    """/metrics exposes request duration by route, per-phase durations, rows per predict and the model."""
+    server = start_server(model_dir)
+    version = server.wait_for("/readyz", 200).json()["model_version"]
+    for _ in range(3):
+        server.request("POST", "/v1/predict", {"pods": pod_rows(5)})
+    text = server.request("GET", "/metrics").body.decode()
+    assert (
+        'podlatency_request_duration_seconds_count{app_name="podlatency",method="POST",path="/v1/predict"'
+        in text
+    )
+    assert 'podlatency_phase_duration_seconds_count{phase="predict ttft"} 3.0' in text
+    assert "podlatency_rows_per_predict_sum 15.0" in text
+    assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text

@@ -1,0 +1,137 @@
+"""The app in process: routes, error mapping, OpenAPI and per-phase spans from an in-memory exporter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from podlatency.settings import Settings
+from podlatency.web.app import create_app
+from podlatency.workload import pod_rows
+
+PHASES = {"dispatch", "decode", "frame", "predict ttft", "predict tpot", "encode", "respond"}
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def client(model_dir: Path, exporter: InMemorySpanExporter) -> Iterator[TestClient[Any]]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(Settings(model_dir=model_dir, device="cpu", max_pods=16), tracer_provider=provider)
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 30
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model never became ready"
+            time.sleep(0.05)
+        yield test_client
+
+
+def test_predict_returns_one_prediction_per_pod_in_order(client: TestClient[Any]) -> None:
+    """Each pod gets finite, non-negative TTFT/TPOT, in request order, with the model version and timings."""
+    rows = [row | {"pod": f"pod-{index}"} for index, row in enumerate(pod_rows(7, seed=3))]
+    response = client.post("/v1/predict", json={"pods": rows})
+    assert response.status_code == 200
+    body = response.json()
+    assert [p["pod"] for p in body["predictions"]] == [f"pod-{index}" for index in range(7)]
+    assert all(p["ttft_ms"] >= 0 and p["tpot_ms"] >= 0 for p in body["predictions"])
+    assert body["model_version"] == client.get("/v1/model").json()["version"]
+    assert {"dispatch", "decode", "frame", "predict ttft", "predict tpot", "total"} <= set(body["timing_ms"])
+
+
+def test_phase_spans_are_children_of_the_server_span(
+    client: TestClient[Any], exporter: InMemorySpanExporter
+) -> None:
+    """One server span per predict request, with one child span per phase carrying pods, model and device."""
+    exporter.clear()
+    assert client.post("/v1/predict", json={"pods": pod_rows(3)}).status_code == 200
+    assert client.app.state.service.span_writer.flush()
+    spans = exporter.get_finished_spans()
+    servers = [span for span in spans if span.kind == SpanKind.SERVER]
+    assert len(servers) == 1
+    server = servers[0]
+    children = [
+        span for span in spans if span.parent is not None and span.parent.span_id == server.context.span_id
+    ]
+    assert {span.name for span in children} == PHASES
+    frame = next(span for span in children if span.name == "frame")
+    assert frame.attributes is not None
+    assert frame.attributes["podlatency.pods"] == 3
+    assert frame.attributes["podlatency.device"] == "cpu"
+    assert frame.attributes["podlatency.model_version"] == client.get("/v1/model").json()["version"]
+
+
+def test_health_routes_are_not_traced(client: TestClient[Any], exporter: InMemorySpanExporter) -> None:
+    """Probes and scrapes leave no spans."""
+    exporter.clear()
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200
+    assert client.app.state.service.span_writer.flush()
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "error"),
+    [
+        ("/v1/predict", b"{not json", 400, "malformed_body"),
+        ("/v1/predict", b'{"pods": []}', 422, "invalid_field"),
+        ("/v1/predict", b'{"pods": [{"kv_cache_percentage": 2}]}', 422, "invalid_field"),
+        ("/predict", b'{"kv_cache_percentage": 0.1}', 422, "invalid_field"),
+        ("/predict/bulk/strict", b'{"requests": []}', 422, "invalid_field"),
+    ],
+)
+def test_client_errors_are_json_4xx(
+    client: TestClient[Any], path: str, payload: bytes, status: int, error: str
+) -> None:
+    """Bad bodies get a 4xx JSON error with a code and detail, never a 500."""
+    response = client.post(path, content=payload, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    assert response.json()["detail"]
+
+
+def test_too_many_pods_is_413(client: TestClient[Any]) -> None:
+    """More pods than PODLATENCY_MAX_PODS is 413 naming `pods`."""
+    response = client.post("/v1/predict", json={"pods": pod_rows(17)})
+    assert (response.status_code, response.json()["field"]) == (413, "pods")
+
+
+def test_unknown_route_and_method_keep_the_error_shape(client: TestClient[Any]) -> None:
+    """404 and 405 come back in the same JSON shape as our own errors."""
+    assert client.get("/nope").json()["error"] == "not_found"
+    assert client.get("/v1/predict").json()["error"] == "method_not_allowed"
+
+
+def test_openapi_documents_the_request_bodies(client: TestClient[Any]) -> None:
+    """The served OpenAPI schema describes /v1/predict's body, bounds included."""
+    schema = client.get("/schema/openapi.json").json()
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    row = body["properties"]["pods"]["items"]
+    assert row["properties"]["kv_cache_percentage"]["maximum"] == 1.0
+    assert "input_token_length" in row["required"]
+    assert "/predict/bulk/strict" in schema["paths"]
+
+
+def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
+    """Before a model is loaded, readiness and predictions answer 503 with Retry-After and the reason."""
+    app = create_app(
+        Settings(model_dir=tmp_path, device="cpu"), tracer_provider=TracerProvider(), load_model=False
+    )
+    with TestClient(app) as test_client:
+        ready = test_client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.headers["retry-after"] == "1"
+        assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
+        assert test_client.get("/status").json()["is_ready"] is False
