@@ -39,8 +39,6 @@ from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import pod_rows
 
-CONCURRENT_SECONDS = 5.0
-
 
 @dataclass(frozen=True)
 class LatencySummary:
@@ -210,7 +208,7 @@ def bare_process_rss_mb() -> float:
     return round(int(output.stdout.split()[1]) / 1024, 1)
 
 
-def run_benchmark(requests: int, pods: int, concurrency: int, out: Path) -> int:
+def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds: float, out: Path) -> int:
     """Run every measurement, print a summary, write ``results.json``; 0 when all targets are met."""
     rows_json = pod_rows(pods, seed=7)
     body = json.dumps({"pods": rows_json}).encode()
@@ -228,7 +226,7 @@ def run_benchmark(requests: int, pods: int, concurrency: int, out: Path) -> int:
         try:
             end_to_end, served_compute = sequential(server.port, body, requests)
             rss_after = server.rss_mb()
-            nthread_one = concurrent(server.port, body, concurrency, CONCURRENT_SECONDS)
+            nthread_one = concurrent(server.port, body, concurrency, concurrent_seconds)
         finally:
             server.stop()
         raw = raw_inplace_predict(model_dir, rows)
@@ -236,7 +234,7 @@ def run_benchmark(requests: int, pods: int, concurrency: int, out: Path) -> int:
         server = BenchServer(model_dir, nthread=0)
         try:
             sequential(server.port, body, 300)
-            nthread_all = concurrent(server.port, body, concurrency, CONCURRENT_SECONDS)
+            nthread_all = concurrent(server.port, body, concurrency, concurrent_seconds)
         finally:
             server.stop()
     bare_rss = bare_process_rss_mb()

@@ -98,10 +98,14 @@ class ModelBundle:
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
             for written in staging.iterdir():
                 _fsync(written)
-            if folder.exists():
+            try:
+                staging.rename(folder)
+            except OSError:
+                # Another process (a second worker training the same default) got there first;
+                # the version is a content hash, so what it wrote is what we would have written.
+                if not (folder / METADATA_FILE).exists():
+                    raise
                 shutil.rmtree(staging)
-                return folder
-            staging.rename(folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -57,6 +57,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
     bench.add_argument("--pods", type=int, default=7, help="pods per request")
     bench.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
+    bench.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
 
 
@@ -75,12 +76,15 @@ def serve(args: argparse.Namespace) -> int:
     """Run uvicorn on the app factory; flags become PODLATENCY_* variables so every worker sees them."""
     import uvicorn  # noqa: PLC0415  (keeps `podlatency train --help` fast)
 
+    from podlatency.predictor import resolve_device  # noqa: PLC0415
+
     overrides = {
         field.name: getattr(args, field.name, None)
         for field in dataclasses.fields(Settings)
         if getattr(args, field.name, None) is not None
     }
     settings = Settings.from_env(**overrides)
+    resolve_device(settings.device)  # refuse `cuda` without a GPU before any worker starts
     for name, value in overrides.items():
         os.environ[ENV_PREFIX + name.upper()] = str(value)
     logging.basicConfig(
@@ -129,7 +133,13 @@ def bench(args: argparse.Namespace) -> int:
     """Run the serving benchmark (see :mod:`podlatency.bench`)."""
     from podlatency.bench import run_benchmark  # noqa: PLC0415
 
-    return run_benchmark(requests=args.requests, pods=args.pods, concurrency=args.concurrency, out=args.out)
+    return run_benchmark(
+        requests=args.requests,
+        pods=args.pods,
+        concurrency=args.concurrency,
+        concurrent_seconds=args.concurrent_seconds,
+        out=args.out,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

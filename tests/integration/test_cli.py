@@ -1,0 +1,77 @@
+"""The ``podlatency`` command as a user runs it: serve refusals, several workers, and the benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podlatency.predictor import cuda_usable
+from podlatency.workload import pod_rows
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podlatency", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ | (env or {}),
+        check=False,
+    )
+
+
+@pytest.mark.skipif(cuda_usable(), reason="a GPU is present, so cuda is a valid choice here")
+def test_serve_refuses_cuda_without_gpu() -> None:
+    """`serve --device cuda` on a machine without a GPU exits at once with a clear message."""
+    result = run_cli("serve", "--device", "cuda", "--port", "1")
+    assert result.returncode == 2
+    assert "no usable GPU" in result.stderr
+
+
+def test_serve_refuses_bad_settings() -> None:
+    """A bad PODLATENCY_* value stops `serve` before it binds, naming the variable."""
+    result = run_cli("serve", env={"PODLATENCY_MAX_PODS": "zero"})
+    assert result.returncode == 2
+    assert "PODLATENCY_MAX_PODS" in result.stderr
+
+
+def test_two_workers_share_one_trained_default(tmp_path: Path, start_server: Any) -> None:
+    """Two worker processes starting on an empty folder both serve the same embedded default version."""
+    server = start_server(tmp_path / "models", PODLATENCY_WORKERS="2", PODLATENCY_DEFAULT_SAMPLES="5000")
+    version = server.wait_for("/readyz", 200).json()["model_version"]
+    for _ in range(20):
+        answer = server.request("POST", "/v1/predict", {"pods": pod_rows(3)})
+        assert answer.status == 200
+        assert answer.json()["model_version"] == version
+
+
+def test_bench_writes_its_results(tmp_path: Path) -> None:
+    """A short `podlatency bench` run measures a real server and writes every figure to results.json."""
+    result = run_cli(
+        "bench",
+        "--requests",
+        "100",
+        "--concurrency",
+        "2",
+        "--concurrent-seconds",
+        "0.5",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode in {0, 1}, (
+        result.stderr
+    )  # 1 = a target missed on a loaded machine, still measured
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["end_to_end"]["count"] == 100
+    assert results["raw_inplace_predict"]["p50_ms"] > 0
+    assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
+    assert set(results["concurrent"]) == {"nthread_1", "nthread_all"}
+    assert "end to end, 1 client" in result.stdout
