@@ -49,6 +49,9 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--alpha", type=float, default=0.9, help="quantile for --objective quantile")
     train.add_argument("--rounds", type=int, default=200, help="boosting rounds per target")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--nthread", type=int, default=1, help="XGBoost threads; 0 = all cores (fast only on an idle machine)"
+    )
     train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
 
 
@@ -90,6 +93,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.workers > 1:
+        _ensure_model(settings)
     uvicorn.run(
         "podlatency.web.app:app_from_env",
         factory=True,
@@ -101,6 +106,18 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _ensure_model(settings: Settings) -> None:
+    """Train the embedded default once, before several workers start, so none serves later than another."""
+    from opentelemetry import trace  # noqa: PLC0415
+
+    from podlatency.dataplane import PredictionService  # noqa: PLC0415
+    from podlatency.tracing import TRACER_NAME  # noqa: PLC0415
+
+    service = PredictionService(settings, trace.get_tracer(TRACER_NAME))
+    if service.registry.active_version() is None:
+        service.train_default()
 
 
 def train(args: argparse.Namespace) -> int:
@@ -119,7 +136,11 @@ def train(args: argparse.Namespace) -> int:
     else:
         data, source = read_samples(args.samples), f"samples:{args.samples.name}"
     options = TrainingOptions(
-        objective=args.objective, quantile_alpha=args.alpha, rounds=args.rounds, seed=args.seed
+        objective=args.objective,
+        quantile_alpha=args.alpha,
+        rounds=args.rounds,
+        seed=args.seed,
+        nthread=args.nthread,
     )
     bundle = train_bundle(data, options, source=source)
     ModelRegistry(args.out).save(bundle, activate=not args.no_activate)

@@ -44,9 +44,10 @@ def test_serve_refuses_bad_settings() -> None:
 
 
 def test_two_workers_share_one_trained_default(tmp_path: Path, start_server: Any) -> None:
-    """Two worker processes starting on an empty folder both serve the same embedded default version."""
+    """Two workers on an empty folder serve the same default, trained once before they start."""
     server = start_server(tmp_path / "models", PODLATENCY_WORKERS="2", PODLATENCY_DEFAULT_SAMPLES="5000")
     version = server.wait_for("/readyz", 200).json()["model_version"]
+    assert server.log().count("training the embedded default") == 1, "trained once, before the workers"
     for _ in range(20):
         answer = server.request("POST", "/v1/predict", {"pods": pod_rows(3)})
         assert answer.status == 200

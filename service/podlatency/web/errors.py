@@ -35,7 +35,7 @@ def _respond(status_code: int, body: ErrorBody, headers: dict[str, str] | None =
 def podlatency_error(_: Request[Any, Any, Any], error: PodlatencyError) -> Response[bytes]:
     """Our own errors carry their status code."""
     headers = {"Retry-After": "1"} if isinstance(error, ModelNotReady) else None
-    if error.status_code >= 500:
+    if error.status_code >= 500 and not isinstance(error, ModelNotReady):
         logger.error("%s: %s", error.code, error.detail)
     return _respond(error.status_code, ErrorBody(error.code, error.detail, error.field), headers)
 
