@@ -46,9 +46,9 @@ class PredictionService:
         self.span_writer = SpanWriter()
         self.device = resolve_device(settings.device)
 
-    def phase_recorder(self) -> PhaseRecorder:
-        """A recorder for one request's phases, tagged with the device."""
-        return PhaseRecorder(self.tracer, self.span_writer, {"podlatency.device": self.device})
+    def phase_recorder(self, route: str) -> PhaseRecorder:
+        """A recorder for one request's phases on ``route``, tagged with the device."""
+        return PhaseRecorder(self.tracer, self.span_writer, route, {"podlatency.device": self.device})
 
     def predict(self, rows: Sequence[PodMetrics], phases: PhaseRecorder) -> Predictions:
         """All rows in one matrix, one ``inplace_predict`` per target."""

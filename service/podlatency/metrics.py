@@ -47,8 +47,8 @@ def service_metrics() -> ServiceMetrics:
     return ServiceMetrics(
         phase_seconds=Histogram(
             "podlatency_phase_duration_seconds",
-            "Time spent in each phase of a prediction request.",
-            ["phase"],
+            "Time spent in each phase of a prediction request, by route.",
+            ["route", "phase"],
             buckets=PHASE_BUCKETS,
         ),
         rows_per_predict=Histogram(

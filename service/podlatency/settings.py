@@ -67,6 +67,9 @@ class Settings:
     log_level: str = "info"
     """Log level of the server process (debug, info, warning, error)."""
 
+    variants: bool = True
+    """Serve the seed post's four endpoint designs under ``/variants/`` (for load comparisons only)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags)."""
@@ -101,6 +104,8 @@ class Settings:
 
 _INT_FIELDS = {"port", "workers", "threads", "nthread", "max_pods", "default_samples"}
 _FLOAT_FIELDS = {"quantile_alpha"}
+_BOOL_FIELDS = {"variants"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def _parse(field_name: str, env_name: str, raw: str) -> object:
@@ -114,6 +119,11 @@ def _parse(field_name: str, env_name: str, raw: str) -> object:
             return float(raw)
         except ValueError:
             raise SettingsError(f"{env_name} must be a number, got {raw!r}") from None
+    if field_name in _BOOL_FIELDS:
+        value = raw.strip().lower()
+        if value not in _TRUE | _FALSE:
+            raise SettingsError(f"{env_name} must be true or false, got {raw!r}")
+        return value in _TRUE
     if field_name == "model_dir":
         return Path(raw).expanduser()
     return raw.strip().lower() if field_name in {"device", "objective", "log_level"} else raw

@@ -63,20 +63,37 @@ class PhaseRecorder:
     """
 
     def __init__(
-        self, tracer: Tracer, writer: SpanWriter, attributes: dict[str, AttributeValue] | None = None
+        self,
+        tracer: Tracer,
+        writer: SpanWriter,
+        route: str,
+        attributes: dict[str, AttributeValue] | None = None,
     ) -> None:
         self._tracer = tracer
         self._writer = writer
+        self.route = route
         self._parent: Context = trace.set_span_in_context(trace.get_current_span())
-        self._phases: list[tuple[str, int, int, BaseException | None]] = []
+        self._phases: list[
+            tuple[str, int, int, BaseException | None, Mapping[str, AttributeValue] | None]
+        ] = []
         self._submitted = False
         self.attributes: dict[str, AttributeValue] = dict(attributes or {})
         self.durations_ns: dict[str, int] = {}
 
-    def record(self, name: str, start_ns: int, end_ns: int, error: BaseException | None = None) -> None:
-        """Note a phase that ran from ``start_ns`` to ``end_ns`` (``time.time_ns`` clock)."""
-        self.durations_ns[name] = end_ns - start_ns
-        self._phases.append((name, start_ns, end_ns, error))
+    def record(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        error: BaseException | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
+        """Note a phase that ran from ``start_ns`` to ``end_ns`` (``time.time_ns`` clock).
+
+        A name recorded several times (one phase per pod) adds up in :attr:`durations_ns`.
+        """
+        self.durations_ns[name] = self.durations_ns.get(name, 0) + end_ns - start_ns
+        self._phases.append((name, start_ns, end_ns, error, attributes))
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -102,15 +119,18 @@ class PhaseRecorder:
     def emit(self) -> None:
         """Make the spans and metric samples (on the writer's thread)."""
         histogram = service_metrics().phase_seconds
-        for name, start_ns, end_ns, error in self._phases:
+        for name, start_ns, end_ns, error, attributes in self._phases:
             span = self._tracer.start_span(
-                name, context=self._parent, start_time=start_ns, attributes=self.attributes
+                name,
+                context=self._parent,
+                start_time=start_ns,
+                attributes={**self.attributes, **attributes} if attributes else self.attributes,
             )
             if error is not None:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, str(error)))
             span.end(end_time=end_ns)
-            histogram.labels(name).observe((end_ns - start_ns) / 1e9)
+            histogram.labels(self.route, name).observe((end_ns - start_ns) / 1e9)
 
 
 class SpanWriter:

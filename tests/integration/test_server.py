@@ -135,6 +135,6 @@ def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
         'podlatency_request_duration_seconds_count{app_name="podlatency",method="POST",path="/v1/predict"'
         in text
     )
-    assert 'podlatency_phase_duration_seconds_count{phase="predict ttft"} 3.0' in text
+    assert 'podlatency_phase_duration_seconds_count{phase="predict ttft",route="/v1/predict"} 3.0' in text
     assert "podlatency_rows_per_predict_sum 15.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text

@@ -135,3 +135,22 @@ def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
         assert ready.headers["retry-after"] == "1"
         assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
         assert test_client.get("/status").json()["is_ready"] is False
+
+
+@pytest.mark.parametrize("variant", ["to-thread", "thread-pool", "dedicated-pool"])
+def test_variant_traces_show_queue_wait_per_pod(
+    client: TestClient[Any], exporter: InMemorySpanExporter, variant: str
+) -> None:
+    """Executor-based variants record, per pod, its wait in the executor queue and its run."""
+    exporter.clear()
+    assert client.post(f"/variants/{variant}", json={"pods": pod_rows(5)}).status_code == 200
+    assert client.app.state.service.span_writer.flush()
+    spans = exporter.get_finished_spans()
+    for name in ("queue wait", "predict_one"):
+        indices = sorted(
+            int(str((span.attributes or {})["podlatency.pod_index"])) for span in spans if span.name == name
+        )
+        assert indices == [0, 1, 2, 3, 4], name
+    waits = [span for span in spans if span.name == "queue wait"]
+    assert all(span.end_time is not None and span.start_time is not None for span in waits)
+    assert all(span.end_time >= span.start_time for span in waits)  # type: ignore[operator]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import anyio.to_thread
 from litestar import Litestar
@@ -34,19 +36,51 @@ def create_app(
 ) -> Litestar:
     """Build the app. ``tracer_provider`` is injectable (tests pass one with an in-memory exporter).
 
-    With ``load_model`` the model is loaded (or the embedded default trained) in a background thread
-    at start-up, so the server answers probes at once and ``/readyz`` says 503 until it is ready.
+    With ``load_model`` a stored model is loaded during start-up, before connections are accepted;
+    when there is none, the embedded default is trained in a background thread, so the server answers
+    probes at once and ``/readyz`` says 503 until it is ready.
     """
     owns_provider = tracer_provider is None
     provider = tracer_provider or build_tracer_provider()
     service = PredictionService(settings, provider.get_tracer(TRACER_NAME))
+    state = State({"service": service})
+    route_handlers: list[Any] = [
+        routes_v1.predict,
+        routes_v1.model_info,
+        routes_llmd.predict_one,
+        routes_llmd.predict_bulk,
+        routes_llmd.predict_bulk_strict,
+        routes_llmd.status,
+        routes_llmd.reload,
+        health.healthz,
+        health.readyz,
+        PrometheusController,
+    ]
+    if settings.variants:
+        # Imported only when on: the seed's designs need pandas, which serving does not.
+        from podlatency.seed_variants import SeedModels  # noqa: PLC0415
+        from podlatency.web import routes_variants  # noqa: PLC0415
+
+        route_handlers += routes_variants.ROUTES
+        state.seed_models = SeedModels(settings.nthread)
+        state.dedicated_pool = ThreadPoolExecutor(
+            routes_variants.DEDICATED_POOL_WORKERS, thread_name_prefix="seed-dedicated-"
+        )
 
     def start(app: Litestar) -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
-        if load_model:
+        if not load_model:
+            return
+        if service.registry.active_version() is not None:
+            # Loading a stored model takes a fraction of a second: doing it before the server accepts
+            # connections means no worker of several ever answers 503 while its siblings are ready.
+            service.bootstrap()
+        else:
             threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
 
     def stop(app: Litestar) -> None:
+        if settings.variants:
+            state.dedicated_pool.shutdown(wait=True)
         service.span_writer.close()
         if owns_provider:
             provider.shutdown()  # flushes spans still in the batch processor
@@ -55,18 +89,7 @@ def create_app(
         app_name="podlatency", prefix="podlatency", group_path=True, exclude=[r"^/metrics$"]
     )
     return Litestar(
-        route_handlers=[
-            routes_v1.predict,
-            routes_v1.model_info,
-            routes_llmd.predict_one,
-            routes_llmd.predict_bulk,
-            routes_llmd.predict_bulk_strict,
-            routes_llmd.status,
-            routes_llmd.reload,
-            health.healthz,
-            health.readyz,
-            PrometheusController,
-        ],
+        route_handlers=route_handlers,
         middleware=[PhaseTimingMiddleware(), prometheus.middleware],
         plugins=[
             OpenTelemetryPlugin(
@@ -77,7 +100,7 @@ def create_app(
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),
-        state=State({"service": service}),
+        state=state,
         on_startup=[start],
         on_shutdown=[stop],
     )

@@ -63,7 +63,7 @@ def request_phases(scope: Scope, service: PredictionService) -> Iterator[PhaseRe
     """Inside a sync handler: record ``dispatch`` now, and note when the handler is done."""
     now_ns = time.time_ns()
     state: dict[str, Any] = scope.get("state", {})
-    recorder = service.phase_recorder()
+    recorder = service.phase_recorder(scope["path"])
     recorder.record("dispatch", state.get(ARRIVED_KEY, now_ns), now_ns)
     state[RECORDER_KEY] = recorder
     try:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from litestar import Response, get, post
 from litestar.datastructures import State
 from litestar.params import RawBody
 from litestar.types import Scope
 
 from podlatency.dataplane import PredictionService
-from podlatency.schema import PodPrediction, PredictRequest, PredictResponse, decode_predict_request
+from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
+from podlatency.tracing import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms, request_phases
@@ -36,19 +41,39 @@ def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
             request = decode_predict_request(body, service.settings.max_pods)
         result = service.predict(request.pods, phases)
         with phases.phase("encode"):
-            ttft, tpot = result.by_target["ttft"].tolist(), result.by_target["tpot"].tolist()
-            timing = phases.milliseconds() | {"total": elapsed_ms(scope)}
-            content = msgspec.json.encode(
-                PredictResponse(
-                    predictions=[
-                        PodPrediction(pod=row.pod, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
-                        for row, ttft_ms, tpot_ms in zip(request.pods, ttft, tpot, strict=True)
-                    ],
-                    model_version=result.model.version,
-                    timing_ms=timing,
-                )
+            content = encode_predictions(
+                request.pods,
+                result.by_target["ttft"],
+                result.by_target["tpot"],
+                model_version=result.model.version,
+                scope=scope,
+                phases=phases,
             )
         return Response(content, media_type=JSON)
+
+
+def encode_predictions(
+    pods: Sequence[PodRow],
+    ttft: Sequence[float] | npt.NDArray[np.float64],
+    tpot: Sequence[float] | npt.NDArray[np.float64],
+    *,
+    model_version: str,
+    scope: Scope,
+    phases: PhaseRecorder,
+) -> bytes:
+    """A ``/v1/predict``-shaped answer, with the phases timed so far and the total since arrival."""
+    ttft_values = ttft.tolist() if isinstance(ttft, np.ndarray) else list(ttft)
+    tpot_values = tpot.tolist() if isinstance(tpot, np.ndarray) else list(tpot)
+    return msgspec.json.encode(
+        PredictResponse(
+            predictions=[
+                PodPrediction(pod=row.pod, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+                for row, ttft_ms, tpot_ms in zip(pods, ttft_values, tpot_values, strict=True)
+            ],
+            model_version=model_version,
+            timing_ms=phases.milliseconds() | {"total": elapsed_ms(scope)},
+        )
+    )
 
 
 @get("/v1/model", sync_to_thread=False)

@@ -1,0 +1,48 @@
+"""The seed's four designs on a real server: same answers as /v1/predict, and switchable off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podlatency.workload import pod_rows
+
+VARIANTS = ["to-thread", "thread-pool", "dedicated-pool", "batch"]
+
+
+def test_variants_predict_what_v1_predicts(model_dir: Path, start_server: Any) -> None:
+    """Every variant answers one prediction per pod, in order, equal to /v1/predict within float tolerance."""
+    server = start_server(model_dir)
+    server.wait_for("/readyz", 200)
+    rows = [row | {"pod": f"p{index}"} for index, row in enumerate(pod_rows(7, seed=31))]
+    ours = server.request("POST", "/v1/predict", {"pods": rows}).json()
+    for variant in VARIANTS:
+        answer = server.request("POST", f"/variants/{variant}", {"pods": rows})
+        assert answer.status == 200, (variant, answer.body[:300])
+        body = answer.json()
+        assert body["model_version"] == ours["model_version"]
+        assert [p["pod"] for p in body["predictions"]] == [f"p{index}" for index in range(7)]
+        for theirs, mine in zip(body["predictions"], ours["predictions"], strict=True):
+            assert theirs["ttft_ms"] == pytest.approx(mine["ttft_ms"], rel=1e-5), variant
+            assert theirs["tpot_ms"] == pytest.approx(mine["tpot_ms"], rel=1e-5), variant
+
+
+def test_variants_validate_like_v1(model_dir: Path, start_server: Any) -> None:
+    """A bad body is the same 4xx on every variant as on /v1/predict."""
+    server = start_server(model_dir)
+    server.wait_for("/readyz", 200)
+    for variant in VARIANTS:
+        answer = server.request("POST", f"/variants/{variant}", {"pods": [{"kv_cache_percentage": 3}]})
+        assert answer.status == 422, variant
+        assert answer.json()["field"] == "pods[0].kv_cache_percentage"
+
+
+def test_variants_can_be_switched_off(model_dir: Path, start_server: Any) -> None:
+    """PODLATENCY_VARIANTS=false removes the routes (404); /v1/predict still serves."""
+    server = start_server(model_dir, PODLATENCY_VARIANTS="false")
+    server.wait_for("/readyz", 200)
+    for variant in VARIANTS:
+        assert server.request("POST", f"/variants/{variant}", {"pods": pod_rows(1)}).status == 404
+    assert server.request("POST", "/v1/predict", {"pods": pod_rows(1)}).status == 200
