@@ -7,7 +7,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow lint typecheck bench clean
+LOADTEST_ARGS ?=
+
+.PHONY: run test test-slow lint typecheck bench loadtest clean
 
 $(BIN)/python:
 	@py="$(PYTHON_FOR_VENV)"; test -n "$$py" || exit 1; \
@@ -27,8 +29,8 @@ run: $(VENV)/.installed-runtime
 	$(BIN)/podlatency serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests loadtest
+	$(BIN)/ruff format --check service tests loadtest
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -41,6 +43,10 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-runtime
 	$(BIN)/podlatency bench
+
+# The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
+loadtest: $(VENV)/.installed-dev
+	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

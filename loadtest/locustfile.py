@@ -1,0 +1,112 @@
+"""Locust users, one per endpoint: the seed's four designs, ``/v1/predict`` and llm-d's bulk route.
+
+Every user sends the same realistic payloads (``LOADTEST_PODS`` pods per request, default 7, a mix of
+idle and queued pods from the synthetic workload) as fast as it can, and validates every answer:
+status 200, JSON, one finite, non-negative ``ttft_ms`` and ``tpot_ms`` per pod. Anything else is a
+Locust failure. Pick users by class name, e.g. ``locust -f loadtest/locustfile.py V1PredictUser``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from typing import Any, ClassVar
+
+from locust import FastHttpUser, constant, task
+
+from podlatency.workload import pod_rows
+
+PODS = int(os.environ.get("LOADTEST_PODS", "7"))
+PAYLOAD_VARIETY = 64
+HEADERS = {"content-type": "application/json"}
+
+
+def build_payloads(body_key: str) -> list[str]:
+    """``PAYLOAD_VARIETY`` different request bodies with ``PODS`` rows each."""
+    return [json.dumps({body_key: pod_rows(PODS, seed=seed)}) for seed in range(PAYLOAD_VARIETY)]
+
+
+def problem_with(status: int, body: Any, pods: int) -> str | None:
+    """Why an answer is wrong, or ``None`` when it is one finite prediction per pod."""
+    if status != 200:
+        return f"status {status}"
+    predictions = body.get("predictions") if isinstance(body, dict) else None
+    if not isinstance(predictions, list) or len(predictions) != pods:
+        return f"expected {pods} predictions"
+    for prediction in predictions:
+        for key in ("ttft_ms", "tpot_ms"):
+            value = prediction.get(key) if isinstance(prediction, dict) else None
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                return f"{key} is {value!r}"
+    return None
+
+
+class PredictorUser(FastHttpUser):
+    """Posts payloads to ``path`` back to back and checks every answer."""
+
+    abstract = True
+    wait_time = constant(0)
+    path: ClassVar[str] = ""
+    body_key: ClassVar[str] = "pods"
+
+    def on_start(self) -> None:
+        """Each user cycles through the payloads from its own offset."""
+        payloads = build_payloads(self.body_key)
+        offset = id(self) % len(payloads)
+        self.payloads = itertools.cycle(payloads[offset:] + payloads[:offset])
+
+    @task
+    def predict(self) -> None:
+        """One request, validated."""
+        with self.client.post(
+            self.path, data=next(self.payloads), headers=HEADERS, name=self.path, catch_response=True
+        ) as response:
+            try:
+                body = response.json() if response.status_code == 200 else None
+            except ValueError:
+                response.failure("body is not JSON")
+                return
+            problem = problem_with(response.status_code or 0, body, PODS)
+            if problem is None:
+                response.success()
+            else:
+                response.failure(problem)
+
+
+class ToThreadUser(PredictorUser):
+    """The seed's original: per-pod ``asyncio.to_thread`` + ``gather``."""
+
+    path = "/variants/to-thread"
+
+
+class ThreadPoolUser(PredictorUser):
+    """The seed's solution 1: a new thread pool per request."""
+
+    path = "/variants/thread-pool"
+
+
+class DedicatedPoolUser(PredictorUser):
+    """The seed's solution 2: one long-lived pool, ``run_in_executor`` per pod."""
+
+    path = "/variants/dedicated-pool"
+
+
+class SeedBatchUser(PredictorUser):
+    """The seed's solution 3: one DataFrame per request."""
+
+    path = "/variants/batch"
+
+
+class V1PredictUser(PredictorUser):
+    """Ours: one float32 matrix, ``inplace_predict`` per target."""
+
+    path = "/v1/predict"
+
+
+class LlmdBulkStrictUser(PredictorUser):
+    """Ours behind llm-d's ``/predict/bulk/strict``."""
+
+    path = "/predict/bulk/strict"
+    body_key = "requests"
