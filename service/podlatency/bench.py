@@ -10,7 +10,8 @@ What it measures, all on this machine in one run so the figures compare:
    uvicorn and XGBoost, for scale;
 4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99).
 
-The server runs with the embedded default model, on the CPU, with no trace exporter.
+The server runs with the embedded default model, on the CPU, with no trace exporter, and with the
+seed variants on (the default; they load pandas) except for one memory reading without them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class LatencySummary:
 class BenchServer:
     """A ``podlatency serve`` subprocess on a free loopback port."""
 
-    def __init__(self, model_dir: Path, nthread: int) -> None:
+    def __init__(self, model_dir: Path, nthread: int, *, variants: bool = True) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
@@ -75,6 +76,7 @@ class BenchServer:
             "PODLATENCY_DEVICE": "cpu",
             "PODLATENCY_NTHREAD": str(nthread),
             "PODLATENCY_LOG_LEVEL": "warning",
+            "PODLATENCY_VARIANTS": "true" if variants else "false",
         }
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
@@ -237,6 +239,13 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
             nthread_all = concurrent(server.port, body, concurrency, concurrent_seconds)
         finally:
             server.stop()
+
+        server = BenchServer(model_dir, nthread=1, variants=False)
+        try:
+            sequential(server.port, body, 300)
+            rss_without_variants = server.rss_mb()
+        finally:
+            server.stop()
     bare_rss = bare_process_rss_mb()
 
     compute_ratio = served_compute.p50_ms / raw.p50_ms
@@ -258,6 +267,7 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
         "raw_inplace_predict": asdict(raw),
         "served_compute_over_raw_p50": round(compute_ratio, 3),
         "server_rss_mb": rss_after,
+        "server_rss_mb_without_variants": rss_without_variants,
         "bare_litestar_xgboost_rss_mb": bare_rss,
         "concurrent": {"nthread_1": nthread_one, "nthread_all": nthread_all},
         "targets": targets,
@@ -278,8 +288,9 @@ def _print_summary(results: dict[str, Any]) -> None:
         f"p99 {e2e['p99_ms']:.3f}",
         f"model compute in server:   p50 {served['p50_ms']:.3f} ms",
         f"raw inplace_predict x2:    p50 {raw['p50_ms']:.3f} ms  (served/raw = {ratio})",
-        f"server RSS: {results['server_rss_mb']} MB (bare Litestar+XGBoost process: "
-        f"{results['bare_litestar_xgboost_rss_mb']} MB)",
+        f"server RSS: {results['server_rss_mb']} MB, {results['server_rss_mb_without_variants']} MB with "
+        "PODLATENCY_VARIANTS=false",
+        f"bare Litestar + XGBoost process RSS: {results['bare_litestar_xgboost_rss_mb']} MB",
     ]
     for label, row in (("nthread=1  ", one), ("nthread=all", every)):
         lines.append(

@@ -73,6 +73,7 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["end_to_end"]["count"] == 100
     assert results["raw_inplace_predict"]["p50_ms"] > 0
+    assert results["server_rss_mb"] > results["server_rss_mb_without_variants"] > 0
     assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
     assert set(results["concurrent"]) == {"nthread_1", "nthread_all"}
     assert "end to end, 1 client" in result.stdout
