@@ -36,7 +36,9 @@ def test_short_comparison_of_every_endpoint(tmp_path: Path) -> None:
         assert endpoint["requests"] > 0, name
         assert endpoint["failures"] == 0, name
         assert endpoint["rps"] > 0, name
-        assert endpoint["p50_ms"] <= endpoint["p99_ms"] <= endpoint["max_ms"] + 1, name
+        # Locust rounds percentiles to two significant digits, so p99 may read above the exact max.
+        assert 0 < endpoint["p50_ms"] <= endpoint["p99_ms"], name
+        assert endpoint["max_ms"] >= endpoint["p50_ms"], name
         assert "dispatch" in endpoint["server_phase_mean_ms"], name
     assert "queue wait" in by_name["to-thread"]["server_phase_mean_ms"]
     assert "predict ttft" in by_name["v1-predict"]["server_phase_mean_ms"]
