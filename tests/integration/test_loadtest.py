@@ -78,3 +78,16 @@ def test_full_comparison(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     by_name = {e["name"]: e for e in json.loads((tmp_path / "results.json").read_text())["endpoints"]}
     assert by_name["v1-predict"]["rps"] > 5 * by_name["to-thread"]["rps"]
+
+
+def test_distributed_mode(tmp_path: Path) -> None:
+    """With --processes 2 Locust runs master and workers, and their requests are counted together."""
+    result = compare(
+        "--endpoints", "v1-predict", "--users", "4", "--duration", "2", "--warmup", "1",
+        "--processes", "2", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    endpoint = json.loads((tmp_path / "results.json").read_text())["endpoints"][0]
+    assert endpoint["requests"] > 0
+    assert endpoint["failures"] == 0
+    assert "2 Locust process(es)" in (tmp_path / "report.md").read_text()
