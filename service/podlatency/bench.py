@@ -8,7 +8,10 @@ What it measures, all on this machine in one run so the figures compare:
    around the model call;
 3. resident memory of the serving process, and of a bare process that only imports Litestar,
    uvicorn and XGBoost, for scale;
-4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99).
+4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99);
+5. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
+   seed's batch design and its original ``to-thread`` design;
+6. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
 
 The server runs with the embedded default model, on the CPU, with no trace exporter, and with the
 seed variants on (the default; they load pandas) except for one memory reading without them.
@@ -67,7 +70,9 @@ class LatencySummary:
 class BenchServer:
     """A ``podlatency serve`` subprocess on a free loopback port."""
 
-    def __init__(self, model_dir: Path, nthread: int, *, variants: bool = True) -> None:
+    def __init__(
+        self, model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
@@ -77,6 +82,7 @@ class BenchServer:
             "PODLATENCY_NTHREAD": str(nthread),
             "PODLATENCY_LOG_LEVEL": "warning",
             "PODLATENCY_VARIANTS": "true" if variants else "false",
+            "PODLATENCY_BATCHING": "true" if batching else "false",
         }
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
@@ -122,12 +128,12 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _post(connection: http.client.HTTPConnection, body: bytes) -> dict[str, Any]:
-    connection.request("POST", "/v1/predict", body=body, headers={"content-type": "application/json"})
+def _post(connection: http.client.HTTPConnection, body: bytes, path: str = "/v1/predict") -> dict[str, Any]:
+    connection.request("POST", path, body=body, headers={"content-type": "application/json"})
     response = connection.getresponse()
     payload = response.read()
     if response.status != 200:
-        raise RuntimeError(f"/v1/predict answered {response.status}: {payload[:200]!r}")
+        raise RuntimeError(f"{path} answered {response.status}: {payload[:200]!r}")
     answer: dict[str, Any] = json.loads(payload)
     return answer
 
@@ -149,7 +155,9 @@ def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, L
     return LatencySummary.of(end_to_end), LatencySummary.of(model_compute)
 
 
-def concurrent(port: int, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+def concurrent(
+    port: int, body: bytes, clients: int, seconds: float, path: str = "/v1/predict"
+) -> dict[str, float]:
     """``clients`` keep-alive clients for ``seconds``: throughput and latency percentiles."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop_at = time.monotonic() + seconds
@@ -160,7 +168,7 @@ def concurrent(port: int, body: bytes, clients: int, seconds: float) -> dict[str
         try:
             while time.monotonic() < stop_at:
                 started = time.perf_counter()
-                _post(connection, body)
+                _post(connection, body, path)
                 latencies[index].append(time.perf_counter() - started)
         except (OSError, RuntimeError) as error:
             errors.append(error)
@@ -177,6 +185,8 @@ def concurrent(port: int, body: bytes, clients: int, seconds: float) -> dict[str
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
     merged = [value for values in latencies for value in values]
+    if not merged:
+        raise RuntimeError(f"no request to {path} finished within {seconds} s")
     summary = LatencySummary.of(merged)
     return {"clients": clients, "rps": round(len(merged) / elapsed, 1), **asdict(summary)}
 
@@ -210,7 +220,68 @@ def bare_process_rss_mb() -> float:
     return round(int(output.stdout.split()[1]) / 1024, 1)
 
 
-def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds: float, out: Path) -> int:
+SWEEP_ENDPOINTS = (
+    ("v1 batching", "batching", "/v1/predict"),
+    ("v1 no batching", "no-batching", "/v1/predict"),
+    ("seed batch", "batching", "/variants/batch"),
+    ("seed to-thread", "batching", "/variants/to-thread"),
+)
+
+
+def sweep(ports: dict[str, int], body: bytes, levels: list[int], seconds: float) -> dict[str, dict[str, Any]]:
+    """Every sweep endpoint at every concurrency level: req/s, p50, p99."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, server, path in SWEEP_ENDPOINTS:
+        results[name] = {}
+        for clients in levels:
+            figures = concurrent(ports[server], body, clients, seconds, path)
+            results[name][str(clients)] = {key: figures[key] for key in ("rps", "p50_ms", "p99_ms", "count")}
+            print(
+                f"  {name:15s} {clients:4d} clients: {figures['rps']:8.1f} req/s  "
+                f"p50 {figures['p50_ms']:8.2f} ms  p99 {figures['p99_ms']:8.2f} ms",
+                flush=True,
+            )
+    return results
+
+
+def soak(server: BenchServer, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` for ``seconds``: resident memory at the start and the end, and the throughput."""
+    concurrent(server.port, body, clients, min(2.0, seconds))
+    rss_start = server.rss_mb()
+    figures = concurrent(server.port, body, clients, seconds)
+    return {"clients": clients, "seconds": seconds, "rss_start_mb": rss_start, "rss_end_mb": server.rss_mb(),
+            "rps": figures["rps"], "p99_ms": figures["p99_ms"]}  # fmt: skip
+
+
+def sweep_and_soak(
+    model_dir: Path, body: bytes, levels: list[int], sweep_seconds: float, soak_seconds: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """The concurrency sweep on a batching and a non-batching server, then the soak on the first."""
+    batching_server = BenchServer(model_dir, nthread=1)
+    plain_server = BenchServer(model_dir, nthread=1, batching=False)
+    try:
+        ports = {"batching": batching_server.port, "no-batching": plain_server.port}
+        sweep_results = sweep(ports, body, levels, sweep_seconds)
+    finally:
+        plain_server.stop()
+    try:
+        soak_results = soak(batching_server, body, 32, soak_seconds) if soak_seconds > 0 else {}
+    finally:
+        batching_server.stop()
+    return sweep_results, soak_results
+
+
+def run_benchmark(
+    requests: int,
+    pods: int,
+    concurrency: int,
+    concurrent_seconds: float,
+    out: Path,
+    *,
+    levels: list[int],
+    sweep_seconds: float,
+    soak_seconds: float,
+) -> int:
     """Run every measurement, print a summary, write ``results.json``; 0 when all targets are met."""
     rows_json = pod_rows(pods, seed=7)
     body = json.dumps({"pods": rows_json}).encode()
@@ -246,6 +317,9 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
             rss_without_variants = server.rss_mb()
         finally:
             server.stop()
+
+        print(f"concurrency sweep, {sweep_seconds:g} s per point:")
+        sweep_results, soak_results = sweep_and_soak(model_dir, body, levels, sweep_seconds, soak_seconds)
     bare_rss = bare_process_rss_mb()
 
     compute_ratio = served_compute.p50_ms / raw.p50_ms
@@ -254,6 +328,7 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
         "served_compute_within_1.5x_raw": compute_ratio <= 1.5,
         "server_rss_mb<=250": rss_after <= 250,
     }
+    targets |= batching_targets(sweep_results)
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -270,6 +345,8 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
         "server_rss_mb_without_variants": rss_without_variants,
         "bare_litestar_xgboost_rss_mb": bare_rss,
         "concurrent": {"nthread_1": nthread_one, "nthread_all": nthread_all},
+        "sweep": sweep_results,
+        "soak_32_clients": soak_results,
         "targets": targets,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -277,6 +354,21 @@ def run_benchmark(requests: int, pods: int, concurrency: int, concurrent_seconds
     _print_summary(results)
     print(f"wrote {out / 'results.json'}")
     return 0 if all(targets.values()) else 1
+
+
+def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """The throughput issue's targets, where the sweep measured the levels they name."""
+    batched, plain, to_thread = (
+        sweep_results[name] for name in ("v1 batching", "v1 no batching", "seed to-thread")
+    )
+    targets: dict[str, bool] = {}
+    if "1" in batched:
+        targets["1_client_p50_ms<=1.0"] = batched["1"]["p50_ms"] <= 1.0
+    if "32" in batched:
+        targets["32_clients_batching_rps>=2x_no_batching"] = batched["32"]["rps"] >= 2 * plain["32"]["rps"]
+        targets["32_clients_batching_p99_ms<=20"] = batched["32"]["p99_ms"] <= 20
+        targets["32_clients_rps>=50x_to_thread"] = batched["32"]["rps"] >= 50 * to_thread["32"]["rps"]
+    return targets
 
 
 def _print_summary(results: dict[str, Any]) -> None:
@@ -296,6 +388,13 @@ def _print_summary(results: dict[str, Any]) -> None:
         lines.append(
             f"{row['clients']} clients, {label}: {row['rps']} req/s  p50 {row['p50_ms']:.2f} ms  "
             f"p99 {row['p99_ms']:.2f}"
+        )
+    soak_figures = results["soak_32_clients"]
+    if soak_figures:
+        lines.append(
+            f"soak, 32 clients for {soak_figures['seconds']:g} s: RSS {soak_figures['rss_start_mb']} MB -> "
+            f"{soak_figures['rss_end_mb']} MB, {soak_figures['rps']} req/s, "
+            f"p99 {soak_figures['p99_ms']:.2f} ms"
         )
     lines += [f"target {name}: {'met' if met else 'MISSED'}" for name, met in results["targets"].items()]
     print("\n".join(lines))

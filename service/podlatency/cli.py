@@ -61,6 +61,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--pods", type=int, default=7, help="pods per request")
     bench.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
     bench.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
+    bench.add_argument("--levels", default="1,8,32,128", help="client counts of the concurrency sweep")
+    bench.add_argument("--sweep-seconds", type=float, default=3.0, help="length of each sweep point")
+    bench.add_argument("--soak-seconds", type=float, default=120.0, help="32-client memory soak; 0 skips it")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
 
 
@@ -160,6 +163,9 @@ def bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         concurrent_seconds=args.concurrent_seconds,
         out=args.out,
+        levels=[int(level) for level in args.levels.split(",")],
+        sweep_seconds=args.sweep_seconds,
+        soak_seconds=args.soak_seconds,
     )
 
 

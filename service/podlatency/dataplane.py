@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from opentelemetry.trace import Tracer
 
+from podlatency.batcher import MicroBatcher
 from podlatency.bundle import ModelBundle
 from podlatency.errors import ModelLoadError, PodlatencyError
 from podlatency.metrics import service_metrics
@@ -51,18 +52,35 @@ class PredictionService:
         return PhaseRecorder(self.tracer, self.span_writer, route, {"podlatency.device": self.device})
 
     def predict(self, rows: Sequence[PodMetrics], phases: PhaseRecorder) -> Predictions:
-        """All rows in one matrix, one ``inplace_predict`` per target."""
+        """All rows in one matrix, one ``inplace_predict`` per target.
+
+        With batching on, the call is shared with whatever other requests are in flight.
+        """
         model = self.holder.current()
         phases.attributes |= {"podlatency.pods": len(rows), "podlatency.model_version": model.version}
-        predictor = model.predictor
         with phases.phase("frame"):
-            matrix = predictor.to_device(feature_matrix(rows))
-        by_target: dict[str, npt.NDArray[np.float64]] = {}
-        for target in predictor.targets:
-            with phases.phase(f"predict {target}"):
-                by_target[target] = predictor.predict_target(target, matrix)
-        service_metrics().rows_per_predict.observe(len(rows))
+            matrix = feature_matrix(rows)
+        if model.batcher is None:
+            by_target, times = model.predictor.predict_timed(matrix)
+            service_metrics().rows_per_predict.observe(len(rows))
+        else:
+            outcome = model.batcher.submit(matrix)
+            by_target, times = outcome.by_target, outcome.target_times_ns
+            phases.attributes |= {
+                "podlatency.batch_rows": outcome.batch_rows,
+                "podlatency.batch_requests": outcome.batch_requests,
+            }
+            phases.record("batch wait", outcome.queued_ns, outcome.batch_started_ns)
+            service_metrics().batch_wait_seconds.observe((outcome.batch_started_ns - outcome.queued_ns) / 1e9)
+        for target, (started_ns, ended_ns) in times.items():
+            phases.record(f"predict {target}", started_ns, ended_ns)
         return Predictions(by_target=by_target, model=model)
+
+    @staticmethod
+    def _observe_batch(rows: int, requests: int) -> None:
+        metrics = service_metrics()
+        metrics.rows_per_predict.observe(rows)
+        metrics.requests_per_batch.observe(requests)
 
     # -- model lifecycle -------------------------------------------------------------------------
 
@@ -70,7 +88,15 @@ class PredictionService:
         """Put ``bundle`` in service on this process's device, warmed up."""
         predictor = Predictor(bundle, self.device, self.settings.nthread)
         predictor.warm_up()
-        loaded = LoadedModel(predictor)
+        batcher = None
+        if self.settings.batching:
+            batcher = MicroBatcher(
+                predictor.predict_timed,
+                max_rows=self.settings.batch_max_rows,
+                max_wait_s=self.settings.batch_max_wait_ms / 1000,
+                on_batch=self._observe_batch,
+            )
+        loaded = LoadedModel(predictor, batcher)
         previous = self.holder.swap(loaded)
         service_metrics().active_model.info(
             {"version": bundle.version, "objective": bundle.objective, "device": self.device}

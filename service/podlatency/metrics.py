@@ -38,6 +38,8 @@ class ServiceMetrics:
 
     phase_seconds: Histogram
     rows_per_predict: Histogram
+    requests_per_batch: Histogram
+    batch_wait_seconds: Histogram
     active_model: Info
 
 
@@ -55,6 +57,16 @@ def service_metrics() -> ServiceMetrics:
             "podlatency_rows_per_predict",
             "Rows (pods) passed to one inplace_predict call.",
             buckets=ROW_BUCKETS,
+        ),
+        requests_per_batch=Histogram(
+            "podlatency_requests_per_batch",
+            "Requests coalesced into one predict call by the batcher.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+        ),
+        batch_wait_seconds=Histogram(
+            "podlatency_batch_wait_seconds",
+            "Time a request's rows waited for their batch to start.",
+            buckets=PHASE_BUCKETS,
         ),
         active_model=Info("podlatency_active_model", "The model bundle this process serves."),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
+from podlatency.batcher import MicroBatcher
 from podlatency.bundle import ModelBundle
 from podlatency.errors import DeviceUnavailable, ModelNotReady
 from podlatency.schema import FEATURE_NAMES
@@ -98,6 +100,19 @@ class Predictor:
             result = self._cupy.asnumpy(result)
         return np.maximum(np.asarray(result, dtype=np.float64).reshape(-1), 0.0)
 
+    def predict_timed(
+        self, matrix: FloatMatrix
+    ) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, tuple[int, int]]]:
+        """Every target for the same rows, with each call's (start_ns, end_ns)."""
+        on_device = self.to_device(matrix)
+        by_target: dict[str, npt.NDArray[np.float64]] = {}
+        times: dict[str, tuple[int, int]] = {}
+        for target in self.targets:
+            started_ns = time.time_ns()
+            by_target[target] = self.predict_target(target, on_device)
+            times[target] = (started_ns, time.time_ns())
+        return by_target, times
+
     def predict_all(self, matrix: FloatMatrix) -> dict[str, npt.NDArray[np.float64]]:
         """Every target for the same rows (used by tests and the benchmark)."""
         on_device = self.to_device(matrix)
@@ -113,6 +128,7 @@ class LoadedModel:
     """A bundle ready to serve, and when it was loaded."""
 
     predictor: Predictor
+    batcher: MicroBatcher | None = None
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

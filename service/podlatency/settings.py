@@ -55,6 +55,15 @@ class Settings:
     max_pods: int = 1024
     """Most pods one ``/v1/predict`` request may carry."""
 
+    batching: bool = True
+    """Coalesce concurrent requests' rows into one predict call per target."""
+
+    batch_max_rows: int = 4096
+    """Most rows in one coalesced predict call."""
+
+    batch_max_wait_ms: float = 0.0
+    """Extra time a batch leader waits to fill its batch when others are queued (0 = never wait)."""
+
     default_samples: int = 20_000
     """Synthetic rows the embedded default model is trained on when the model folder is empty."""
 
@@ -92,6 +101,8 @@ class Settings:
             (self.threads >= 1, "threads", "must be >= 1"),
             (self.nthread >= 0, "nthread", "must be >= 0 (0 = all cores)"),
             (self.max_pods >= 1, "max_pods", "must be >= 1"),
+            (self.batch_max_rows >= self.max_pods, "batch_max_rows", "must be >= PODLATENCY_MAX_PODS"),
+            (0.0 <= self.batch_max_wait_ms <= 100.0, "batch_max_wait_ms", "must be 0..100"),
             (self.default_samples >= 1000, "default_samples", "must be >= 1000"),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
@@ -102,9 +113,9 @@ class Settings:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
 
 
-_INT_FIELDS = {"port", "workers", "threads", "nthread", "max_pods", "default_samples"}
-_FLOAT_FIELDS = {"quantile_alpha"}
-_BOOL_FIELDS = {"variants"}
+_INT_FIELDS = {"port", "workers", "threads", "nthread", "max_pods", "default_samples", "batch_max_rows"}
+_FLOAT_FIELDS = {"quantile_alpha", "batch_max_wait_ms"}
+_BOOL_FIELDS = {"variants", "batching"}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 

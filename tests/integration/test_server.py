@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,39 @@ def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
     assert 'podlatency_phase_duration_seconds_count{phase="predict ttft",route="/v1/predict"} 3.0' in text
     assert "podlatency_rows_per_predict_sum 15.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
+
+
+def test_concurrent_requests_are_batched(model_dir: Path, start_server: Any) -> None:
+    """Under concurrent load the server coalesces requests: fewer predict calls, the same answers."""
+    server = start_server(model_dir)
+    server.wait_for("/readyz", 200)
+    rows = pod_rows(7, seed=5)
+    expected = server.request("POST", "/v1/predict", {"pods": rows}).json()["predictions"]
+
+    def call(_: int) -> Any:
+        return server.request("POST", "/v1/predict", {"pods": rows}).json()["predictions"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(call, range(400)))
+    assert all(answer == expected for answer in answers)
+    text = server.request("GET", "/metrics").body.decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("podlatency_requests_per_batch_") and " " in line
+    }
+    batches, requests = (
+        values["podlatency_requests_per_batch_count"],
+        values["podlatency_requests_per_batch_sum"],
+    )
+    assert requests == 401
+    assert batches < requests, "some predict calls served several requests"
+
+
+def test_batching_can_be_switched_off(model_dir: Path, start_server: Any) -> None:
+    """PODLATENCY_BATCHING=false predicts each request on its own, with the same answers."""
+    server = start_server(model_dir, PODLATENCY_BATCHING="false")
+    server.wait_for("/readyz", 200)
+    body = server.request("POST", "/v1/predict", {"pods": pod_rows(7, seed=5)}).json()
+    assert "batch wait" not in body["timing_ms"]
+    assert "podlatency_requests_per_batch_count 0.0" in server.request("GET", "/metrics").body.decode()

@@ -18,7 +18,7 @@ from podlatency.settings import Settings
 from podlatency.web.app import create_app
 from podlatency.workload import pod_rows
 
-PHASES = {"dispatch", "decode", "frame", "predict ttft", "predict tpot", "encode", "respond"}
+PHASES = {"dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "encode", "respond"}
 
 
 @pytest.fixture

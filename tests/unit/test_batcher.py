@@ -1,0 +1,122 @@
+"""The micro-batcher: lone requests go straight through, concurrent ones share calls, errors stay put."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from podlatency.batcher import BatchOutcome, FloatMatrix, MicroBatcher, TargetArrays
+
+
+class RowSums:
+    """A stand-in model: ttft = row sum, tpot = row max; records every call's row count."""
+
+    def __init__(self, delay_s: float = 0.0, poison: float | None = None) -> None:
+        self.delay_s = delay_s
+        self.poison = poison
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, matrix: FloatMatrix) -> tuple[TargetArrays, dict[str, tuple[int, int]]]:
+        started = time.time_ns()
+        with self.lock:
+            self.calls.append(len(matrix))
+        if self.poison is not None and (matrix == self.poison).any():
+            raise ValueError("poisoned row")
+        time.sleep(self.delay_s)
+        result = {
+            "ttft": matrix.sum(axis=1).astype(np.float64),
+            "tpot": matrix.max(axis=1).astype(np.float64),
+        }
+        return result, {"ttft": (started, time.time_ns()), "tpot": (started, time.time_ns())}
+
+
+def rows(request: int, count: int) -> FloatMatrix:
+    """Rows unique to one request, so a wrong split shows."""
+    return np.arange(count * 3, dtype=np.float32).reshape(count, 3) + request * 1000
+
+
+def check(outcome: BatchOutcome, matrix: FloatMatrix) -> None:
+    np.testing.assert_array_equal(outcome.by_target["ttft"], matrix.sum(axis=1))
+    np.testing.assert_array_equal(outcome.by_target["tpot"], matrix.max(axis=1))
+
+
+def test_lone_request_goes_straight_through() -> None:
+    """With nothing else in flight a request is its own batch and does not wait."""
+    model = RowSums()
+    batcher = MicroBatcher(model)
+    matrix = rows(1, 7)
+    outcome = batcher.submit(matrix)
+    check(outcome, matrix)
+    assert (outcome.batch_requests, outcome.batch_rows) == (1, 7)
+    assert outcome.batch_started_ns - outcome.queued_ns < 5_000_000
+    assert model.calls == [7]
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
+    """Requests arriving during a predict are coalesced into the next call; each gets its own slice."""
+    model = RowSums(delay_s=0.02)
+    batcher = MicroBatcher(model)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(batcher.submit, rows(index, 1 + index % 5)) for index in range(64)]
+        outcomes = [future.result(timeout=30) for future in futures]
+    for index, outcome in enumerate(outcomes):
+        check(outcome, rows(index, 1 + index % 5))
+    assert sum(model.calls) == sum(1 + index % 5 for index in range(64))
+    assert len(model.calls) < 64 / 2, f"expected shared calls, got {model.calls}"
+    assert max(outcome.batch_requests for outcome in outcomes) > 1
+
+
+def test_batches_respect_max_rows() -> None:
+    """No call gets more than max_rows rows (a request larger than that still runs, alone)."""
+    model = RowSums(delay_s=0.01)
+    batcher = MicroBatcher(model, max_rows=10)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(lambda index: batcher.submit(rows(index, 4)), range(48)))
+    assert max(model.calls) <= 10
+    assert batcher.submit(rows(99, 25)).batch_rows == 25
+
+
+def test_a_failing_request_does_not_fail_its_batch() -> None:
+    """When a shared call fails, each request is retried alone: only the bad one gets the error."""
+    poison = -1.0
+    model = RowSums(delay_s=0.02, poison=poison)
+    batcher = MicroBatcher(model)
+    bad = np.full((2, 3), poison, dtype=np.float32)
+
+    def submit(index: int) -> BatchOutcome | Exception:
+        try:
+            return batcher.submit(bad if index == 5 else rows(index, 3))
+        except ValueError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(submit, range(24)))
+    assert isinstance(results[5], ValueError)
+    for index, result in enumerate(results):
+        if index != 5:
+            assert isinstance(result, BatchOutcome), index
+            check(result, rows(index, 3))
+
+
+def test_batcher_recovers_to_idle() -> None:
+    """After a burst the batcher is idle again: the next lone request runs alone at once."""
+    model = RowSums(delay_s=0.005)
+    batcher = MicroBatcher(model)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda index: batcher.submit(rows(index, 2)), range(40)))
+    assert batcher.submit(rows(7, 2)).batch_requests == 1
+
+
+@pytest.mark.parametrize("wait_ms", [0.0, 2.0])
+def test_many_threads_never_deadlock(wait_ms: float) -> None:
+    """Hundreds of submits from many threads all complete, with or without a batch window."""
+    batcher = MicroBatcher(RowSums(), max_wait_s=wait_ms / 1000)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(batcher.submit, rows(index % 50, 2)) for index in range(600)]
+        for index, future in enumerate(futures):
+            check(future.result(timeout=30), rows(index % 50, 2))
