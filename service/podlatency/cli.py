@@ -67,6 +67,15 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
 
 
+def _add_gpu_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gpu_bench = commands.add_parser(
+        "gpu-bench", help="CPU vs GPU predict time per batch size, and the crossover"
+    )
+    gpu_bench.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="folder for gpu-results.json"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
@@ -75,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_train(commands)
     _add_bench(commands)
+    _add_gpu_bench(commands)
     return parser
 
 
@@ -169,11 +179,18 @@ def bench(args: argparse.Namespace) -> int:
     )
 
 
+def gpu_bench(args: argparse.Namespace) -> int:
+    """Run the GPU benchmark (see :mod:`podlatency.gpu_bench`)."""
+    from podlatency.gpu_bench import run_gpu_benchmark  # noqa: PLC0415
+
+    return run_gpu_benchmark(args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podlatency`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        handler = {"serve": serve, "train": train, "bench": bench}[args.command]
+        handler = {"serve": serve, "train": train, "bench": bench, "gpu-bench": gpu_bench}[args.command]
         return handler(args)
     except PodlatencyError as error:
         print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)

@@ -86,7 +86,7 @@ class PredictionService:
 
     def serve_bundle(self, bundle: ModelBundle) -> LoadedModel:
         """Put ``bundle`` in service on this process's device, warmed up."""
-        predictor = Predictor(bundle, self.device, self.settings.nthread)
+        predictor = Predictor(bundle, self.device, self.settings.nthread, self.settings.gpu_min_rows)
         predictor.warm_up()
         batcher = None
         if self.settings.batching:

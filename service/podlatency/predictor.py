@@ -70,57 +70,79 @@ def _cupy() -> Any | None:
 
 
 class Predictor:
-    """Predicts every target of one bundle on one device."""
+    """Predicts every target of one bundle, on the CPU or (for big enough batches) the GPU.
 
-    def __init__(self, bundle: ModelBundle, device: str, nthread: int) -> None:
+    With ``device="cuda"``, a call of at least ``gpu_min_rows`` rows runs on the GPU, with its input
+    copied to the device (cupy when installed); a smaller one runs on the CPU copy of the boosters,
+    where a launch and two copies would cost more than the prediction. ``podlatency gpu-bench``
+    measures the crossover on a given GPU.
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str, nthread: int, gpu_min_rows: int = 0) -> None:
         self.bundle = bundle
         self.device = device
         self.nthread = nthread
-        self._cupy = _cupy() if device == "cuda" else None
+        self.gpu_min_rows = gpu_min_rows
         # Private copies: device and thread settings are per predictor, the bundle stays untouched.
-        self._boosters = {target: booster.copy() for target, booster in bundle.boosters.items()}
-        for booster in self._boosters.values():
-            booster.set_param({"device": device, "nthread": nthread})
+        self._boosters = {"cpu": self._copies("cpu")}
+        if device == "cuda":
+            self._boosters["cuda"] = self._copies("cuda")
+        self._cupy = _cupy() if device == "cuda" else None
+
+    def _copies(self, device: str) -> dict[str, xgb.Booster]:
+        copies = {target: booster.copy() for target, booster in self.bundle.boosters.items()}
+        for booster in copies.values():
+            booster.set_param({"device": device, "nthread": self.nthread})
+        return copies
 
     @property
     def targets(self) -> tuple[str, ...]:
         """Target names in prediction order."""
         return tuple(self.bundle.boosters)
 
-    def to_device(self, matrix: FloatMatrix) -> Any:
-        """The matrix where the boosters run: as is on CPU, on the GPU when cupy is there."""
-        if self._cupy is not None:
+    def device_for(self, rows: int) -> str:
+        """Where a call of ``rows`` rows runs."""
+        return "cuda" if "cuda" in self._boosters and rows >= self.gpu_min_rows else "cpu"
+
+    def _on_device(self, matrix: FloatMatrix, device: str) -> Any:
+        if device == "cuda" and self._cupy is not None:
             return self._cupy.asarray(matrix)
         return matrix
 
-    def predict_target(self, target: str, matrix: Any) -> npt.NDArray[np.float64]:
-        """One ``inplace_predict`` call for all rows, clipped at 0 ms."""
-        result = self._boosters[target].inplace_predict(matrix, validate_features=False)
-        if self._cupy is not None:
+    def _predict(self, target: str, on_device: Any, device: str) -> npt.NDArray[np.float64]:
+        result = self._boosters[device][target].inplace_predict(on_device, validate_features=False)
+        if device == "cuda" and self._cupy is not None:
             result = self._cupy.asnumpy(result)
         return np.maximum(np.asarray(result, dtype=np.float64).reshape(-1), 0.0)
+
+    def predict_target(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
+        """One ``inplace_predict`` call for all rows, clipped at 0 ms."""
+        device = self.device_for(len(matrix))
+        return self._predict(target, self._on_device(matrix, device), device)
 
     def predict_timed(
         self, matrix: FloatMatrix
     ) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, tuple[int, int]]]:
-        """Every target for the same rows, with each call's (start_ns, end_ns)."""
-        on_device = self.to_device(matrix)
+        """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns)."""
+        device = self.device_for(len(matrix))
+        on_device = self._on_device(matrix, device)
         by_target: dict[str, npt.NDArray[np.float64]] = {}
         times: dict[str, tuple[int, int]] = {}
         for target in self.targets:
             started_ns = time.time_ns()
-            by_target[target] = self.predict_target(target, on_device)
+            by_target[target] = self._predict(target, on_device, device)
             times[target] = (started_ns, time.time_ns())
         return by_target, times
 
     def predict_all(self, matrix: FloatMatrix) -> dict[str, npt.NDArray[np.float64]]:
         """Every target for the same rows (used by tests and the benchmark)."""
-        on_device = self.to_device(matrix)
-        return {target: self.predict_target(target, on_device) for target in self.targets}
+        return self.predict_timed(matrix)[0]
 
     def warm_up(self) -> None:
-        """Run one prediction so the first request does not pay for lazy initialisation."""
+        """Run predictions on every device in use, so the first request pays no lazy initialisation."""
         self.predict_all(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
+        if "cuda" in self._boosters:
+            self.predict_all(np.zeros((max(self.gpu_min_rows, 1), len(FEATURE_NAMES)), dtype=np.float32))
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,9 @@ class Settings:
     device: Device = "auto"
     """Where XGBoost predicts: ``cuda`` needs a GPU, ``auto`` uses one when XGBoost can."""
 
+    gpu_min_rows: int = 256
+    """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``podlatency gpu-bench`` says)."""
+
     nthread: int = 1
     """OpenMP threads per XGBoost predict call (0 = all cores). 1 is measured fastest under concurrency."""
 
@@ -100,6 +103,7 @@ class Settings:
             (self.workers >= 1, "workers", "must be >= 1"),
             (self.threads >= 1, "threads", "must be >= 1"),
             (self.nthread >= 0, "nthread", "must be >= 0 (0 = all cores)"),
+            (self.gpu_min_rows >= 0, "gpu_min_rows", "must be >= 0"),
             (self.max_pods >= 1, "max_pods", "must be >= 1"),
             (self.batch_max_rows >= self.max_pods, "batch_max_rows", "must be >= PODLATENCY_MAX_PODS"),
             (0.0 <= self.batch_max_wait_ms <= 100.0, "batch_max_wait_ms", "must be 0..100"),
@@ -113,7 +117,16 @@ class Settings:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
 
 
-_INT_FIELDS = {"port", "workers", "threads", "nthread", "max_pods", "default_samples", "batch_max_rows"}
+_INT_FIELDS = {
+    "port",
+    "workers",
+    "threads",
+    "nthread",
+    "max_pods",
+    "default_samples",
+    "batch_max_rows",
+    "gpu_min_rows",
+}
 _FLOAT_FIELDS = {"quantile_alpha", "batch_max_wait_ms"}
 _BOOL_FIELDS = {"variants", "batching"}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

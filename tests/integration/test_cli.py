@@ -72,3 +72,22 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "seed batch", "seed to-thread"}
     assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
     assert results["soak_32_clients"]["rss_end_mb"] > 0
+
+
+@pytest.mark.skipif(cuda_usable(), reason="a GPU is present: the benchmark would run for real")
+def test_gpu_bench_without_gpu_says_so(tmp_path: Path) -> None:
+    """`podlatency gpu-bench` on a machine without a GPU exits 2 with a plain message and writes nothing."""
+    result = run_cli("gpu-bench", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "no usable GPU" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU on this machine")
+def test_gpu_bench_measures_the_crossover(tmp_path: Path) -> None:
+    """On a GPU, `podlatency gpu-bench` times every batch size on CPU and GPU and writes the crossover."""
+    result = run_cli("gpu-bench", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "gpu-results.json").read_text())
+    assert set(results["median_ms_both_targets"]) == {"1", "7", "64", "512", "4096"}

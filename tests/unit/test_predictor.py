@@ -78,3 +78,22 @@ def test_holder_reports_why_it_is_not_ready() -> None:
     with pytest.raises(Exception, match="corrupt bundle"):
         holder.current()
     assert not holder.ready
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU on this machine")
+def test_small_batches_stay_on_the_cpu(small_bundle: ModelBundle) -> None:
+    """On cuda, calls below gpu_min_rows run on the CPU copy, bigger ones on the GPU; answers agree."""
+    predictor = Predictor(small_bundle, "cuda", nthread=1, gpu_min_rows=64)
+    assert (predictor.device_for(7), predictor.device_for(64)) == ("cpu", "cuda")
+    cpu = Predictor(small_bundle, "cpu", nthread=1)
+    for count in (7, 640):
+        matrix = feature_matrix(rows(count))
+        for target, values in predictor.predict_all(matrix).items():
+            np.testing.assert_allclose(values, cpu.predict_all(matrix)[target], rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_predictor_never_uses_a_gpu(small_bundle: ModelBundle) -> None:
+    """A cpu predictor runs every batch size on the CPU, whatever gpu_min_rows says."""
+    predictor = Predictor(small_bundle, "cpu", nthread=1, gpu_min_rows=0)
+    assert {predictor.device_for(rows) for rows in (1, 7, 4096)} == {"cpu"}

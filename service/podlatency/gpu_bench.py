@@ -1,0 +1,85 @@
+"""``podlatency gpu-bench``: CPU against GPU predict time per batch size, and the crossover.
+
+For batch sizes 1, 7, 64, 512 and 4096 rows of the embedded default model it times one
+``inplace_predict`` per target (both targets, the way a request is served) on the CPU with one
+thread, on the CPU with all cores, and on the GPU including the copies to and from the device.
+The crossover is the smallest batch size from which the GPU is faster than the better CPU setting;
+set ``PODLATENCY_GPU_MIN_ROWS`` to it. Each point runs for at most half a second, so the whole run
+stays well under five minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from podlatency.predictor import Predictor, cuda_usable
+from podlatency.settings import Settings
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import generate
+
+BATCH_SIZES = (1, 7, 64, 512, 4096)
+POINT_SECONDS = 0.5
+
+
+def median_ms(predictor: Predictor, rows: int) -> float:
+    """Median milliseconds of predicting both targets for ``rows`` rows."""
+    matrix = generate(rows, seed=rows).features
+    for _ in range(5):
+        predictor.predict_all(matrix)
+    durations: list[float] = []
+    deadline = time.perf_counter() + POINT_SECONDS
+    while time.perf_counter() < deadline or len(durations) < 5:
+        started = time.perf_counter()
+        predictor.predict_all(matrix)
+        durations.append(time.perf_counter() - started)
+    return round(statistics.median(durations) * 1000, 4)
+
+
+def run_gpu_benchmark(out: Path) -> int:
+    """Measure, print a table, write ``gpu-results.json``; 2 when there is no usable GPU."""
+    if not cuda_usable():
+        print("podlatency gpu-bench: XGBoost sees no usable GPU here; nothing to measure")
+        return 2
+    bundle = train_bundle(synthetic_training_set(Settings().default_samples), TrainingOptions(), "default")
+    setups = {
+        "cpu_nthread_1": Predictor(bundle, "cpu", nthread=1),
+        "cpu_nthread_all": Predictor(bundle, "cpu", nthread=0),
+        "gpu": Predictor(bundle, "cuda", nthread=1, gpu_min_rows=0),
+    }
+    table: dict[str, dict[str, float]] = {str(rows): {} for rows in BATCH_SIZES}
+    print(f"{'rows':>6} {'cpu nthread=1':>14} {'cpu all cores':>14} {'gpu':>10}   (ms, both targets)")
+    for rows in BATCH_SIZES:
+        for name, predictor in setups.items():
+            table[str(rows)][name] = median_ms(predictor, rows)
+        point = table[str(rows)]
+        print(
+            f"{rows:6d} {point['cpu_nthread_1']:14.4f} {point['cpu_nthread_all']:14.4f} {point['gpu']:10.4f}"
+        )
+    crossover = next(
+        (
+            rows
+            for rows in BATCH_SIZES
+            if table[str(rows)]["gpu"]
+            < min(table[str(rows)]["cpu_nthread_1"], table[str(rows)]["cpu_nthread_all"])
+        ),
+        None,
+    )
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "model_version": bundle.version,
+        "median_ms_both_targets": table,
+        "crossover_rows": crossover,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if crossover is None:
+        print("the GPU was never faster here: keep PODLATENCY_DEVICE=cpu")
+    else:
+        print(f"crossover: the GPU is faster from {crossover} rows; set PODLATENCY_GPU_MIN_ROWS={crossover}")
+    print(f"wrote {out / 'gpu-results.json'}")
+    return 0
