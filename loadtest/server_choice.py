@@ -1,0 +1,140 @@
+"""Measure the serving set-up the defaults were chosen by: HTTP server, worker processes, handler threads.
+
+    pip install granian            # optional: without it only uvicorn set-ups are measured
+    python -m loadtest.server_choice
+
+Each set-up serves the embedded default model; one keep-alive client measures the 1-client p50, then
+32 concurrent clients run for a few seconds (req/s, p50, p99). All on this machine in one run, so the
+figures compare; the clients share the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from podlatency.bench import concurrent, free_port, sequential, wait_ready
+from podlatency.registry import ModelRegistry
+from podlatency.settings import Settings
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import pod_rows
+
+
+@dataclass(frozen=True)
+class SetUp:
+    """One way to serve: which server, how many processes, extra PODLATENCY_* settings."""
+
+    server: str
+    workers: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Short description for the table."""
+        extra = " ".join(
+            f"{key.removeprefix('PODLATENCY_').lower()}={value}" for key, value in self.env.items()
+        )
+        return f"{self.server}, {self.workers} worker(s) {extra}".strip()
+
+    def command(self, port: int) -> list[str]:
+        """The process to start."""
+        if self.server == "granian":
+            return [
+                str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
+                "--no-access-log", "--log-level", "warning", "podlatency.web.app:app_from_env",
+            ]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "podlatency",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(self.workers),
+        ]
+
+
+SET_UPS = (
+    SetUp("uvicorn", 1),
+    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "2"}),
+    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "32"}),
+    SetUp("uvicorn", 2),
+    SetUp("granian", 1),
+    SetUp("granian", 2),
+)
+
+
+def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict[str, float]:
+    """Start the set-up, measure it, stop it."""
+    port = free_port()
+    env = os.environ | {
+        "PODLATENCY_MODEL_DIR": str(model_dir),
+        "PODLATENCY_DEVICE": "cpu",
+        "PODLATENCY_LOG_LEVEL": "warning",
+        **set_up.env,
+    }
+    process = subprocess.Popen(  # noqa: S603  (our own commands, fixed arguments)
+        set_up.command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_ready(port, process)
+        single, _ = sequential(port, body, 1000)
+        concurrent(port, body, 32, 1.0)
+        loaded = concurrent(port, body, 32, seconds)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    return {"p50_ms_1_client": single.p50_ms, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
+            "p99_ms_32": loaded["p99_ms"]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every available set-up and print a table; write ``server-choice.json``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.server_choice", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each 32-client run")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    has_granian = importlib.util.find_spec("granian") is not None and shutil.which(
+        "granian", path=str(Path(sys.executable).parent)
+    )
+    if not has_granian:
+        print("granian is not installed: measuring uvicorn set-ups only (pip install granian to compare)")
+    body = json.dumps({"pods": pod_rows(7, seed=7)}).encode()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="podlatency-servers-") as folder:
+        bundle = train_bundle(
+            synthetic_training_set(Settings().default_samples), TrainingOptions(), "default"
+        )
+        ModelRegistry(Path(folder)).save(bundle)
+        for set_up in SET_UPS:
+            if set_up.server == "granian" and not has_granian:
+                continue
+            figures = measure(set_up, Path(folder), body, args.seconds)
+            results[set_up.label] = figures
+            print(
+                f"{set_up.label:40s} 1 client p50 {figures['p50_ms_1_client']:.3f} ms | 32 clients "
+                f"{figures['rps_32']:7.1f} req/s p50 {figures['p50_ms_32']:.1f} ms "
+                f"p99 {figures['p99_ms_32']:.1f} ms",
+                flush=True,
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "server-choice.json").write_text(
+        json.dumps({"cpus": os.cpu_count(), "set_ups": results}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
