@@ -1,4 +1,4 @@
-"""Measure the serving set-up the defaults were chosen by: HTTP server, worker processes, handler threads.
+"""Measure the serving set-ups the defaults were chosen by: server, processes, threads, nthread, batching.
 
     pip install granian            # optional: without it only uvicorn set-ups are measured
     python -m loadtest.server_choice
@@ -68,6 +68,8 @@ SET_UPS = (
     SetUp("uvicorn", 1),
     SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "2"}),
     SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "32"}),
+    SetUp("uvicorn", 1, {"PODLATENCY_NTHREAD": "0"}),
+    SetUp("uvicorn", 1, {"PODLATENCY_BATCHING": "false"}),
     SetUp("uvicorn", 2),
     SetUp("granian", 1),
     SetUp("granian", 2),
