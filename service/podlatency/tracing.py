@@ -120,13 +120,21 @@ class PhaseRecorder:
         return {name: round(duration / 1e6, 3) for name, duration in self.durations_ns.items()}
 
     def submit(self) -> None:
-        """Hand the noted phases to the writer (once; later calls do nothing)."""
-        if not self._submitted:
-            self._submitted = True
+        """Hand the noted phases to the writer (once; later calls do nothing).
+
+        An unsampled request only feeds histograms: that is cheaper inline than a hand-off to the
+        writer thread.
+        """
+        if self._submitted:
+            return
+        self._submitted = True
+        if self._traced:
             self._writer.submit(self)
+        else:
+            self.emit()
 
     def emit(self) -> None:
-        """Make the spans and metric samples (on the writer's thread)."""
+        """Make the spans (on the writer's thread) and metric samples."""
         histogram = service_metrics().phase_seconds
         for name, start_ns, end_ns, error, attributes in self._phases:
             histogram.labels(self.route, name).observe((end_ns - start_ns) / 1e9)
