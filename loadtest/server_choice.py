@@ -70,6 +70,8 @@ SET_UPS = (
     SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "32"}),
     SetUp("uvicorn", 1, {"PODLATENCY_NTHREAD": "0"}),
     SetUp("uvicorn", 1, {"PODLATENCY_BATCHING": "false"}),
+    # Every request's spans recorded (no exporter, so they are dropped): what tracing itself costs.
+    SetUp("uvicorn", 1, {"OTEL_TRACES_SAMPLER": "always_on"}),
     SetUp("uvicorn", 2),
     SetUp("granian", 1),
     SetUp("granian", 2),
