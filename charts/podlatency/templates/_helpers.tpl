@@ -1,0 +1,70 @@
+{{/* Chart name, truncated for label limits. */}}
+{{- define "podlatency.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified object name prefix. */}}
+{{- define "podlatency.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "podlatency.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "podlatency.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of the predictor pods. */}}
+{{- define "podlatency.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podlatency.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: predictor
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "podlatency.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "podlatency.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference. */}}
+{{- define "podlatency.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The OTLP/HTTP endpoint traces go to, or nothing. */}}
+{{- define "podlatency.otlpEndpoint" -}}
+{{- if .Values.tracing.endpoint }}
+{{- .Values.tracing.endpoint }}
+{{- else if .Values.jaeger.enabled }}
+{{- printf "http://%s-jaeger:4318" (include "podlatency.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Restricted-profile security context of every container. */}}
+{{- define "podlatency.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
