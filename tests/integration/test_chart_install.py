@@ -1,0 +1,156 @@
+"""Install the chart with real Helm (helm-sdkpy) against a Kubernetes API emulator on loopback.
+
+Every rendered object is validated with kubernetes-validate --strict against the current Kubernetes
+schemas; the tests then check what a GPU or CPU cluster, and the optional parts, get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_sdkpy import Configuration
+from helm_sdkpy.actions import Install
+from helm_sdkpy.exceptions import HelmError
+
+from tests.integration.kube_emulator import KubeEmulator
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "podlatency"
+KUBERNETES_VERSION = "1.34.0"
+# Custom resources have no schema in kubernetes-validate; they are checked by hand below.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+
+def scenario(name: str) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "ci" / name).read_text())
+    return values
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
+    with KubeEmulator(tmp_path) as emulator:
+        yield emulator
+
+
+def install(
+    cluster: KubeEmulator, values: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Install as release "pl" and return the rendered objects and hook objects."""
+    config = Configuration(namespace="default", kubeconfig=str(cluster.kubeconfig))
+    release = asyncio.run(Install(config).run("pl", str(CHART), values=values, wait=False, timeout=60))
+    objects = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
+    hooks = [
+        doc for hook in release.get("hooks") or [] for doc in yaml.safe_load_all(hook["manifest"]) if doc
+    ]
+    return objects, hooks
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def predictor(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = [
+        obj
+        for obj in by_kind(objects, "Deployment")
+        if obj["metadata"]["labels"].get("app.kubernetes.io/component") == "predictor"
+    ]
+    return deployment
+
+
+def validate_all(objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        if obj["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_default_install_schedules_onto_gpus(cluster: KubeEmulator) -> None:
+    """By default the predictor asks for a GPU, selects GPU nodes and tolerates their taint; all validate."""
+    objects, hooks = install(cluster, {})
+    validate_all(objects + hooks)
+    pod = predictor(objects)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    config = by_kind(objects, "ConfigMap")[0]["data"]
+    assert config["PODLATENCY_DEVICE"] == "cuda"
+    assert cluster.emulator is not None
+    assert cluster.emulator.release_writes >= 1, "Helm recorded its release"
+
+
+def test_cpu_values_turn_gpu_scheduling_off(cluster: KubeEmulator) -> None:
+    """ci/cpu-values.yaml drops the GPU limit, node selector and toleration, and predicts on the CPU."""
+    objects, hooks = install(cluster, scenario("cpu-values.yaml"))
+    validate_all(objects + hooks)
+    pod = predictor(objects)["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+    assert by_kind(objects, "ConfigMap")[0]["data"]["PODLATENCY_DEVICE"] == "cpu"
+
+
+def test_probes_security_and_service(cluster: KubeEmulator) -> None:
+    """Probes and a restricted security context are set, and the Service selects the predictor pods."""
+    objects, hooks = install(cluster, {})
+    deployment = predictor(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    security = container["securityContext"]
+    assert security["runAsNonRoot"]
+    assert security["readOnlyRootFilesystem"]
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    [service] = [
+        s for s in by_kind(objects, "Service") if s["metadata"]["name"] == deployment["metadata"]["name"]
+    ]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [hook["metadata"]["annotations"]["helm.sh/hook"] for hook in hooks] == ["test"]
+
+
+def test_optional_parts_appear_only_when_enabled(cluster: KubeEmulator) -> None:
+    """Jaeger, Locust, HPA, ServiceMonitor and NetworkPolicy exist only with their switches on."""
+    plain, _ = install(cluster, {})
+    kinds = {obj["kind"] for obj in plain}
+    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"}
+    assert not [
+        obj for obj in plain if "jaeger" in obj["metadata"]["name"] or "locust" in obj["metadata"]["name"]
+    ]
+
+
+def test_everything_on(cluster: KubeEmulator) -> None:
+    """With ci/full-values.yaml, Jaeger receives the traces and Locust targets the predictor; all validate."""
+    objects, hooks = install(cluster, scenario("full-values.yaml"))
+    validate_all(objects + hooks)
+    names = {obj["metadata"]["name"] for obj in objects}
+    assert {
+        "pl-podlatency-jaeger",
+        "pl-podlatency-locust",
+        "pl-podlatency-locust-master",
+        "pl-podlatency-locust-worker",
+    } <= names
+    assert {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"} <= {obj["kind"] for obj in objects}
+    config = by_kind(objects, "ConfigMap")[0]["data"]
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://pl-podlatency-jaeger:4318"
+    master = next(obj for obj in objects if obj["metadata"]["name"] == "pl-podlatency-locust-master")
+    args = master["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--host=http://pl-podlatency:80" in args
+    assert "replicas" not in predictor(objects)["spec"], "the autoscaler owns the replica count"
+
+
+def test_schema_refuses_bad_values(cluster: KubeEmulator) -> None:
+    """Installing with replicaCount "two" is refused by values.schema.json before anything is created."""
+    with pytest.raises(HelmError):
+        install(cluster, {"replicaCount": "two"})
+    assert cluster.emulator is not None
+    assert not list(cluster.emulator.objects)
