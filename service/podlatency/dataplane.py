@@ -98,9 +98,9 @@ class PredictionService:
             )
         loaded = LoadedModel(predictor, batcher)
         previous = self.holder.swap(loaded)
-        service_metrics().active_model.info(
-            {"version": bundle.version, "objective": bundle.objective, "device": self.device}
-        )
+        active_model = service_metrics().active_model
+        active_model.clear()
+        active_model.labels(device=self.device, objective=bundle.objective, version=bundle.version).set(1)
         if previous is None or previous.version != bundle.version:
             logger.info("serving model %s (%s, %s)", bundle.version, bundle.objective, self.device)
         return loaded

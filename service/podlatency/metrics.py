@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from prometheus_client import Histogram, Info
+from prometheus_client import Gauge, Histogram
 
 # Phases run from ~10 microseconds (frame) to tens of milliseconds under load.
 PHASE_BUCKETS = (
@@ -40,7 +40,7 @@ class ServiceMetrics:
     rows_per_predict: Histogram
     requests_per_batch: Histogram
     batch_wait_seconds: Histogram
-    active_model: Info
+    active_model: Gauge
 
 
 @functools.cache
@@ -68,5 +68,11 @@ def service_metrics() -> ServiceMetrics:
             "Time a request's rows waited for their batch to start.",
             buckets=PHASE_BUCKETS,
         ),
-        active_model=Info("podlatency_active_model", "The model bundle this process serves."),
+        # A gauge rather than an Info metric: Info is not exported in multiprocess mode (several workers).
+        active_model=Gauge(
+            "podlatency_active_model_info",
+            "The model bundle this process serves (1 for the active one).",
+            ["device", "objective", "version"],
+            multiprocess_mode="livemax",
+        ),
     )

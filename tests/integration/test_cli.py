@@ -91,3 +91,16 @@ def test_gpu_bench_measures_the_crossover(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "gpu-results.json").read_text())
     assert set(results["median_ms_both_targets"]) == {"1", "7", "64", "512", "4096"}
+
+
+def test_two_workers_report_metrics_together(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, /metrics adds up both workers' samples and names the active model."""
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    server = start_server(model_dir, PODLATENCY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    version = server.wait_for("/readyz", 200).json()["model_version"]
+    for _ in range(30):
+        assert server.request("POST", "/v1/predict", {"pods": pod_rows(2)}).status == 200
+    text = server.request("GET", "/metrics").body.decode()
+    assert "podlatency_requests_per_batch_count 30.0" in text
+    assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
