@@ -19,7 +19,6 @@ import json
 import math
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.endpoints import ENDPOINTS, Endpoint
 from loadtest.report import write_report
+from podlatency.bench import free_port, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -77,9 +77,7 @@ class LocalServer:
             synthetic_training_set(Settings().default_samples), TrainingOptions(), "default"
         )
         ModelRegistry(Path(self._folder.name)).save(bundle)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         env = os.environ | {
             "PODLATENCY_MODEL_DIR": self._folder.name,
             "PODLATENCY_DEVICE": "cpu",
@@ -94,11 +92,10 @@ class LocalServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while not _ready(self.url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("loadtest: the server did not become ready")
-            time.sleep(0.1)
+        try:
+            wait_ready(self.port, self.process)
+        except RuntimeError as error:
+            raise SystemExit(f"loadtest: {error} (see {log_path})") from None
 
     @property
     def url(self) -> str:
@@ -115,14 +112,6 @@ class LocalServer:
         self.process.terminate()
         self.process.wait(timeout=15)
         self._folder.cleanup()
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310  (loopback)
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def phase_sums(url: str) -> dict[tuple[str, str], tuple[float, float]]:
