@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -152,8 +152,3 @@ def add_derived_columns(matrix: npt.NDArray[np.float32]) -> None:
     matrix[:, column("uncached_input_tokens")] = matrix[:, column("input_token_length")] * (
         1.0 - matrix[:, column("prefix_cache_score")]
     )
-
-
-def to_builtins(value: Any) -> Any:
-    """Msgspec structs -> plain JSON-ready Python objects."""
-    return msgspec.to_builtins(value)
