@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.endpoints import ENDPOINTS, Endpoint
 from loadtest.report import write_report
-from podlatency.bench import free_port, wait_ready
+from podlatency.bench import die_with_parent, free_port, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -91,6 +91,7 @@ class LocalServer:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (no other thread runs yet)
             )
         try:
             wait_ready(self.port, self.process)

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podlatency.bench import concurrent, free_port, sequential, wait_ready
+from podlatency.bench import concurrent, die_with_parent, free_port, sequential, wait_ready
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
@@ -88,7 +88,11 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
         **set_up.env,
     }
     process = subprocess.Popen(  # noqa: S603  (our own commands, fixed arguments)
-        set_up.command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        set_up.command(port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,  # noqa: PLW1509  (no client thread runs yet)
     )
     try:
         wait_ready(port, process)

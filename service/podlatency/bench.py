@@ -19,10 +19,12 @@ seed variants on (the default; they load pandas) except for one memory reading w
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +44,8 @@ from podlatency.schema import PodMetrics, feature_matrix
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import pod_rows
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for servers a benchmark starts: SIGTERM them if the benchmark itself dies.
+
+    Without it a benchmark killed from outside (a CI timeout, Ctrl-\\) leaves its servers running.
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere it does nothing.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -113,6 +127,7 @@ class BenchServer:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509  (started before any client thread)
         )
         wait_ready(self.port, self.process)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,41 @@ def test_two_workers_report_metrics_together(tmp_path: Path, model_dir: Path, st
     text = server.request("GET", "/metrics").body.decode()
     assert "podlatency_requests_per_batch_count 30.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux-only")
+def test_killed_bench_takes_its_server_down(tmp_path: Path) -> None:
+    """When `podlatency bench` is killed outright, the server it started goes down too."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "podlatency", "bench", "--requests", "100000", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (servers := _children(bench.pid)):
+            assert time.monotonic() < deadline, "the bench never started a server"
+            time.sleep(0.2)
+        time.sleep(2)  # let the server get going
+        bench.kill()
+        bench.wait()
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in servers):
+            assert time.monotonic() < deadline, "the server outlived its benchmark"
+            time.sleep(0.2)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return "gone"
+    return next(line for line in status.splitlines() if line.startswith("State:"))
