@@ -67,6 +67,9 @@ class Settings:
     batch_max_wait_ms: float = 0.0
     """Extra time a batch leader waits to fill its batch when others are queued (0 = never wait)."""
 
+    samples_per_bucket: int = 2000
+    """Observed samples kept per regime (queue depth x KV-cache use x prefix-cache score)."""
+
     default_samples: int = 20_000
     """Synthetic rows the embedded default model is trained on when the model folder is empty."""
 
@@ -108,6 +111,7 @@ class Settings:
             (self.batch_max_rows >= self.max_pods, "batch_max_rows", "must be >= PODLATENCY_MAX_PODS"),
             (0.0 <= self.batch_max_wait_ms <= 100.0, "batch_max_wait_ms", "must be 0..100"),
             (self.default_samples >= 1000, "default_samples", "must be >= 1000"),
+            (self.samples_per_bucket >= 1, "samples_per_bucket", "must be >= 1"),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
             (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),

@@ -175,3 +175,22 @@ def test_batching_can_be_switched_off(model_dir: Path, start_server: Any) -> Non
     body = server.request("POST", "/v1/predict", {"pods": pod_rows(7, seed=5)}).json()
     assert "batch wait" not in body["timing_ms"]
     assert "podlatency_requests_per_batch_count 0.0" in server.request("GET", "/metrics").body.decode()
+
+
+def test_accepted_samples_survive_a_restart(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
+    """Samples a real server answered 202 for are still there after it restarts."""
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    rows = [
+        row | {"actual_ttft_ms": 100.0 + index, "actual_tpot_ms": 10.0}
+        for index, row in enumerate(pod_rows(40))
+    ]
+    first = start_server(folder)
+    first.wait_for("/readyz", 200)
+    assert first.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    first.stop()
+    second = start_server(folder)
+    second.wait_for("/readyz", 200)
+    assert second.request("POST", "/add_training_data_bulk", {"entries": rows[:1]}).status == 202
+    answer = second.request("POST", "/v1/samples", {"samples": rows[:1]}).json()
+    assert answer["training"] + answer["holdout"] == 42

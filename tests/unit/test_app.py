@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,22 @@ def test_variant_traces_show_queue_wait_per_pod(
     waits = [span for span in spans if span.name == "queue wait"]
     assert all(span.end_time is not None and span.start_time is not None for span in waits)
     assert all(span.end_time >= span.start_time for span in waits)  # type: ignore[operator]
+
+
+def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Path) -> None:
+    """Valid samples get 202 and are kept; a request with one bad row gets 422 and keeps nothing."""
+    shutil.copytree(model_dir, tmp_path / "models")
+    app = create_app(Settings(model_dir=tmp_path / "models", device="cpu"), tracer_provider=TracerProvider())
+    row = {**pod_rows(1, seed=4)[0], "actual_ttft_ms": 120.0, "actual_tpot_ms": 11.0}
+    with TestClient(app) as test_client:
+        response = test_client.post("/v1/samples", json={"samples": [row, row, row]})
+        assert response.status_code == 202
+        assert response.json()["accepted"] == 3
+        bad = test_client.post("/v1/samples", json={"samples": [row, row | {"actual_tpot_ms": "slow"}]})
+        assert (bad.status_code, bad.json()["field"]) == (422, "samples[1].actual_tpot_ms")
+        llmd = test_client.post("/add_training_data_bulk", json={"entries": [row | {"newer_field": 1}]})
+        assert llmd.status_code == 202
+        assert llmd.json() == {"message": "Accepted 1 training samples.", "accepted": 1}
+        counts = app.state.samples.counts()
+    assert counts["training"] + counts["holdout"] == 4
+    assert len((tmp_path / "models" / "samples" / "samples.jsonl").read_text().splitlines()) == 4

@@ -17,9 +17,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
+from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.tracing import TRACER_NAME, build_tracer_provider
-from podlatency.web import health, routes_llmd, routes_v1
+from podlatency.web import health, routes_llmd, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import PhaseTimingMiddleware
 
@@ -43,7 +44,12 @@ def create_app(
     owns_provider = tracer_provider is None
     provider = tracer_provider or build_tracer_provider()
     service = PredictionService(settings, provider.get_tracer(TRACER_NAME))
-    state = State({"service": service})
+    state = State(
+        {
+            "service": service,
+            "samples": SampleStore(settings.model_dir / "samples", settings.samples_per_bucket),
+        }
+    )
     route_handlers: list[Any] = [
         routes_v1.predict,
         routes_v1.model_info,
@@ -54,6 +60,8 @@ def create_app(
         routes_llmd.reload,
         health.healthz,
         health.readyz,
+        routes_samples.add_samples,
+        routes_samples.add_training_data_bulk,
         PrometheusController,
     ]
     if settings.variants:
