@@ -36,7 +36,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--nthread", type=int, help="XGBoost threads per predict, 0 = all (PODLATENCY_NTHREAD)"
     )
     serve.add_argument("--max-pods", type=int, help="most pods per /v1/predict (PODLATENCY_MAX_PODS)")
-    serve.add_argument("--log-level", help="debug, info, warning or error (PODLATENCY_LOG_LEVEL)")
+    serve.add_argument(
+        "--log-level", type=str.lower, help="debug, info, warning or error (PODLATENCY_LOG_LEVEL)"
+    )
 
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -41,6 +41,7 @@ class ServiceMetrics:
     requests_per_batch: Histogram
     batch_wait_seconds: Histogram
     active_model: Gauge
+    holdout_mae: Gauge
 
 
 @functools.cache
@@ -73,6 +74,12 @@ def service_metrics() -> ServiceMetrics:
             "podlatency_active_model_info",
             "The model bundle this process serves (1 for the active one).",
             ["device", "objective", "version"],
+            multiprocess_mode="livemax",
+        ),
+        holdout_mae=Gauge(
+            "podlatency_model_holdout_mae_ms",
+            "Mean absolute error on the held-out observed samples, by target and model version.",
+            ["target", "version"],
             multiprocess_mode="livemax",
         ),
     )

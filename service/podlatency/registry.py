@@ -12,6 +12,7 @@ sees either the old version or the new one, never half of one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,15 @@ class ModelRegistry:
             handle.flush()
             os.fsync(handle.fileno())
         Path(staging).replace(self.model_dir / ACTIVE_FILE)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions (never the active one); returns those deleted."""
+        active = self.active_version()
+        removable = [version for version in self.versions() if version != active]
+        doomed = removable[: max(0, len(removable) - (keep - 1 if active else keep))]
+        for version in doomed:
+            shutil.rmtree(self.bundle_dir(version), ignore_errors=True)
+        return doomed
 
     def load(self, version: str) -> ModelBundle:
         """Load and verify one stored version."""

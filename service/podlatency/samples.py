@@ -134,6 +134,11 @@ class SampleStore:
         staging.replace(self.path)
         self._lines_on_disk = len(kept)
 
+    @property
+    def seen(self) -> int:
+        """Samples accepted since the folder was first used (replayed ones included)."""
+        return self._seen
+
     def counts(self) -> dict[str, int]:
         """How many samples are held for training and held out."""
         with self._lock:

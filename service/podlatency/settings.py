@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from podlatency.errors import SettingsError
 
@@ -19,6 +19,7 @@ ENV_PREFIX = "PODLATENCY_"
 
 Device = Literal["auto", "cpu", "cuda"]
 Objective = Literal["mean", "quantile"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def default_model_dir() -> Path:
@@ -70,6 +71,18 @@ class Settings:
     samples_per_bucket: int = 2000
     """Observed samples kept per regime (queue depth x KV-cache use x prefix-cache score)."""
 
+    retrain_interval_s: float = 60.0
+    """Seconds between retraining attempts from observed samples (0 = never retrain on a timer)."""
+
+    retrain_min_samples: int = 500
+    """New samples needed before a retraining attempt."""
+
+    retrain_tolerance: float = 0.05
+    """A candidate is published unless a target's held-out error is worse by more than this share."""
+
+    keep_versions: int = 5
+    """Model versions kept in the model folder (the active one always among them)."""
+
     default_samples: int = 20_000
     """Synthetic rows the embedded default model is trained on when the model folder is empty."""
 
@@ -79,7 +92,7 @@ class Settings:
     quantile_alpha: float = 0.9
     """Quantile trained for when ``objective`` is ``quantile``."""
 
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     """Log level of the server process (debug, info, warning, error)."""
 
     variants: bool = True
@@ -89,11 +102,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags)."""
         env = os.environ if environ is None else environ
+        kinds = get_type_hints(cls)
         values: dict[str, object] = {}
         for settings_field in dataclasses.fields(cls):
             name = ENV_PREFIX + settings_field.name.upper()
             if name in env:
-                values[settings_field.name] = _parse(settings_field.name, name, env[name])
+                values[settings_field.name] = _parse(kinds[settings_field.name], name, env[name])
         values.update({key: value for key, value in overrides.items() if value is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
@@ -112,46 +126,38 @@ class Settings:
             (0.0 <= self.batch_max_wait_ms <= 100.0, "batch_max_wait_ms", "must be 0..100"),
             (self.default_samples >= 1000, "default_samples", "must be >= 1000"),
             (self.samples_per_bucket >= 1, "samples_per_bucket", "must be >= 1"),
+            (self.retrain_interval_s >= 0, "retrain_interval_s", "must be >= 0 (0 = off)"),
+            (self.retrain_min_samples >= 1, "retrain_min_samples", "must be >= 1"),
+            (self.retrain_tolerance >= 0, "retrain_tolerance", "must be >= 0"),
+            (self.keep_versions >= 1, "keep_versions", "must be >= 1"),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
             (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),
+            (self.log_level in get_args(LogLevel), "log_level", f"must be one of {get_args(LogLevel)}"),
         ]
         for ok, name, rule in checks:
             if not ok:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
 
 
-_INT_FIELDS = {
-    "port",
-    "workers",
-    "threads",
-    "nthread",
-    "max_pods",
-    "default_samples",
-    "batch_max_rows",
-    "gpu_min_rows",
-}
-_FLOAT_FIELDS = {"quantile_alpha", "batch_max_wait_ms"}
-_BOOL_FIELDS = {"variants", "batching"}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _parse(field_name: str, env_name: str, raw: str) -> object:
-    if field_name in _INT_FIELDS:
-        try:
-            return int(raw)
-        except ValueError:
-            raise SettingsError(f"{env_name} must be an integer, got {raw!r}") from None
-    if field_name in _FLOAT_FIELDS:
-        try:
-            return float(raw)
-        except ValueError:
-            raise SettingsError(f"{env_name} must be a number, got {raw!r}") from None
-    if field_name in _BOOL_FIELDS:
+def _parse(kind: object, env_name: str, raw: str) -> object:
+    """One variable's text as the field's declared type (read from the dataclass, not a list kept by hand)."""
+    if kind is bool:
         value = raw.strip().lower()
         if value not in _TRUE | _FALSE:
             raise SettingsError(f"{env_name} must be true or false, got {raw!r}")
         return value in _TRUE
-    if field_name == "model_dir":
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            article = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{env_name} must be {article}, got {raw!r}") from None
+    if kind is Path:
         return Path(raw).expanduser()
-    return raw.strip().lower() if field_name in {"device", "objective", "log_level"} else raw
+    if get_origin(kind) is Literal:  # choices are lower-case words
+        return raw.strip().lower()
+    return raw

@@ -62,8 +62,12 @@ class WorkloadSample:
         return result
 
 
-def generate(samples: int, seed: int = 0, queued_share: float = 0.4) -> WorkloadSample:
-    """Draw ``samples`` pod states and their latencies; ``queued_share`` of pods have a queue."""
+def generate(samples: int, seed: int = 0, queued_share: float = 0.4, slowdown: float = 1.0) -> WorkloadSample:
+    """Draw ``samples`` pod states and their latencies; ``queued_share`` of pods have a queue.
+
+    ``slowdown`` scales every latency: a fleet that got slower (a bigger model, older GPUs), used to
+    test that retraining follows the new truth.
+    """
     rng = np.random.default_rng(seed)
     n = samples
     queued = rng.random(n) < queued_share
@@ -95,7 +99,7 @@ def generate(samples: int, seed: int = 0, queued_share: float = 0.4) -> Workload
         + is_decode * 25.0  # KV transfer from a prefill pod
     )
     ttft_sigma = 0.08 + 0.07 * np.sqrt(waiting)
-    ttft = ttft_base * rng.lognormal(0.0, ttft_sigma)
+    ttft = ttft_base * rng.lognormal(0.0, ttft_sigma) * slowdown
 
     tpot_base = (
         6.0
@@ -107,7 +111,7 @@ def generate(samples: int, seed: int = 0, queued_share: float = 0.4) -> Workload
         + is_prefill * 3.0
         - is_decode * 1.5
     )
-    tpot = tpot_base * rng.lognormal(0.0, 0.06 + 0.02 * np.sqrt(waiting))
+    tpot = tpot_base * rng.lognormal(0.0, 0.06 + 0.02 * np.sqrt(waiting)) * slowdown
 
     matrix = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     columns = [kv, input_tokens, waiting, running, generated, prefix, prefill_in_flight, decode_in_flight]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from podlatency.bundle import ModelBundle
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
-from podlatency.workload import pod_rows
+from podlatency.workload import generate, pod_rows
 
 ROW = {
     "kv_cache_percentage": 0.4,
@@ -194,3 +195,41 @@ def test_accepted_samples_survive_a_restart(tmp_path: Path, model_dir: Path, sta
     assert second.request("POST", "/add_training_data_bulk", {"entries": rows[:1]}).status == 202
     answer = second.request("POST", "/v1/samples", {"samples": rows[:1]}).json()
     assert answer["training"] + answer["holdout"] == 42
+
+
+def test_retraining_follows_a_slower_fleet(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
+    """Samples from a fleet twice as slow make the server retrain on its own and publish a better model.
+
+    The new model predicts higher latencies, and its held-out error is below the old one's.
+    """
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    server = start_server(folder, PODLATENCY_RETRAIN_INTERVAL_S="0.5", PODLATENCY_RETRAIN_MIN_SAMPLES="2000")
+    old_version = server.wait_for("/readyz", 200).json()["model_version"]
+    probe = {"pods": pod_rows(50, seed=99)}
+    before = server.request("POST", "/v1/predict", probe).json()["predictions"]
+
+    slower = generate(6000, seed=11, slowdown=2.0)
+    rows = [
+        row | {"actual_ttft_ms": ttft, "actual_tpot_ms": tpot}
+        for row, ttft, tpot in zip(
+            slower.rows(), slower.ttft_ms.tolist(), slower.tpot_ms.tolist(), strict=True
+        )
+    ]
+    for start in range(0, len(rows), 2000):
+        assert server.request("POST", "/v1/samples", {"samples": rows[start : start + 2000]}).status == 202
+
+    deadline = time.monotonic() + 60
+    while (version := server.request("GET", "/readyz").json()["model_version"]) == old_version:
+        assert time.monotonic() < deadline, "no new model was published"
+        time.sleep(0.2)
+    after = server.request("POST", "/v1/predict", probe).json()["predictions"]
+    ratio = sum(p["ttft_ms"] for p in after) / sum(p["ttft_ms"] for p in before)
+    assert 1.5 < ratio < 2.5, ratio
+    metrics = server.request("GET", "/metrics").body.decode()
+    errors = {
+        line.split('version="')[1].split('"')[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('podlatency_model_holdout_mae_ms{target="ttft"')
+    }
+    assert errors[version] < errors[old_version]

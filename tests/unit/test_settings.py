@@ -38,3 +38,27 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
     """A value no process could use is refused with the variable's name."""
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_every_field_is_read_as_its_declared_type(tmp_path: Path) -> None:
+    """Each PODLATENCY_ variable becomes the field's type: no field is left as a string by mistake."""
+    settings = Settings.from_env(
+        {
+            "PODLATENCY_SAMPLES_PER_BUCKET": "7",
+            "PODLATENCY_RETRAIN_MIN_SAMPLES": "9",
+            "PODLATENCY_RETRAIN_INTERVAL_S": "0.5",
+            "PODLATENCY_BATCHING": "off",
+            "PODLATENCY_KEEP_VERSIONS": "2",
+            "PODLATENCY_LOG_LEVEL": "WARNING",
+        }
+    )
+    assert (settings.samples_per_bucket, settings.retrain_min_samples, settings.keep_versions) == (7, 9, 2)
+    assert (settings.retrain_interval_s, settings.batching, settings.log_level) == (0.5, False, "warning")
+
+
+def test_bad_booleans_and_log_levels_are_refused() -> None:
+    """A boolean that is not true/false and an unknown log level name their variables."""
+    with pytest.raises(SettingsError, match="PODLATENCY_VARIANTS"):
+        Settings.from_env({"PODLATENCY_VARIANTS": "maybe"})
+    with pytest.raises(SettingsError, match="PODLATENCY_LOG_LEVEL"):
+        Settings.from_env({"PODLATENCY_LOG_LEVEL": "loud"})

@@ -17,9 +17,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
+from podlatency.retraining import Retrainer, RetrainPolicy
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.tracing import TRACER_NAME, build_tracer_provider
+from podlatency.training import TrainingOptions
 from podlatency.web import health, routes_llmd, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import PhaseTimingMiddleware
@@ -44,12 +46,19 @@ def create_app(
     owns_provider = tracer_provider is None
     provider = tracer_provider or build_tracer_provider()
     service = PredictionService(settings, provider.get_tracer(TRACER_NAME))
-    state = State(
-        {
-            "service": service,
-            "samples": SampleStore(settings.model_dir / "samples", settings.samples_per_bucket),
-        }
+    samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
+    retrainer = Retrainer(
+        service,
+        samples,
+        RetrainPolicy(
+            interval_s=settings.retrain_interval_s,
+            min_new_samples=settings.retrain_min_samples,
+            tolerance=settings.retrain_tolerance,
+            keep_versions=settings.keep_versions,
+        ),
+        TrainingOptions(objective=settings.objective, quantile_alpha=settings.quantile_alpha),
     )
+    state = State({"service": service, "samples": samples, "retrainer": retrainer})
     route_handlers: list[Any] = [
         routes_v1.predict,
         routes_v1.model_info,
@@ -62,6 +71,7 @@ def create_app(
         health.readyz,
         routes_samples.add_samples,
         routes_samples.add_training_data_bulk,
+        routes_samples.retrain,
         PrometheusController,
     ]
     if settings.variants:
@@ -77,6 +87,8 @@ def create_app(
 
     def start(app: Litestar) -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        if settings.retrain_interval_s > 0:
+            retrainer.start()
         if not load_model:
             return
         if service.registry.active_version() is not None:
@@ -87,6 +99,7 @@ def create_app(
             threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
 
     def stop(app: Litestar) -> None:
+        retrainer.stop()
         if settings.variants:
             state.dedicated_pool.shutdown(wait=True)
         service.span_writer.close()

@@ -6,10 +6,12 @@ the request's rows are stored. Accepted rows are on disk before the 202 is sent.
 
 from __future__ import annotations
 
+import msgspec
 from litestar import post
 from litestar.datastructures import State
 from litestar.params import RawBody
 
+from podlatency.retraining import Retrainer
 from podlatency.samples import SamplesRequest, SampleStore, TrainingDataBulkRequest
 from podlatency.schema import decode_json
 from podlatency.web.openapi import json_body_operation
@@ -47,3 +49,10 @@ def add_training_data_bulk(body: RawBody, state: State) -> dict[str, object]:
     request = decode_json(body, TrainingDataBulkRequest)
     accepted = samples_of(state).add(request.entries)
     return {"message": f"Accepted {accepted} training samples.", "accepted": accepted}
+
+
+@post("/v1/retrain", sync_to_thread=True, status_code=200)
+def retrain(state: State) -> dict[str, object]:
+    """Retrain from the observed samples now; the candidate is published only if it is not worse."""
+    retrainer: Retrainer = state.retrainer
+    return msgspec.to_builtins(retrainer.run_once())  # type: ignore[no-any-return]

@@ -1,0 +1,133 @@
+"""Retraining from observed samples, published only when it is not worse than the model in service.
+
+Every ``interval_s`` the retrainer checks whether at least ``min_new_samples`` samples arrived since
+its last attempt. If so it trains a candidate on the kept samples, scores the candidate and the
+active model on the held-out slice (mean absolute error per target), and publishes the candidate —
+stores it, activates it, hot-swaps it into service — only if no target's error is worse than the
+active model's by more than ``tolerance``. (The llm-d predictor publishes every retrain blindly.)
+Old versions beyond ``keep_versions`` are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from podlatency.bundle import ModelBundle
+from podlatency.dataplane import PredictionService
+from podlatency.metrics import service_metrics
+from podlatency.predictor import Predictor
+from podlatency.samples import SampleStore
+from podlatency.training import TrainingOptions, TrainingSet, train_bundle
+
+logger = logging.getLogger(__name__)
+
+MIN_HOLDOUT_ROWS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainPolicy:
+    """When to retrain and what to publish."""
+
+    interval_s: float = 60.0
+    min_new_samples: int = 500
+    tolerance: float = 0.05
+    keep_versions: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainOutcome:
+    """What one retraining attempt did, and why."""
+
+    published: bool
+    reason: str
+    version: str | None = None
+    candidate_mae: dict[str, float] | None = None
+    active_mae: dict[str, float] | None = None
+
+
+def holdout_mae(bundle: ModelBundle, holdout: TrainingSet) -> dict[str, float]:
+    """Mean absolute error per target on the held-out samples."""
+    predicted = Predictor(bundle, "cpu", nthread=1).predict_all(holdout.features)
+    return {
+        target: float(np.mean(np.abs(predicted[target] - holdout.targets[target]))) for target in predicted
+    }
+
+
+class Retrainer:
+    """Retrains a service's model from a sample store, on a background thread or on demand."""
+
+    def __init__(
+        self, service: PredictionService, store: SampleStore, policy: RetrainPolicy, options: TrainingOptions
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.policy = policy
+        self.options = options
+        # Samples replayed from disk count as new: after a restart they may not have been trained on.
+        self._seen_at_last_attempt = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run_once(self) -> RetrainOutcome:
+        """One attempt: train, evaluate against the active model, publish if not worse."""
+        with self._lock:
+            new_samples = self.store.seen - self._seen_at_last_attempt
+            if new_samples < self.policy.min_new_samples:
+                return RetrainOutcome(
+                    False, f"{new_samples} new samples, waiting for {self.policy.min_new_samples}"
+                )
+            self._seen_at_last_attempt = self.store.seen
+            holdout = self.store.training_set(holdout=True)
+            if len(holdout.features) < MIN_HOLDOUT_ROWS:
+                return RetrainOutcome(False, f"only {len(holdout.features)} held-out samples to evaluate on")
+            candidate = train_bundle(self.store.training_set(), self.options, source="observed-samples")
+            candidate_mae = holdout_mae(candidate, holdout)
+            active = self.service.holder.current().bundle if self.service.holder.ready else None
+            active_mae = holdout_mae(active, holdout) if active is not None else None
+            self._record(candidate.version, candidate_mae)
+            if active_mae is not None:
+                self._record(active.version, active_mae)  # type: ignore[union-attr]
+                worse = [
+                    target
+                    for target, error in candidate_mae.items()
+                    if error > active_mae[target] * (1 + self.policy.tolerance)
+                ]
+                if worse:
+                    reason = f"candidate {candidate.version} is worse on {', '.join(worse)}; not published"
+                    logger.info(reason)
+                    return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
+            self.service.registry.save(candidate, activate=True)
+            self.service.serve_bundle(candidate)
+            self.service.registry.prune(self.policy.keep_versions)
+            logger.info(
+                "published %s (held-out MAE %s, was %s)", candidate.version, candidate_mae, active_mae
+            )
+            return RetrainOutcome(True, "published", candidate.version, candidate_mae, active_mae)
+
+    @staticmethod
+    def _record(version: str, mae: dict[str, float]) -> None:
+        for target, error in mae.items():
+            service_metrics().holdout_mae.labels(target=target, version=version).set(error)
+
+    def start(self) -> None:
+        """Retrain every ``interval_s`` on a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._loop, name="podlatency-retrainer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.policy.interval_s):
+            try:
+                self.run_once()
+            except Exception:  # a failed attempt must not end retraining for good
+                logger.exception("retraining failed; the current model keeps serving")
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
