@@ -6,7 +6,8 @@ The hierarchy::
     ├── ClientError (400)              the caller sent something we cannot use
     │   ├── MalformedBody (400)        not JSON, or not the JSON shape at all
     │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
-    │   └── TooManyPods (413)          more rows than the configured limit
+    │   ├── TooManyPods (413)          more rows than the configured limit
+    │   └── NotFound (404)             no such model (or model file)
     ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
@@ -58,6 +59,13 @@ class TooManyPods(ClientError):
 
     status_code = 413
     code = "too_many_pods"
+
+
+class NotFound(ClientError):
+    """The named model or model file does not exist."""
+
+    status_code = 404
+    code = "not_found"
 
 
 class ModelNotReady(PodlatencyError):

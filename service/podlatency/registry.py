@@ -11,12 +11,13 @@ sees either the old version or the new one, never half of one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from podlatency.bundle import ModelBundle, load_bundle
+from podlatency.bundle import METADATA_FILE, ModelBundle, load_bundle
 from podlatency.errors import ModelLoadError
 
 ACTIVE_FILE = "ACTIVE"
@@ -76,6 +77,18 @@ class ModelRegistry:
         for version in doomed:
             shutil.rmtree(self.bundle_dir(version), ignore_errors=True)
         return doomed
+
+    def metadata(self, version: str) -> dict[str, object]:
+        """A stored version's metadata, read without loading its boosters."""
+        try:
+            metadata: dict[str, object] = json.loads((self.bundle_dir(version) / METADATA_FILE).read_text())
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"{self.bundle_dir(version)}: unreadable metadata ({error})") from None
+        return metadata
+
+    def booster_file(self, version: str, target: str) -> Path:
+        """Where one target's booster of a stored version lives."""
+        return self.bundle_dir(version) / f"{target}.ubj"
 
     def load(self, version: str) -> ModelBundle:
         """Load and verify one stored version."""

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import xgboost as xgb
 from litestar.testing import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from podlatency.bundle import ModelBundle
 from podlatency.settings import Settings
 from podlatency.web.app import create_app
-from podlatency.workload import pod_rows
+from podlatency.workload import generate, pod_rows
 
 PHASES = {"dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "encode", "respond"}
 
@@ -174,3 +178,29 @@ def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Pat
         counts = app.state.samples.counts()
     assert counts["training"] + counts["holdout"] == 4
     assert len((tmp_path / "models" / "samples" / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_model_routes_serve_the_stored_versions(client: TestClient[Any], small_bundle: ModelBundle) -> None:
+    """/v1/models lists versions; llm-d's model routes serve the active booster files.
+
+    A downloaded file loads in XGBoost and predicts what the bundle predicts.
+    """
+    listing = client.get("/v1/models").json()
+    assert listing["active"] == small_bundle.version
+    assert [version["version"] for version in listing["versions"]] == [small_bundle.version]
+    models = client.get("/models/list").json()["models"]
+    assert models["ttft"]["exists"]
+    assert models["tpot"]["exists"]
+    info = client.get("/model/ttft/info").json()
+    download = client.get("/model/ttft/download")
+    assert download.status_code == 200
+    assert download.headers["x-model-version"] == small_bundle.version == info["version"]
+    assert hashlib.sha256(download.content).hexdigest() == info["sha256"]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(download.content))
+    rows = generate(5, seed=2).features
+    np.testing.assert_allclose(
+        booster.inplace_predict(rows), small_bundle.boosters["ttft"].inplace_predict(rows)
+    )
+    missing = client.get("/model/nope/info")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")

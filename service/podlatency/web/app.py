@@ -22,7 +22,7 @@ from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.tracing import TRACER_NAME, build_tracer_provider
 from podlatency.training import TrainingOptions
-from podlatency.web import health, routes_llmd, routes_samples, routes_v1
+from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import PhaseTimingMiddleware
 
@@ -72,6 +72,10 @@ def create_app(
         routes_samples.add_samples,
         routes_samples.add_training_data_bulk,
         routes_samples.retrain,
+        routes_models.list_versions,
+        routes_models.llmd_list,
+        routes_models.llmd_info,
+        routes_models.llmd_download,
         PrometheusController,
     ]
     if settings.variants:
