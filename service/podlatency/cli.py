@@ -13,7 +13,7 @@ from typing import get_args
 
 from podlatency import __version__
 from podlatency.errors import PodlatencyError
-from podlatency.settings import ENV_PREFIX, Device, Objective, Settings
+from podlatency.settings import ENV_PREFIX, Device, Objective, Role, Settings
 
 logger = logging.getLogger("podlatency")
 
@@ -24,6 +24,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve predictions over HTTP (trains the embedded default model on first start)",
         description="Flags override the PODLATENCY_* environment variables of the same name.",
     )
+    serve.add_argument("--role", choices=get_args(Role), help="both, predictor or trainer (PODLATENCY_ROLE)")
     serve.add_argument("--host", help="bind address (PODLATENCY_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (PODLATENCY_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (PODLATENCY_WORKERS, default 1)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Phases run from ~10 microseconds (frame) to tens of milliseconds under load.
 PHASE_BUCKETS = (
@@ -42,6 +42,7 @@ class ServiceMetrics:
     batch_wait_seconds: Histogram
     active_model: Gauge
     holdout_mae: Gauge
+    model_load_failures: Counter
 
 
 @functools.cache
@@ -81,5 +82,9 @@ def service_metrics() -> ServiceMetrics:
             "Mean absolute error on the held-out observed samples, by target and model version.",
             ["target", "version"],
             multiprocess_mode="livemax",
+        ),
+        model_load_failures=Counter(
+            "podlatency_model_load_failures",
+            "Model versions this process was told to serve and could not load.",
         ),
     )

@@ -19,6 +19,7 @@ ENV_PREFIX = "PODLATENCY_"
 
 Device = Literal["auto", "cpu", "cuda"]
 Objective = Literal["mean", "quantile"]
+Role = Literal["both", "predictor", "trainer"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -31,6 +32,13 @@ def default_model_dir() -> Path:
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Runtime configuration of one podlatency process."""
+
+    role: Role = "both"
+    """``predictor`` serves predictions and follows the model folder; ``trainer`` takes samples and
+    retrains; ``both`` (the single-process default) does all of it."""
+
+    watch_interval_s: float = 2.0
+    """Seconds between checks of the model folder's active version (0 = never)."""
 
     host: str = "127.0.0.1"
     """Address ``podlatency serve`` binds to (``0.0.0.0`` inside a container)."""
@@ -127,6 +135,8 @@ class Settings:
             (self.default_samples >= 1000, "default_samples", "must be >= 1000"),
             (self.samples_per_bucket >= 1, "samples_per_bucket", "must be >= 1"),
             (self.retrain_interval_s >= 0, "retrain_interval_s", "must be >= 0 (0 = off)"),
+            (self.watch_interval_s >= 0, "watch_interval_s", "must be >= 0 (0 = off)"),
+            (self.role in get_args(Role), "role", f"must be one of {get_args(Role)}"),
             (self.retrain_min_samples >= 1, "retrain_min_samples", "must be >= 1"),
             (self.retrain_tolerance >= 0, "retrain_tolerance", "must be >= 0"),
             (self.keep_versions >= 1, "keep_versions", "must be >= 1"),

@@ -233,3 +233,38 @@ def test_retraining_follows_a_slower_fleet(tmp_path: Path, model_dir: Path, star
         if line.startswith('podlatency_model_holdout_mae_ms{target="ttft"')
     }
     assert errors[version] < errors[old_version]
+
+
+def test_a_trainer_publishes_and_a_predictor_follows(
+    tmp_path: Path, model_dir: Path, start_server: Any
+) -> None:
+    """Two processes on one model folder: what the trainer publishes, the predictor serves within seconds.
+
+    Each role answers only its own routes.
+    """
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    predictor = start_server(folder, PODLATENCY_ROLE="predictor", PODLATENCY_WATCH_INTERVAL_S="0.2")
+    trainer = start_server(folder, PODLATENCY_ROLE="trainer", PODLATENCY_RETRAIN_INTERVAL_S="0")
+    old_version = predictor.wait_for("/readyz", 200).json()["model_version"]
+    trainer.wait_for("/readyz", 200)
+    assert predictor.request("POST", "/v1/samples", {"samples": []}).status == 404
+    assert trainer.request("POST", "/v1/predict", {"pods": pod_rows(1)}).status == 404
+
+    slower = generate(4000, seed=12, slowdown=2.0)
+    rows = [
+        row | {"actual_ttft_ms": ttft, "actual_tpot_ms": tpot}
+        for row, ttft, tpot in zip(
+            slower.rows(), slower.ttft_ms.tolist(), slower.tpot_ms.tolist(), strict=True
+        )
+    ]
+    assert trainer.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    outcome = trainer.request("POST", "/v1/retrain").json()
+    assert outcome["published"], outcome
+    deadline = time.monotonic() + 15
+    while predictor.request("GET", "/readyz").json()["model_version"] != outcome["version"]:
+        assert time.monotonic() < deadline, "the predictor never switched"
+        time.sleep(0.1)
+    assert (
+        predictor.request("POST", "/v1/predict", {"pods": pod_rows(3)}).json()["model_version"] != old_version
+    )

@@ -22,6 +22,7 @@ from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.tracing import TRACER_NAME, build_tracer_provider
 from podlatency.training import TrainingOptions
+from podlatency.watcher import ActiveVersionWatcher
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import PhaseTimingMiddleware
@@ -59,26 +60,35 @@ def create_app(
         TrainingOptions(objective=settings.objective, quantile_alpha=settings.quantile_alpha),
     )
     state = State({"service": service, "samples": samples, "retrainer": retrainer})
+    predicts = settings.role in ("both", "predictor")
+    trains = settings.role in ("both", "trainer")
     route_handlers: list[Any] = [
-        routes_v1.predict,
-        routes_v1.model_info,
-        routes_llmd.predict_one,
-        routes_llmd.predict_bulk,
-        routes_llmd.predict_bulk_strict,
-        routes_llmd.status,
-        routes_llmd.reload,
         health.healthz,
         health.readyz,
-        routes_samples.add_samples,
-        routes_samples.add_training_data_bulk,
-        routes_samples.retrain,
+        routes_v1.model_info,
+        routes_llmd.status,
+        routes_llmd.reload,
         routes_models.list_versions,
         routes_models.llmd_list,
         routes_models.llmd_info,
         routes_models.llmd_download,
         PrometheusController,
     ]
-    if settings.variants:
+    if predicts:
+        route_handlers += [
+            routes_v1.predict,
+            routes_llmd.predict_one,
+            routes_llmd.predict_bulk,
+            routes_llmd.predict_bulk_strict,
+        ]
+    if trains:
+        route_handlers += [
+            routes_samples.add_samples,
+            routes_samples.add_training_data_bulk,
+            routes_samples.retrain,
+        ]
+    watcher = ActiveVersionWatcher(service, settings.watch_interval_s)
+    if settings.variants and predicts:
         # Imported only when on: the seed's designs need pandas, which serving does not.
         from podlatency.seed_variants import SeedModels  # noqa: PLC0415
         from podlatency.web import routes_variants  # noqa: PLC0415
@@ -91,8 +101,10 @@ def create_app(
 
     def start(app: Litestar) -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
-        if settings.retrain_interval_s > 0:
+        if trains and settings.retrain_interval_s > 0:
             retrainer.start()
+        if settings.watch_interval_s > 0:
+            watcher.start()
         if not load_model:
             return
         if service.registry.active_version() is not None:
@@ -104,7 +116,8 @@ def create_app(
 
     def stop(app: Litestar) -> None:
         retrainer.stop()
-        if settings.variants:
+        watcher.stop()
+        if settings.variants and predicts:
             state.dedicated_pool.shutdown(wait=True)
         service.span_writer.close()
         if owns_provider:

@@ -1,0 +1,66 @@
+"""Follows the model folder's ``ACTIVE`` pointer and hot-swaps in the version it names.
+
+Another process activates versions: a trainer, ``podlatency train --out``, an operator.
+
+In-flight requests finish on the model they started with (the swap replaces a reference). A version
+that fails to load is logged, counted, and not retried until ``ACTIVE`` names another one; the
+current model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from podlatency.dataplane import PredictionService
+from podlatency.errors import PodlatencyError
+from podlatency.metrics import service_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ActiveVersionWatcher:
+    """Polls ``ACTIVE`` every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, service: PredictionService, interval_s: float) -> None:
+        self.service = service
+        self.interval_s = interval_s
+        self._failed_version: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check_once(self) -> bool:
+        """Swap in the active version if it is new; True when a swap happened."""
+        version = self.service.registry.active_version()
+        holder = self.service.holder
+        serving = holder.current().version if holder.ready else None
+        if version is None or version in (serving, self._failed_version):
+            return False
+        try:
+            self.service.reload()
+        except PodlatencyError as error:
+            self._failed_version = version
+            service_metrics().model_load_failures.inc()
+            logger.error("cannot switch to model %s, keeping %s: %s", version, serving, error.detail)
+            return False
+        self._failed_version = None
+        logger.info("switched from model %s to %s", serving, version)
+        return True
+
+    def start(self) -> None:
+        """Start polling."""
+        self._thread = threading.Thread(target=self._loop, name="podlatency-model-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+            except Exception:  # the watcher must outlive any one bad poll
+                logger.exception("model watch failed")
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
