@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loadtest.endpoints import ENDPOINTS
+
+from podlatency.registry import ModelRegistry
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,3 +96,25 @@ def test_distributed_mode(tmp_path: Path) -> None:
     assert endpoint["requests"] > 0
     assert endpoint["failures"] == 0
     assert "2 Locust process(es)" in (tmp_path / "report.md").read_text()
+
+
+def test_a_model_swap_under_load_fails_no_request(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
+    """While Locust drives /v1/predict a new version is activated: it is swapped in, no request fails."""
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    server = start_server(folder, PODLATENCY_WATCH_INTERVAL_S="0.2")
+    old_version = server.wait_for("/readyz", 200).json()["model_version"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.compare", "--host", server.url, "--endpoints", "v1-predict",
+         "--users", "8", "--duration", "5", "--warmup", "1", "--out", str(tmp_path / "report")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    new = train_bundle(synthetic_training_set(3000, seed=31), TrainingOptions(rounds=20), "swap-test")
+    ModelRegistry(folder).save(new)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    endpoint = json.loads((tmp_path / "report" / "results.json").read_text())["endpoints"][0]
+    assert endpoint["requests"] > 100
+    assert endpoint["failures"] == 0
+    assert server.request("GET", "/readyz").json()["model_version"] == new.version != old_version
