@@ -41,7 +41,7 @@ class ServiceMetrics:
     requests_per_batch: Histogram
     batch_wait_seconds: Histogram
     active_model: Gauge
-    holdout_mae: Gauge
+    holdout_error: Gauge
     model_load_failures: Counter
 
 
@@ -77,10 +77,11 @@ def service_metrics() -> ServiceMetrics:
             ["device", "objective", "version"],
             multiprocess_mode="livemax",
         ),
-        holdout_mae=Gauge(
-            "podlatency_model_holdout_mae_ms",
-            "Mean absolute error on the held-out observed samples, by target and model version.",
-            ["target", "version"],
+        holdout_error=Gauge(
+            "podlatency_model_holdout_error",
+            "Error on the held-out observed samples by target, model version and measure "
+            "(mae_ms, mape; coverage and pinball_loss for quantile models).",
+            ["target", "version", "measure"],
             multiprocess_mode="livemax",
         ),
         model_load_failures=Counter(

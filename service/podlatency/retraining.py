@@ -14,14 +14,12 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
 from podlatency.predictor import Predictor
 from podlatency.samples import SampleStore
-from podlatency.training import TrainingOptions, TrainingSet, train_bundle
+from podlatency.training import TrainingOptions, TrainingSet, evaluate, train_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +47,11 @@ class RetrainOutcome:
     active_mae: dict[str, float] | None = None
 
 
-def holdout_mae(bundle: ModelBundle, holdout: TrainingSet) -> dict[str, float]:
-    """Mean absolute error per target on the held-out samples."""
+def holdout_scores(bundle: ModelBundle, holdout: TrainingSet) -> dict[str, dict[str, float]]:
+    """Per target, the held-out error measures (MAE, MAPE; coverage and pinball loss for quantile models)."""
     predicted = Predictor(bundle, "cpu", nthread=1).predict_all(holdout.features)
-    return {
-        target: float(np.mean(np.abs(predicted[target] - holdout.targets[target]))) for target in predicted
-    }
+    options = TrainingOptions(objective=bundle.objective, quantile_alpha=bundle.quantile_alpha or 0.9)
+    return {target: evaluate(holdout.targets[target], predicted[target], options) for target in predicted}
 
 
 class Retrainer:
@@ -86,12 +83,15 @@ class Retrainer:
             if len(holdout.features) < MIN_HOLDOUT_ROWS:
                 return RetrainOutcome(False, f"only {len(holdout.features)} held-out samples to evaluate on")
             candidate = train_bundle(self.store.training_set(), self.options, source="observed-samples")
-            candidate_mae = holdout_mae(candidate, holdout)
+            candidate_scores = holdout_scores(candidate, holdout)
+            candidate_mae = {target: scores["mae_ms"] for target, scores in candidate_scores.items()}
             active = self.service.holder.current().bundle if self.service.holder.ready else None
-            active_mae = holdout_mae(active, holdout) if active is not None else None
-            self._record(candidate.version, candidate_mae)
-            if active_mae is not None:
-                self._record(active.version, active_mae)  # type: ignore[union-attr]
+            active_scores = holdout_scores(active, holdout) if active is not None else None
+            self._record(candidate.version, candidate_scores)
+            active_mae = None
+            if active is not None and active_scores is not None:
+                self._record(active.version, active_scores)
+                active_mae = {target: scores["mae_ms"] for target, scores in active_scores.items()}
                 worse = [
                     target
                     for target, error in candidate_mae.items()
@@ -110,9 +110,12 @@ class Retrainer:
             return RetrainOutcome(True, "published", candidate.version, candidate_mae, active_mae)
 
     @staticmethod
-    def _record(version: str, mae: dict[str, float]) -> None:
-        for target, error in mae.items():
-            service_metrics().holdout_mae.labels(target=target, version=version).set(error)
+    def _record(version: str, scores: dict[str, dict[str, float]]) -> None:
+        gauge = service_metrics().holdout_error
+        for target, measures in scores.items():
+            for measure, value in measures.items():
+                if measure != "holdout_rows":
+                    gauge.labels(target=target, version=version, measure=measure).set(value)
 
     def start(self) -> None:
         """Retrain every ``interval_s`` on a daemon thread until :meth:`stop`."""

@@ -230,7 +230,7 @@ def test_retraining_follows_a_slower_fleet(tmp_path: Path, model_dir: Path, star
     errors = {
         line.split('version="')[1].split('"')[0]: float(line.split()[-1])
         for line in metrics.splitlines()
-        if line.startswith('podlatency_model_holdout_mae_ms{target="ttft"')
+        if line.startswith('podlatency_model_holdout_error{measure="mae_ms",target="ttft"')
     }
     assert errors[version] < errors[old_version]
 

@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
+from podlatency.metrics import service_metrics
 from podlatency.retraining import Retrainer, RetrainPolicy
 from podlatency.samples import ObservedSample, SampleStore
 from podlatency.settings import Settings
@@ -81,3 +82,6 @@ def test_a_better_candidate_is_published_and_served(
     assert service.holder.current().version == outcome.version != small_bundle.version
     assert service.registry.active_version() == outcome.version
     assert service.registry.versions() == [outcome.version], "keep_versions=1 pruned the old one"
+    gauge = service_metrics().holdout_error
+    for measure in ("mae_ms", "mape"):
+        assert gauge.labels(target="ttft", version=outcome.version, measure=measure)._value.get() > 0
