@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
+from podlatency.periodic import PeriodicTask
 from podlatency.predictor import Predictor
 from podlatency.samples import SampleStore
 from podlatency.training import TrainingOptions, TrainingSet, evaluate, train_bundle
@@ -66,8 +67,7 @@ class Retrainer:
         self.options = options
         # Samples replayed from disk count as new: after a restart they may not have been trained on.
         self._seen_at_last_attempt = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task = PeriodicTask("retrainer", policy.interval_s, self.run_once)
         self._lock = threading.Lock()
 
     def run_once(self) -> RetrainOutcome:
@@ -118,19 +118,9 @@ class Retrainer:
                     gauge.labels(target=target, version=version, measure=measure).set(value)
 
     def start(self) -> None:
-        """Retrain every ``interval_s`` on a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._loop, name="podlatency-retrainer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.policy.interval_s):
-            try:
-                self.run_once()
-            except Exception:  # a failed attempt must not end retraining for good
-                logger.exception("retraining failed; the current model keeps serving")
+        """Run on a daemon thread every interval until :meth:`stop`."""
+        self._task.start()
 
     def stop(self) -> None:
         """Stop the background thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._task.stop()

@@ -10,11 +10,11 @@ current model keeps serving.
 from __future__ import annotations
 
 import logging
-import threading
 
 from podlatency.dataplane import PredictionService
 from podlatency.errors import PodlatencyError
 from podlatency.metrics import service_metrics
+from podlatency.periodic import PeriodicTask
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,7 @@ class ActiveVersionWatcher:
         self.service = service
         self.interval_s = interval_s
         self._failed_version: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task = PeriodicTask("model-watcher", interval_s, self.check_once)
 
     def check_once(self) -> bool:
         """Swap in the active version if it is new; True when a swap happened."""
@@ -48,19 +47,9 @@ class ActiveVersionWatcher:
         return True
 
     def start(self) -> None:
-        """Start polling."""
-        self._thread = threading.Thread(target=self._loop, name="podlatency-model-watcher", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check_once()
-            except Exception:  # the watcher must outlive any one bad poll
-                logger.exception("model watch failed")
+        """Run on a daemon thread every interval until :meth:`stop`."""
+        self._task.start()
 
     def stop(self) -> None:
-        """Stop polling."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        """Stop the background thread."""
+        self._task.stop()
