@@ -179,6 +179,10 @@ class ModelHolder:
             raise ModelNotReady(self.not_ready_reason)
         return current
 
+    def current_or_none(self) -> LoadedModel | None:
+        """The model in service, or ``None`` while there is none (one read, no race with a swap)."""
+        return self._current
+
     @property
     def ready(self) -> bool:
         """Whether a model is loaded."""

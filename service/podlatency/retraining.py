@@ -85,7 +85,8 @@ class Retrainer:
             candidate = train_bundle(self.store.training_set(), self.options, source="observed-samples")
             candidate_scores = holdout_scores(candidate, holdout)
             candidate_mae = {target: scores["mae_ms"] for target, scores in candidate_scores.items()}
-            active = self.service.holder.current().bundle if self.service.holder.ready else None
+            serving = self.service.holder.current_or_none()
+            active = serving.bundle if serving is not None else None
             active_scores = holdout_scores(active, holdout) if active is not None else None
             self._record(candidate.version, candidate_scores)
             active_mae = None

@@ -31,8 +31,8 @@ class ActiveVersionWatcher:
     def check_once(self) -> bool:
         """Swap in the active version if it is new; True when a swap happened."""
         version = self.service.registry.active_version()
-        holder = self.service.holder
-        serving = holder.current().version if holder.ready else None
+        current = self.service.holder.current_or_none()
+        serving = current.version if current is not None else None
         if version is None or version in (serving, self._failed_version):
             return False
         try:

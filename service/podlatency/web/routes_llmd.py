@@ -16,7 +16,6 @@ from litestar.types import Scope
 from podlatency import llmd_schema as llmd
 from podlatency.dataplane import Predictions
 from podlatency.errors import ClientError, PodlatencyError
-from podlatency.predictor import LoadedModel
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
@@ -144,16 +143,11 @@ def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
         return Response(content, media_type=JSON)
 
 
-def _model_or_none(state: State) -> LoadedModel | None:
-    service = service_of(state)
-    return service.holder.current() if service.holder.ready else None
-
-
 @get("/status", sync_to_thread=False)
 def status(state: State) -> llmd.StatusResponse:
     """llm-d ``/status``: readiness and the model in service."""
     service = service_of(state)
-    model = _model_or_none(state)
+    model = service.holder.current_or_none()
     stored = service.registry.active_version()
     return llmd.StatusResponse(
         is_ready=model is not None,
