@@ -9,6 +9,7 @@ The hierarchy::
     │   ├── TooManyPods (413)          more rows than the configured limit
     │   └── NotFound (404)             no such model (or model file)
     ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
+    ├── NotLeader (503)                a standby trainer was sent samples; the leader takes them
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
     ├── SettingsError (500)            the configuration cannot be used
@@ -26,6 +27,8 @@ class PodlatencyError(Exception):
 
     status_code = 500
     code = "internal_error"
+    retry_after_s: int | None = None
+    """Set on errors that pass: the response tells the client when to try again."""
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
@@ -73,6 +76,15 @@ class ModelNotReady(PodlatencyError):
 
     status_code = 503
     code = "model_not_ready"
+    retry_after_s = 1
+
+
+class NotLeader(PodlatencyError):
+    """A standby trainer was sent samples; the leader takes them (the trainer Service routes to it)."""
+
+    status_code = 503
+    code = "not_leader"
+    retry_after_s = 2
 
 
 class ModelLoadError(PodlatencyError):

@@ -43,6 +43,8 @@ class ServiceMetrics:
     active_model: Gauge
     holdout_error: Gauge
     model_load_failures: Counter
+    model_rollouts: Counter
+    leader: Gauge
 
 
 @functools.cache
@@ -87,5 +89,15 @@ def service_metrics() -> ServiceMetrics:
         model_load_failures=Counter(
             "podlatency_model_load_failures",
             "Model versions this process was told to serve and could not load.",
+        ),
+        model_rollouts=Counter(
+            "podlatency_model_rollouts",
+            "Declared model versions this process applied, by outcome (succeeded, failed).",
+            ["outcome"],
+        ),
+        leader=Gauge(
+            "podlatency_trainer_leader",
+            "1 while this trainer holds the leader Lease and publishes models, else 0.",
+            multiprocess_mode="livemax",
         ),
     )

@@ -7,13 +7,20 @@ Layout under the model folder::
 
 Writers stage a bundle and rename it into place, then replace ``ACTIVE``; a reader that races them
 sees either the old version or the new one, never half of one.
+
+Between machines a version travels as a *bundle archive*: an uncompressed tar of the bundle's files,
+built byte for byte the same way every time (sorted members, zero times and owners), so its SHA-256
+is a stable name for what a rollout declares and a predictor verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from podlatency.errors import ModelLoadError
 
 ACTIVE_FILE = "ACTIVE"
 BUNDLES_DIR = "bundles"
+MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
 
 
 class ModelRegistry:
@@ -101,3 +109,66 @@ class ModelRegistry:
         """The active bundle, ``None`` when there is none yet."""
         version = self.active_version()
         return None if version is None else self.load(version)
+
+    # -- archives: how a version travels between trainer and predictors ---------------------------
+
+    def archive(self, version: str) -> bytes:
+        """The bundle archive of a stored version (the same bytes on every call and machine)."""
+        folder = self.bundle_dir(version)
+        if not folder.is_dir():
+            raise ModelLoadError(f"no stored model version {version!r} in {self.model_dir}")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for path in sorted(folder.iterdir()):
+                content = path.read_bytes()
+                member = tarfile.TarInfo(path.name)
+                member.size, member.mode, member.mtime = len(content), 0o644, 0
+                tar.addfile(member, io.BytesIO(content))
+        return buffer.getvalue()
+
+    def archive_sha256(self, version: str) -> str:
+        """SHA-256 (hex) of a stored version's bundle archive."""
+        return hashlib.sha256(self.archive(version)).hexdigest()
+
+    def install_archive(self, version: str, archive: bytes, sha256: str) -> None:
+        """Verify a downloaded archive and store it as ``version`` (not activated).
+
+        Refused, with nothing stored, when the archive's SHA-256 is not ``sha256``, when it holds
+        anything but plain bundle files, or when the bundle inside is not ``version``.
+        """
+        actual = hashlib.sha256(archive).hexdigest()
+        if actual != sha256.lower():
+            raise ModelLoadError(f"model {version}: archive sha256 is {actual}, declared {sha256}")
+        root = self.model_dir / BUNDLES_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+        try:
+            _unpack_bundle(archive, staging, version)
+            bundle = load_bundle(staging)
+            if bundle.version != version:
+                raise ModelLoadError(f"archive declared as {version} holds model {bundle.version}")
+            try:
+                staging.rename(self.bundle_dir(version))
+            except OSError:
+                if not (self.bundle_dir(version) / METADATA_FILE).exists():
+                    raise
+                shutil.rmtree(staging)  # the same content hash is already stored
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _unpack_bundle(archive: bytes, folder: Path, version: str) -> None:
+    """Write an archive's members into ``folder``: plain files with plain names only."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for member in tar.getmembers():
+                name = member.name
+                if not member.isfile() or "/" in name or name.startswith(".") or not name:
+                    raise ModelLoadError(f"model {version}: archive member {name!r} is not a bundle file")
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise ModelLoadError(f"model {version}: archive member {name!r} cannot be read")
+                (folder / name).write_bytes(extracted.read())
+    except tarfile.TarError as error:
+        raise ModelLoadError(f"model {version}: not a bundle archive ({error})") from None

@@ -2,10 +2,13 @@
 
 Every ``interval_s`` the retrainer checks whether at least ``min_new_samples`` samples arrived since
 its last attempt. If so it trains a candidate on the kept samples, scores the candidate and the
-active model on the held-out slice (mean absolute error per target), and publishes the candidate —
-stores it, activates it, hot-swaps it into service — only if no target's error is worse than the
-active model's by more than ``tolerance``. (The llm-d predictor publishes every retrain blindly.)
-Old versions beyond ``keep_versions`` are deleted.
+active model on the held-out slice (mean absolute error per target), and publishes the candidate
+only if no target's error is worse than the active model's by more than ``tolerance``. (The llm-d
+predictor publishes every retrain blindly.) Old versions beyond ``keep_versions`` are deleted.
+
+Publishing is a :class:`Publisher`'s job: on a model folder (:class:`FolderPublisher`) it stores,
+activates and hot-swaps the candidate; in a cluster (:mod:`podlatency.kube`) only the leader trainer
+publishes, by declaring the version in the release's ConfigMap, unless an operator pinned it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
@@ -55,16 +59,51 @@ def holdout_scores(bundle: ModelBundle, holdout: TrainingSet) -> dict[str, dict[
     return {target: evaluate(holdout.targets[target], predicted[target], options) for target in predicted}
 
 
+class Publisher(Protocol):
+    """Where a retrained model goes."""
+
+    def leads(self) -> bool:
+        """Whether this process may retrain and publish now (one trainer of several leads)."""
+        ...
+
+    def publish(self, bundle: ModelBundle) -> bool:
+        """Roll ``bundle`` out; False when something (a pin) keeps it from being published."""
+        ...
+
+
+class FolderPublisher:
+    """Publishes into the model folder: store, activate (predictors watching the folder follow), serve."""
+
+    def __init__(self, service: PredictionService) -> None:
+        self.service = service
+
+    def leads(self) -> bool:
+        """One process owns a model folder: always."""
+        return True
+
+    def publish(self, bundle: ModelBundle) -> bool:
+        """Store and activate ``bundle``, and serve it here at once."""
+        self.service.registry.save(bundle, activate=True)
+        self.service.serve_bundle(bundle)
+        return True
+
+
 class Retrainer:
     """Retrains a service's model from a sample store, on a background thread or on demand."""
 
     def __init__(
-        self, service: PredictionService, store: SampleStore, policy: RetrainPolicy, options: TrainingOptions
+        self,
+        service: PredictionService,
+        store: SampleStore,
+        policy: RetrainPolicy,
+        options: TrainingOptions,
+        publisher: Publisher | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.policy = policy
         self.options = options
+        self.publisher: Publisher = publisher or FolderPublisher(service)
         # Samples replayed from disk count as new: after a restart they may not have been trained on.
         self._seen_at_last_attempt = 0
         self._task = PeriodicTask("retrainer", policy.interval_s, self.run_once)
@@ -73,6 +112,8 @@ class Retrainer:
     def run_once(self) -> RetrainOutcome:
         """One attempt: train, evaluate against the active model, publish if not worse."""
         with self._lock:
+            if not self.publisher.leads():
+                return RetrainOutcome(False, "standby trainer: the leader retrains")
             new_samples = self.store.seen - self._seen_at_last_attempt
             if new_samples < self.policy.min_new_samples:
                 return RetrainOutcome(
@@ -102,8 +143,11 @@ class Retrainer:
                     reason = f"candidate {candidate.version} is worse on {', '.join(worse)}; not published"
                     logger.info(reason)
                     return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
-            self.service.registry.save(candidate, activate=True)
-            self.service.serve_bundle(candidate)
+            if not self.publisher.publish(candidate):
+                self.service.registry.save(candidate, activate=False)
+                reason = f"candidate {candidate.version} is not worse, but the version is pinned; stored only"
+                logger.info(reason)
+                return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
             self.service.registry.prune(self.policy.keep_versions)
             logger.info(
                 "published %s (held-out MAE %s, was %s)", candidate.version, candidate_mae, active_mae

@@ -97,6 +97,15 @@ class SampleStore:
                 self._keep(decoder.decode(line))
                 self._lines_on_disk += 1
 
+    def reload(self) -> None:
+        """Forget what is held and replay the file (a trainer taking over a shared volume's samples)."""
+        with self._lock:
+            self._train.clear()
+            self._holdout.clear()
+            self._seen = 0
+            self._lines_on_disk = 0
+            self._replay()
+
     def _keep(self, sample: AnySample) -> None:
         self._seen += 1
         target = self._holdout if self._seen % self.holdout_every == 0 else self._train

@@ -106,6 +106,30 @@ class Settings:
     variants: bool = True
     """Serve the seed post's four endpoint designs under ``/variants/`` (for load comparisons only)."""
 
+    rollout_configmap: str = ""
+    """Kubernetes ConfigMap that declares the model version to serve; empty = follow the model folder."""
+
+    namespace: str = ""
+    """Namespace of the rollout ConfigMap and Lease; empty = this pod's own (else ``default``)."""
+
+    pod_name: str = ""
+    """This pod's name (from the downward API): the leader-election identity and the pod to label."""
+
+    publish_url: str = ""
+    """Base URL other pods fetch this trainer's model archives from (e.g. ``http://10.1.2.3:8000``)."""
+
+    lease_duration_s: int = 15
+    """Seconds a trainer's leadership lasts without renewal; a standby takes over after it."""
+
+    lease_renew_deadline_s: int = 10
+    """Seconds the leader keeps trying to renew before it steps down (< lease duration)."""
+
+    lease_retry_period_s: int = 2
+    """Seconds between leader-election attempts (>= 1; renew deadline > 1.2 x this)."""
+
+    watch_timeout_s: int = 300
+    """Seconds the API server keeps one ConfigMap watch open; a failed rollout is retried between watches."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags)."""
@@ -144,10 +168,32 @@ class Settings:
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
             (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),
             (self.log_level in get_args(LogLevel), "log_level", f"must be one of {get_args(LogLevel)}"),
+            (self.watch_timeout_s >= 1, "watch_timeout_s", "must be >= 1"),
+            (
+                not self.publish_url or self.publish_url.startswith(("http://", "https://")),
+                "publish_url",
+                "must be an http:// or https:// URL",
+            ),
         ]
         for ok, name, rule in checks:
             if not ok:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
+        check_lease_timings(self.lease_duration_s, self.lease_renew_deadline_s, self.lease_retry_period_s)
+
+
+def check_lease_timings(duration_s: int, renew_deadline_s: int, retry_period_s: int) -> None:
+    """Refuse leader-election timings that ``kubernetes.leaderelection`` would answer with ``sys.exit``."""
+    rules = [
+        (retry_period_s >= 1, "LEASE_RETRY_PERIOD_S must be >= 1"),
+        (renew_deadline_s > 1.2 * retry_period_s, "LEASE_RENEW_DEADLINE_S must be > 1.2 x the retry period"),
+        (duration_s > renew_deadline_s, "LEASE_DURATION_S must be > LEASE_RENEW_DEADLINE_S"),
+    ]
+    for ok, rule in rules:
+        if not ok:
+            raise SettingsError(
+                f"{ENV_PREFIX}{rule} (got duration {duration_s}, renew deadline {renew_deadline_s}, "
+                f"retry period {retry_period_s})"
+            )
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

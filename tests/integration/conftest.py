@@ -114,8 +114,8 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     """Start servers for one test; all are stopped afterwards."""
     started: list[ServerProcess] = []
 
-    def start(model_dir: Path, **env: str) -> ServerProcess:
-        server = ServerProcess(model_dir, env=env).start(tmp_path)
+    def start(model_dir: Path, *, port: int | None = None, **env: str) -> ServerProcess:
+        server = ServerProcess(model_dir, env=env, port=port or free_port()).start(tmp_path)
         started.append(server)
         return server
 

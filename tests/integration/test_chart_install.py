@@ -109,7 +109,7 @@ def test_probes_security_and_service(cluster: KubeEmulator) -> None:
     assert security["readOnlyRootFilesystem"]
     assert security["capabilities"]["drop"] == ["ALL"]
     assert security["seccompProfile"]["type"] == "RuntimeDefault"
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True, "predictors watch the rollout ConfigMap"
     [service] = [
         s for s in by_kind(objects, "Service") if s["metadata"]["name"] == deployment["metadata"]["name"]
     ]
@@ -154,3 +154,86 @@ def test_schema_refuses_bad_values(cluster: KubeEmulator) -> None:
         install(cluster, {"replicaCount": "two"})
     assert cluster.emulator is not None
     assert not list(cluster.emulator.objects)
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [obj] = [obj for obj in by_kind(objects, kind) if obj["metadata"]["name"] == name]
+    return obj
+
+
+def test_trainers_roll_models_out_with_least_privilege(cluster: KubeEmulator) -> None:
+    """By default two leader-elected trainers publish through a release-owned ConfigMap.
+
+    Predictors follow it; the trainer Service selects only the leader; each role's Role grants just
+    what its loops call, on the named ConfigMap and Lease where RBAC allows names.
+    """
+    objects, hooks = install(cluster, {})
+    validate_all(objects + hooks)
+    trainer = named(objects, "Deployment", "pl-podlatency-trainer")
+    assert trainer["spec"]["replicas"] == 2
+    pod = trainer["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["serve", "--role", "trainer", "--device", "cpu"]
+    assert "nvidia.com/gpu" not in str(pod)
+    assert pod["volumes"][0] == {"name": "models", "emptyDir": {}}
+    trainer_env = env_of(trainer)
+    assert trainer_env["PODLATENCY_ROLLOUT_CONFIGMAP"] == "pl-podlatency-model"
+    assert trainer_env["PODLATENCY_PUBLISH_URL"] == "http://$(POD_IP):8000"
+    assert trainer_env["PODLATENCY_POD_NAME"] == "$(POD_NAME)"
+    assert trainer_env["PODLATENCY_LEASE_DURATION_S"] == "15"
+    predictor_env = env_of(predictor(objects))
+    assert predictor_env["PODLATENCY_ROLE"] == "predictor"
+    assert predictor_env["PODLATENCY_ROLLOUT_CONFIGMAP"] == "pl-podlatency-model"
+    service = named(objects, "Service", "pl-podlatency-trainer")
+    assert service["spec"]["selector"]["podlatency.io/leader"] == "true"
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "trainer"
+    assert "data" not in named(objects, "ConfigMap", "pl-podlatency-model"), "Helm never sets the version"
+
+    predictor_rules = named(objects, "Role", "pl-podlatency-predictor")["rules"]
+    assert predictor_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["pl-podlatency-model"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    trainer_rules = named(objects, "Role", "pl-podlatency-trainer")["rules"]
+    granted = {(rule["resources"][0], verb) for rule in trainer_rules for verb in rule["verbs"]}
+    assert granted == {
+        ("configmaps", "get"), ("configmaps", "list"), ("configmaps", "watch"), ("configmaps", "update"),
+        ("leases", "get"), ("leases", "update"), ("leases", "create"),
+        ("events", "create"), ("pods", "patch"),
+    }  # fmt: skip
+    named_rules = [
+        rule for rule in trainer_rules if rule["resources"] != ["events"] and "create" not in rule["verbs"]
+    ]
+    assert all("resourceNames" in rule for rule in named_rules if rule["resources"] != ["pods"])
+    binding = named(objects, "RoleBinding", "pl-podlatency-trainer")
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == "pl-podlatency-trainer"
+
+
+def test_trainer_storage_and_switching_trainers_off(cluster: KubeEmulator) -> None:
+    """Persistence mounts one shared claim in every trainer; without trainers nothing of them is left."""
+    objects, _ = install(cluster, {"trainer": {"persistence": {"enabled": True, "storageClassName": "nfs"}}})
+    validate_all(objects)
+    claim = named(objects, "PersistentVolumeClaim", "pl-podlatency-trainer")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs"
+    volumes = named(objects, "Deployment", "pl-podlatency-trainer")["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0] == {"name": "models", "persistentVolumeClaim": {"claimName": "pl-podlatency-trainer"}}
+
+    fresh = cluster.kubeconfig.parent / "fresh-cluster"
+    fresh.mkdir()
+    with KubeEmulator(fresh) as other:
+        objects, _ = install(other, {"trainer": {"enabled": False}})
+    assert not [obj for obj in objects if "trainer" in obj["metadata"]["name"]]
+    assert not by_kind(objects, "Role")
+    pod = predictor(objects)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert env_of(predictor(objects)) == {"PODLATENCY_ROLE": "both"}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,47 @@ def test_no_pickle_anywhere(tmp_path: Path, small_bundle: ModelBundle) -> None:
     for path in folder.iterdir():
         assert not path.read_bytes().startswith(b"\x80"), path
     shutil.rmtree(folder)
+
+
+def test_archives_are_the_same_bytes_every_time(tmp_path: Path, small_bundle: ModelBundle) -> None:
+    """A version's archive has one SHA-256 wherever it is built; installing it elsewhere reproduces it."""
+    source = ModelRegistry(tmp_path / "a")
+    source.save(small_bundle)
+    archive = source.archive(small_bundle.version)
+    assert archive == source.archive(small_bundle.version)
+    target = ModelRegistry(tmp_path / "b")
+    target.install_archive(small_bundle.version, archive, hashlib.sha256(archive).hexdigest())
+    assert target.archive_sha256(small_bundle.version) == hashlib.sha256(archive).hexdigest()
+    assert target.load(small_bundle.version).version == small_bundle.version
+    assert target.active_version() is None, "installing does not activate"
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in members.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_bad_archives_are_refused_and_nothing_is_stored(tmp_path: Path, small_bundle: ModelBundle) -> None:
+    """A wrong checksum, a path outside the bundle, or a bundle of another version store nothing."""
+    source = ModelRegistry(tmp_path / "a")
+    source.save(small_bundle)
+    good = source.archive(small_bundle.version)
+    target = ModelRegistry(tmp_path / "b")
+    version = small_bundle.version
+    with pytest.raises(ModelLoadError, match="sha256"):
+        target.install_archive(version, good, "0" * 64)
+    escaping = _tar({"../escaped": b"x"})
+    with pytest.raises(ModelLoadError, match="not a bundle file"):
+        target.install_archive(version, escaping, hashlib.sha256(escaping).hexdigest())
+    assert not (tmp_path / "b" / "escaped").exists()
+    with pytest.raises(ModelLoadError, match=f"holds model {version}"):
+        target.install_archive("0123456789abcdef", good, hashlib.sha256(good).hexdigest())
+    garbage = b"not a tar file at all" * 40
+    with pytest.raises(ModelLoadError, match="not a bundle archive"):
+        target.install_archive(version, garbage, hashlib.sha256(garbage).hexdigest())
+    assert target.versions() == []

@@ -32,6 +32,10 @@ def test_overrides_win_over_environment() -> None:
         ("PODLATENCY_NTHREAD", "-1"),
         ("PODLATENCY_QUANTILE_ALPHA", "1.5"),
         ("PODLATENCY_MAX_PODS", "0"),
+        ("PODLATENCY_LEASE_RETRY_PERIOD_S", "0"),
+        ("PODLATENCY_LEASE_RENEW_DEADLINE_S", "2"),  # not more than 1.2 x the 2 s retry period
+        ("PODLATENCY_LEASE_DURATION_S", "10"),  # not more than the 10 s renew deadline
+        ("PODLATENCY_PUBLISH_URL", "10.0.0.1:8000"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -68,3 +68,31 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The ConfigMap that declares the model version every replica serves. */}}
+{{- define "podlatency.rolloutConfigMap" -}}
+{{- printf "%s-model" (include "podlatency.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of the trainer pods. */}}
+{{- define "podlatency.trainerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "podlatency.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: trainer
+{{- end }}
+
+{{/* Environment every pod taking part in the rollout needs: who and where it is. */}}
+{{- define "podlatency.rolloutEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: PODLATENCY_POD_NAME
+  value: $(POD_NAME)
+- name: PODLATENCY_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: PODLATENCY_ROLLOUT_CONFIGMAP
+  value: {{ include "podlatency.rolloutConfigMap" . }}
+{{- end }}

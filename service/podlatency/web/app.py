@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from litestar import Litestar
@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
-from podlatency.retraining import Retrainer, RetrainPolicy
+from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.tracing import TRACER_NAME, build_tracer_provider
@@ -27,9 +27,84 @@ from podlatency.web import health, routes_llmd, routes_models, routes_samples, r
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import PhaseTimingMiddleware
 
+if TYPE_CHECKING:
+    from podlatency.kube import ClusterRollout
+
 logger = logging.getLogger(__name__)
 
 UNTRACED_PATHS = [r"^/healthz$", r"^/readyz$", r"^/metrics$", r"^/schema"]
+
+
+def build_retrainer(
+    settings: Settings, service: PredictionService, samples: SampleStore, publisher: Publisher
+) -> Retrainer:
+    """The retrainer the settings describe."""
+    return Retrainer(
+        service,
+        samples,
+        RetrainPolicy(
+            interval_s=settings.retrain_interval_s,
+            min_new_samples=settings.retrain_min_samples,
+            tolerance=settings.retrain_tolerance,
+            keep_versions=settings.keep_versions,
+        ),
+        TrainingOptions(objective=settings.objective, quantile_alpha=settings.quantile_alpha),
+        publisher,
+    )
+
+
+def role_routes(*, predicts: bool, trains: bool) -> list[Any]:
+    """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers."""
+    routes: list[Any] = [
+        health.healthz,
+        health.readyz,
+        routes_v1.model_info,
+        routes_llmd.status,
+        routes_llmd.reload,
+        routes_models.list_versions,
+        routes_models.bundle_archive,
+        routes_models.llmd_list,
+        routes_models.llmd_info,
+        routes_models.llmd_download,
+        PrometheusController,
+    ]
+    if predicts:
+        routes += [
+            routes_v1.predict,
+            routes_llmd.predict_one,
+            routes_llmd.predict_bulk,
+            routes_llmd.predict_bulk_strict,
+        ]
+    if trains:
+        routes += [
+            routes_samples.add_samples,
+            routes_samples.add_training_data_bulk,
+            routes_samples.retrain,
+        ]
+    return routes
+
+
+def bring_up_model(service: PredictionService, cluster: ClusterRollout | None) -> None:
+    """Put a model in service at start-up.
+
+    On a model folder, a stored model is loaded before the server accepts connections (a fraction
+    of a second: no worker of several answers 503 while its siblings are ready); an empty folder
+    gets the embedded default, trained in the background while probes answer 503. In a cluster, in
+    the background: the declared version (downloaded if need be), else the embedded default; then
+    the rollout loops start.
+    """
+    if cluster is not None:
+
+        def follow_cluster() -> None:
+            if not cluster.sync_once():
+                service.bootstrap()
+            cluster.start()
+
+        threading.Thread(target=follow_cluster, name="podlatency-model-loader", daemon=True).start()
+    elif service.registry.active_version() is not None:
+        service.bootstrap()
+    else:
+        threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
 
 
 def create_app(
@@ -48,45 +123,18 @@ def create_app(
     provider = tracer_provider or build_tracer_provider()
     service = PredictionService(settings, provider.get_tracer(TRACER_NAME))
     samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
-    retrainer = Retrainer(
-        service,
-        samples,
-        RetrainPolicy(
-            interval_s=settings.retrain_interval_s,
-            min_new_samples=settings.retrain_min_samples,
-            tolerance=settings.retrain_tolerance,
-            keep_versions=settings.keep_versions,
-        ),
-        TrainingOptions(objective=settings.objective, quantile_alpha=settings.quantile_alpha),
-    )
-    state = State({"service": service, "samples": samples, "retrainer": retrainer})
     predicts = settings.role in ("both", "predictor")
     trains = settings.role in ("both", "trainer")
-    route_handlers: list[Any] = [
-        health.healthz,
-        health.readyz,
-        routes_v1.model_info,
-        routes_llmd.status,
-        routes_llmd.reload,
-        routes_models.list_versions,
-        routes_models.llmd_list,
-        routes_models.llmd_info,
-        routes_models.llmd_download,
-        PrometheusController,
-    ]
-    if predicts:
-        route_handlers += [
-            routes_v1.predict,
-            routes_llmd.predict_one,
-            routes_llmd.predict_bulk,
-            routes_llmd.predict_bulk_strict,
-        ]
-    if trains:
-        route_handlers += [
-            routes_samples.add_samples,
-            routes_samples.add_training_data_bulk,
-            routes_samples.retrain,
-        ]
+    cluster = None
+    if settings.rollout_configmap:
+        # Imported only in a cluster: the kubernetes client is not needed on a model folder.
+        from podlatency.kube import ClusterRollout  # noqa: PLC0415
+
+        cluster = ClusterRollout(settings, service, samples if trains else None)
+    publisher: Publisher = cluster or FolderPublisher(service)
+    retrainer = build_retrainer(settings, service, samples, publisher)
+    state = State({"service": service, "samples": samples, "retrainer": retrainer, "publisher": publisher})
+    route_handlers = role_routes(predicts=predicts, trains=trains)
     watcher = ActiveVersionWatcher(service, settings.watch_interval_s)
     if settings.variants and predicts:
         # Imported only when on: the seed's designs need pandas, which serving does not.
@@ -103,20 +151,18 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         if trains and settings.retrain_interval_s > 0:
             retrainer.start()
+        if load_model:
+            bring_up_model(service, cluster)
+        if cluster is not None:
+            return
         if settings.watch_interval_s > 0:
             watcher.start()
-        if not load_model:
-            return
-        if service.registry.active_version() is not None:
-            # Loading a stored model takes a fraction of a second: doing it before the server accepts
-            # connections means no worker of several ever answers 503 while its siblings are ready.
-            service.bootstrap()
-        else:
-            threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
 
     def stop(app: Litestar) -> None:
         retrainer.stop()
         watcher.stop()
+        if cluster is not None:
+            cluster.stop()
         if settings.variants and predicts:
             state.dedicated_pool.shutdown(wait=True)
         service.span_writer.close()

@@ -13,7 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from podlatency.errors import ModelNotReady, PodlatencyError
+from podlatency.errors import PodlatencyError
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def _respond(status_code: int, body: ErrorBody, headers: dict[str, str] | None =
 
 def podlatency_error(_: Request[Any, Any, Any], error: PodlatencyError) -> Response[bytes]:
     """Our own errors carry their status code."""
-    headers = {"Retry-After": "1"} if isinstance(error, ModelNotReady) else None
-    if error.status_code >= 500 and not isinstance(error, ModelNotReady):
+    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    if error.status_code >= 500 and error.retry_after_s is None:
         logger.error("%s: %s", error.code, error.detail)
     return _respond(error.status_code, ErrorBody(error.code, error.detail, error.field), headers)
 

@@ -46,12 +46,33 @@ def _file_info(registry: ModelRegistry, name: str) -> dict[str, Any]:
 
 @get("/v1/models", sync_to_thread=True)
 def list_versions(state: State) -> dict[str, Any]:
-    """Every stored version's metadata, oldest first, and which one is active."""
+    """Every stored version's metadata and archive SHA-256, oldest first, and which one is active."""
     registry = _registry(state)
     return {
         "active": registry.active_version(),
-        "versions": [registry.metadata(version) for version in registry.versions()],
+        "versions": [
+            registry.metadata(version) | {"archive_sha256": registry.archive_sha256(version)}
+            for version in registry.versions()
+        ],
     }
+
+
+@get("/v1/models/{version:str}/bundle", sync_to_thread=True)
+def bundle_archive(state: State, version: FromPath[str]) -> Response[bytes]:
+    """A stored version's bundle archive: what predictors download and verify during a rollout."""
+    registry = _registry(state)
+    if version not in registry.versions():
+        raise NotFound(f"no stored model version {version!r}", field="version")
+    archive = registry.archive(version)
+    return Response(
+        archive,
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="podlatency-{version}.tar"',
+            "X-Model-Version": version,
+            "X-Archive-SHA256": hashlib.sha256(archive).hexdigest(),
+        },
+    )
 
 
 @get("/models/list", sync_to_thread=True)

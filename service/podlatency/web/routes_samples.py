@@ -11,14 +11,18 @@ from litestar import post
 from litestar.datastructures import State
 from litestar.params import RawBody
 
-from podlatency.retraining import Retrainer
+from podlatency.errors import NotLeader
+from podlatency.retraining import Publisher, Retrainer
 from podlatency.samples import SamplesRequest, SampleStore, TrainingDataBulkRequest
 from podlatency.schema import decode_json
 from podlatency.web.openapi import json_body_operation
 
 
 def samples_of(state: State) -> SampleStore:
-    """The app's sample store."""
+    """The app's sample store, when this process is the trainer that takes samples now."""
+    publisher: Publisher = state.publisher
+    if not publisher.leads():
+        raise NotLeader("this trainer is on standby; send samples to the leader (the trainer Service)")
     store: SampleStore = state.samples
     return store
 

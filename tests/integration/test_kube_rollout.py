@@ -1,0 +1,272 @@
+"""The Kubernetes rollout with real server processes and the official client, against an API emulator.
+
+The emulator (:mod:`tests.integration.kube_emulator`) is kmock's in-memory API server with resource
+versions, replace, resumable watches and 410 Gone added; it is the closest real thing to a cluster
+that runs here. The servers are real ``podlatency serve`` processes configured as they are in the
+chart: ``KUBECONFIG`` points them at the emulator.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from podlatency.kube import LEADER_LABEL, PINNED_ANNOTATION
+from podlatency.registry import ModelRegistry
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import generate, pod_rows
+from tests.integration.conftest import ServerProcess, free_port
+from tests.integration.kube_emulator import KubeEmulator
+
+NAMESPACE = "default"
+CONFIGMAP = "pl-podlatency-model"
+LEASE = f"{CONFIGMAP}-leader"
+PROBE = {"pods": pod_rows(50, seed=99)}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
+    with KubeEmulator(tmp_path) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def kube(cluster: KubeEmulator) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def rollout_env(cluster: KubeEmulator, **extra: str) -> dict[str, str]:
+    """What the chart sets, with leader-election timings short enough for a test."""
+    return {
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "PODLATENCY_ROLLOUT_CONFIGMAP": CONFIGMAP,
+        "PODLATENCY_NAMESPACE": NAMESPACE,
+        "PODLATENCY_LEASE_DURATION_S": "3",
+        "PODLATENCY_LEASE_RENEW_DEADLINE_S": "2",
+        "PODLATENCY_LEASE_RETRY_PERIOD_S": "1",
+        "PODLATENCY_WATCH_TIMEOUT_S": "5",
+        "PODLATENCY_RETRAIN_INTERVAL_S": "0",
+        "PODLATENCY_VARIANTS": "false",
+    } | extra
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def serving(server: ServerProcess) -> str | None:
+    answer = server.request("GET", "/readyz")
+    return str(answer.json()["model_version"]) if answer.status == 200 else None
+
+
+def declared(kube: client.ApiClient) -> dict[str, str]:
+    configmap = client.CoreV1Api(kube).read_namespaced_config_map(CONFIGMAP, NAMESPACE)
+    return dict(configmap.data or {})
+
+
+def lease_holder(kube: client.ApiClient) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(kube).read_namespaced_lease(LEASE, NAMESPACE)
+    except client.exceptions.ApiException:
+        return None
+    holder = lease.spec.holder_identity if lease.spec is not None else None
+    return str(holder) if holder else None
+
+
+def events(kube: client.ApiClient, reason: str) -> list[str]:
+    return [
+        str(event.message)
+        for event in client.CoreV1Api(kube).list_namespaced_event(NAMESPACE).items
+        if event.reason == reason
+    ]
+
+
+def leader_labelled(kube: client.ApiClient, pod: str) -> bool:
+    metadata = client.CoreV1Api(kube).read_namespaced_pod(pod, NAMESPACE).metadata
+    labels = (metadata.labels if metadata is not None else None) or {}
+    return labels.get(LEADER_LABEL) == "true"
+
+
+def create_pod(kube: client.ApiClient, name: str) -> None:
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/component": "trainer"}),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="trainer", image="podlatency")]),
+    )
+    client.CoreV1Api(kube).create_namespaced_pod(NAMESPACE, pod)
+
+
+def observed_samples(slowdown: float, seed: int, count: int = 4000) -> list[dict[str, Any]]:
+    fleet = generate(count, seed=seed, slowdown=slowdown)
+    return [
+        row | {"actual_ttft_ms": ttft, "actual_tpot_ms": tpot}
+        for row, ttft, tpot in zip(fleet.rows(), fleet.ttft_ms.tolist(), fleet.tpot_ms.tolist(), strict=True)
+    ]
+
+
+def mean_ttft(server: ServerProcess) -> float:
+    predictions = server.request("POST", "/v1/predict", PROBE).json()["predictions"]
+    return float(sum(p["ttft_ms"] for p in predictions)) / len(predictions)
+
+
+def test_one_trainer_leads_publishes_and_hands_over(
+    tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
+) -> None:
+    """Two trainers and a predictor, end to end through the ConfigMap and the Lease.
+
+    Exactly one trainer leads: it holds the Lease, carries the leader label, declares a version and
+    takes samples (the standby answers 503). A retrained model it publishes reaches the predictor
+    and the standby. A pin keeps the next better model from being published; a patch to an earlier
+    version rolls the predictor back. When the leader stops, the standby takes over, labels itself
+    and serves the declared archive from its own address. Each step leaves Events on the ConfigMap.
+    """
+    trainers: dict[str, ServerProcess] = {}
+    for name in ("trainer-a", "trainer-b"):
+        create_pod(kube, name)
+        folder = tmp_path / name
+        shutil.copytree(model_dir, folder)
+        port = free_port()
+        trainers[name] = start_server(
+            folder,
+            port=port,
+            **rollout_env(
+                cluster,
+                PODLATENCY_ROLE="trainer",
+                PODLATENCY_POD_NAME=name,
+                PODLATENCY_PUBLISH_URL=f"http://127.0.0.1:{port}",
+                # Any candidate may be published: the pin, not the held-out gate, must hold it back.
+                PODLATENCY_RETRAIN_TOLERANCE="10",
+            ),
+        )
+    predictor_folder = tmp_path / "predictor"
+    shutil.copytree(model_dir, predictor_folder)
+    predictor = start_server(predictor_folder, **rollout_env(cluster, PODLATENCY_ROLE="predictor"))
+
+    leader_name = eventually(lambda: lease_holder(kube), "a leader")
+    standby_name = next(name for name in trainers if name != leader_name)
+    leader, standby = trainers[leader_name], trainers[standby_name]
+    first_version = eventually(lambda: declared(kube).get("version"), "a declared version")
+    assert declared(kube)["url"] == f"{leader.url}/v1/models/{first_version}/bundle"
+    assert eventually(lambda: leader_labelled(kube, leader_name), "the leader label")
+    assert not leader_labelled(kube, standby_name)
+    assert "podlatency_trainer_leader 1.0" in leader.request("GET", "/metrics").body.decode()
+    assert "podlatency_trainer_leader 0.0" in standby.request("GET", "/metrics").body.decode()
+    refused = standby.request("POST", "/v1/samples", {"samples": observed_samples(1.0, seed=1, count=2)})
+    assert refused.status == 503
+    assert refused.json()["error"] == "not_leader"
+    assert {key.lower(): value for key, value in refused.headers.items()}["retry-after"] == "2"
+    eventually(lambda: serving(predictor) == first_version, "the predictor on the declared version")
+    before = mean_ttft(predictor)
+
+    # A better model from a slower fleet: published by the leader, followed by everyone.
+    for batch in range(2):
+        rows = observed_samples(2.0, seed=20 + batch)
+        assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    outcome = leader.request("POST", "/v1/retrain").json()
+    assert outcome["published"], outcome
+    second_version = outcome["version"]
+    assert declared(kube)["version"] == second_version
+    eventually(lambda: serving(predictor) == second_version, "the predictor on the published version")
+    eventually(lambda: serving(standby) == second_version, "the standby mirroring the published version")
+    assert 1.5 < mean_ttft(predictor) / before < 2.5
+    assert any(second_version in message for message in events(kube, "ModelPublished"))
+    assert len([m for m in events(kube, "ModelRolledOut") if f"now serving model {second_version}" in m]) >= 3
+
+    # Pinned: the next better model is stored but not published.
+    client.CoreV1Api(kube).patch_namespaced_config_map(
+        CONFIGMAP, NAMESPACE, {"metadata": {"annotations": {PINNED_ANNOTATION: "true"}}}
+    )
+    rows = observed_samples(3.0, seed=30)
+    assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    pinned = leader.request("POST", "/v1/retrain").json()
+    assert not pinned["published"]
+    assert "pinned" in pinned["reason"]
+    assert declared(kube)["version"] == second_version
+    time.sleep(1.0)
+    assert serving(predictor) == second_version
+
+    # Rolled back by patching the ConfigMap to the first version (as `kubectl patch` would).
+    stored = {entry["version"]: entry for entry in leader.request("GET", "/v1/models").json()["versions"]}
+    rollback = {
+        "version": first_version,
+        "sha256": stored[first_version]["archive_sha256"],
+        "url": f"{leader.url}/v1/models/{first_version}/bundle",
+    }
+    client.CoreV1Api(kube).patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": rollback})
+    eventually(lambda: serving(predictor) == first_version, "the predictor rolled back")
+    eventually(lambda: serving(standby) == first_version, "the standby rolled back")
+
+    # The leader stops: the standby takes over and serves the declared archive from its own address.
+    leader.stop()
+    eventually(lambda: lease_holder(kube) == standby_name, "the standby taking over", timeout=15)
+    eventually(lambda: leader_labelled(kube, standby_name), "the new leader's label")
+    new_url = eventually(
+        lambda: declared(kube)["url"].startswith(standby.url) and declared(kube)["url"],
+        "the new leader's archive URL",
+    )
+    assert declared(kube)["version"] == first_version
+    assert standby.request("GET", new_url.removeprefix(standby.url)).status == 200
+    assert standby.request("POST", "/v1/samples", {"samples": rows[:5]}).status == 202
+    assert events(kube, "LeaderElected")
+
+
+def test_a_predictor_follows_through_a_410_and_survives_a_bad_rollout(
+    tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
+) -> None:
+    """A predictor's watch outlives the API server's compaction; a wrong checksum keeps the old model.
+
+    After the compaction its watch resumes from a version the server no longer has (410 Gone), lists
+    again, and still picks up the next change. A declared archive whose SHA-256 does not match is
+    refused: the model in service keeps serving, and the failure is a metric and a Warning Event.
+    """
+    folder = tmp_path / "predictor"
+    shutil.copytree(model_dir, folder)
+    registry = ModelRegistry(folder)
+    first_version = registry.active_version()
+    assert first_version is not None
+    other = train_bundle(synthetic_training_set(3000, seed=7), TrainingOptions(rounds=20), source="test")
+    registry.save(other, activate=False)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def record(version: str, sha256: str | None = None) -> dict[str, str]:
+        return {
+            "version": version,
+            "sha256": sha256 or registry.archive_sha256(version),
+            "url": f"{base}/v1/models/{version}/bundle",
+        }
+
+    core = client.CoreV1Api(kube)
+    configmap = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=CONFIGMAP), data=record(first_version))
+    core.create_namespaced_config_map(NAMESPACE, configmap)
+    predictor = start_server(folder, port=port, **rollout_env(cluster, PODLATENCY_ROLE="predictor"))
+    eventually(lambda: serving(predictor) == first_version, "the declared version")
+    time.sleep(0.5)  # the watch is open
+
+    cluster.compact()
+    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": record(other.version)})
+    eventually(lambda: serving(predictor) == other.version, "the change after the 410", timeout=20)
+    assert "410 Gone" in predictor.log()
+
+    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": record(first_version, "0" * 64)})
+    failure = eventually(lambda: events(kube, "ModelRolloutFailed"), "a Warning event")
+    assert "sha256" in failure[0]
+    assert f"still serving {other.version}" in failure[0]
+    assert serving(predictor) == other.version
+    metrics = predictor.request("GET", "/metrics").body.decode()
+    failed = next(line for line in metrics.splitlines() if 'rollouts_total{outcome="failed"}' in line)
+    assert float(failed.split()[-1]) >= 1
+    assert predictor.request("POST", "/v1/predict", PROBE).status == 200
