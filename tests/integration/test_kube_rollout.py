@@ -168,6 +168,9 @@ def test_one_trainer_leads_publishes_and_hands_over(
     assert refused.status == 503
     assert refused.json()["error"] == "not_leader"
     assert {key.lower(): value for key, value in refused.headers.items()}["retry-after"] == "2"
+    standby_retrain = standby.request("POST", "/v1/retrain").json()
+    assert not standby_retrain["published"]
+    assert "standby" in standby_retrain["reason"]
     eventually(lambda: serving(predictor) == first_version, "the predictor on the declared version")
     before = mean_ttft(predictor)
 
