@@ -67,7 +67,7 @@ class EndpointResult:
 class LocalServer:
     """A ``podlatency serve`` process with the embedded default model, for runs without ``--host``."""
 
-    def __init__(self, nthread: int, threads: int, log_path: Path) -> None:
+    def __init__(self, nthread: int, threads: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         from podlatency.registry import ModelRegistry  # noqa: PLC0415  (only when we start the server)
         from podlatency.settings import Settings  # noqa: PLC0415
         from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle  # noqa: PLC0415
@@ -78,13 +78,17 @@ class LocalServer:
         )
         ModelRegistry(Path(self._folder.name)).save(bundle)
         self.port = free_port()
-        env = os.environ | {
-            "PODLATENCY_MODEL_DIR": self._folder.name,
-            "PODLATENCY_DEVICE": "cpu",
-            "PODLATENCY_NTHREAD": str(nthread),
-            "PODLATENCY_THREADS": str(threads),
-            "PODLATENCY_LOG_LEVEL": "warning",
-        }
+        env = (
+            os.environ
+            | {
+                "PODLATENCY_MODEL_DIR": self._folder.name,
+                "PODLATENCY_DEVICE": "cpu",
+                "PODLATENCY_NTHREAD": str(nthread),
+                "PODLATENCY_THREADS": str(threads),
+                "PODLATENCY_LOG_LEVEL": "warning",
+            }
+            | (env or {})
+        )
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
                 [sys.executable, "-m", "podlatency", "serve", "--port", str(self.port)],

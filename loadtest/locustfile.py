@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import time
 from typing import Any, ClassVar
 
 from locust import FastHttpUser, constant, task
@@ -50,6 +51,7 @@ class PredictorUser(FastHttpUser):
     wait_time = constant(0)
     path: ClassVar[str] = ""
     body_key: ClassVar[str] = "pods"
+    pause_s: float = 0.0
 
     def on_start(self) -> None:
         """Each user cycles through the payloads from its own offset."""
@@ -63,16 +65,23 @@ class PredictorUser(FastHttpUser):
         with self.client.post(
             self.path, data=next(self.payloads), headers=HEADERS, name=self.path, catch_response=True
         ) as response:
-            try:
-                body = response.json() if response.status_code == 200 else None
-            except ValueError:
-                response.failure("body is not JSON")
-                return
-            problem = problem_with(response.status_code or 0, body, PODS)
-            if problem is None:
-                response.success()
-            else:
-                response.failure(problem)
+            self.check(response)
+        if self.pause_s:  # a shed request asked us to come back later
+            time.sleep(self.pause_s)
+            self.pause_s = 0.0
+
+    def check(self, response: Any) -> None:
+        """Mark the response a success only when it is a valid prediction for every pod."""
+        try:
+            body = response.json() if response.status_code == 200 else None
+        except ValueError:
+            response.failure("body is not JSON")
+            return
+        problem = problem_with(response.status_code or 0, body, PODS)
+        if problem is None:
+            response.success()
+        else:
+            response.failure(problem)
 
 
 class ToThreadUser(PredictorUser):
@@ -110,3 +119,28 @@ class LlmdBulkStrictUser(PredictorUser):
 
     path = "/predict/bulk/strict"
     body_key = "requests"
+
+
+class ShedAwareUser(V1PredictUser):
+    """``/v1/predict`` under overload: answers and load-shedding 503s are counted apart.
+
+    A 503 ``overloaded`` with ``Retry-After`` is the server refusing work on purpose, reported as
+    ``/v1/predict [shed]``; valid answers as ``/v1/predict [accepted]``; anything else fails. After
+    a shed request the user waits the ``Retry-After`` seconds, as a well-behaved client does.
+    """
+
+    def check(self, response: Any) -> None:
+        """Sort the response into accepted, shed or failed."""
+        if response.status_code == 503 and response.headers.get("Retry-After"):
+            try:
+                shed = response.json().get("error") == "overloaded"
+            except ValueError:
+                shed = False
+            if shed:
+                response.request_meta["name"] = f"{self.path} [shed]"
+                response.success()
+                # As a router should: fall back for this decision, ask again after Retry-After.
+                self.pause_s = float(response.headers["Retry-After"])
+                return
+        response.request_meta["name"] = f"{self.path} [accepted]"
+        super().check(response)

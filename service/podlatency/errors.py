@@ -7,7 +7,9 @@ The hierarchy::
     │   ├── MalformedBody (400)        not JSON, or not the JSON shape at all
     │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
     │   ├── TooManyPods (413)          more rows than the configured limit
+    │   ├── Unauthorized (401)         a write route without the configured bearer token
     │   └── NotFound (404)             no such model (or model file)
+    ├── Overloaded (503)               more prediction requests in progress than the limit
     ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
     ├── NotLeader (503)                a standby trainer was sent samples; the leader takes them
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
@@ -64,6 +66,13 @@ class TooManyPods(ClientError):
     code = "too_many_pods"
 
 
+class Unauthorized(ClientError):
+    """A write route was called without the bearer token the server is configured with."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(ClientError):
     """The named model or model file does not exist."""
 
@@ -76,6 +85,14 @@ class ModelNotReady(PodlatencyError):
 
     status_code = 503
     code = "model_not_ready"
+    retry_after_s = 1
+
+
+class Overloaded(PodlatencyError):
+    """More prediction requests are in progress than the server takes; answered at once, not queued."""
+
+    status_code = 503
+    code = "overloaded"
     retry_after_s = 1
 
 

@@ -44,6 +44,8 @@ class ServiceMetrics:
     holdout_error: Gauge
     model_load_failures: Counter
     model_rollouts: Counter
+    requests_shed: Counter
+    requests_in_flight: Gauge
     leader: Gauge
 
 
@@ -94,6 +96,15 @@ def service_metrics() -> ServiceMetrics:
             "podlatency_model_rollouts",
             "Declared model versions this process applied, by outcome (succeeded, failed).",
             ["outcome"],
+        ),
+        requests_shed=Counter(
+            "podlatency_requests_shed",
+            "Prediction requests answered 503 at once because the in-flight limit was reached.",
+        ),
+        requests_in_flight=Gauge(
+            "podlatency_requests_in_flight",
+            "Prediction requests in progress (what PODLATENCY_MAX_IN_FLIGHT bounds).",
+            multiprocess_mode="livesum",
         ),
         leader=Gauge(
             "podlatency_trainer_leader",

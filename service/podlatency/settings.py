@@ -67,6 +67,15 @@ class Settings:
     max_pods: int = 1024
     """Most pods one ``/v1/predict`` request may carry."""
 
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body accepted; a bigger one is answered 413 before it is read."""
+
+    max_in_flight: int = 32
+    """Prediction requests in progress per process beyond which new ones get 503 at once (0 = no limit)."""
+
+    api_token: str = field(default="", repr=False)
+    """Bearer token the write routes (samples, retrain, reload) require; empty = none required."""
+
     batching: bool = True
     """Coalesce concurrent requests' rows into one predict call per target."""
 
@@ -154,6 +163,8 @@ class Settings:
             (self.nthread >= 0, "nthread", "must be >= 0 (0 = all cores)"),
             (self.gpu_min_rows >= 0, "gpu_min_rows", "must be >= 0"),
             (self.max_pods >= 1, "max_pods", "must be >= 1"),
+            (self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024"),
+            (self.max_in_flight >= 0, "max_in_flight", "must be >= 0 (0 = no limit)"),
             (self.batch_max_rows >= self.max_pods, "batch_max_rows", "must be >= PODLATENCY_MAX_PODS"),
             (0.0 <= self.batch_max_wait_ms <= 100.0, "batch_max_wait_ms", "must be 0..100"),
             (self.default_samples >= 1000, "default_samples", "must be >= 1000"),

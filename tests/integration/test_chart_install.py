@@ -7,6 +7,7 @@ schemas; the tests then check what a GPU or CPU cluster, and the optional parts,
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,4 +237,30 @@ def test_trainer_storage_and_switching_trainers_off(cluster: KubeEmulator) -> No
     assert not by_kind(objects, "Role")
     pod = predictor(objects)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    assert env_of(predictor(objects)) == {"PODLATENCY_ROLE": "both"}
+    assert env_of(predictor(objects))["PODLATENCY_ROLE"] == "both"
+    assert "PODLATENCY_ROLLOUT_CONFIGMAP" not in env_of(predictor(objects))
+
+
+def test_write_routes_get_a_generated_token_and_pods_drain(cluster: KubeEmulator) -> None:
+    """By default a Secret with a random token guards the write routes; pods drain before stopping."""
+    objects, _ = install(cluster, {})
+    secret = named(objects, "Secret", "pl-podlatency-api-token")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 40
+    assert token.isalnum()
+    reference = {"secretKeyRef": {"name": "pl-podlatency-api-token", "key": "token"}}
+    for deployment in (predictor(objects), named(objects, "Deployment", "pl-podlatency-trainer")):
+        assert env_of(deployment)["PODLATENCY_API_TOKEN"] == reference
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+        assert pod["terminationGracePeriodSeconds"] == 30
+    assert token not in yaml.safe_dump(predictor(objects))
+
+    fresh = cluster.kubeconfig.parent / "fresh-cluster"
+    fresh.mkdir()
+    with KubeEmulator(fresh) as other:
+        objects, _ = install(other, {"auth": {"existingSecret": "router-token", "secretKey": "bearer"}})
+    assert not by_kind(objects, "Secret")
+    assert env_of(predictor(objects))["PODLATENCY_API_TOKEN"] == {
+        "secretKeyRef": {"name": "router-token", "key": "bearer"}
+    }

@@ -96,3 +96,29 @@ app.kubernetes.io/component: trainer
 - name: PODLATENCY_ROLLOUT_CONFIGMAP
   value: {{ include "podlatency.rolloutConfigMap" . }}
 {{- end }}
+
+{{/* Name of the Secret with the write routes' bearer token. */}}
+{{- define "podlatency.tokenSecret" -}}
+{{- default (printf "%s-api-token" (include "podlatency.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* The bearer token, when write routes need one. */}}
+{{- define "podlatency.tokenEnv" -}}
+{{- if .Values.auth.enabled }}
+- name: PODLATENCY_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "podlatency.tokenSecret" . }}
+      key: {{ .Values.auth.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Drain before stopping: endpoints drop the pod while it still serves, then uvicorn finishes in-flight requests. */}}
+{{- define "podlatency.lifecycle" -}}
+{{- if gt (int .Values.shutdownDelaySeconds) 0 }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ .Values.shutdownDelaySeconds }}
+{{- end }}
+{{- end }}

@@ -25,6 +25,7 @@ from podlatency.training import TrainingOptions
 from podlatency.watcher import ActiveVersionWatcher
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
+from podlatency.web.guards import InFlightLimit
 from podlatency.web.phases import PhaseTimingMiddleware
 
 if TYPE_CHECKING:
@@ -133,7 +134,15 @@ def create_app(
         cluster = ClusterRollout(settings, service, samples if trains else None)
     publisher: Publisher = cluster or FolderPublisher(service)
     retrainer = build_retrainer(settings, service, samples, publisher)
-    state = State({"service": service, "samples": samples, "retrainer": retrainer, "publisher": publisher})
+    state = State(
+        {
+            "settings": settings,
+            "service": service,
+            "samples": samples,
+            "retrainer": retrainer,
+            "publisher": publisher,
+        }
+    )
     route_handlers = role_routes(predicts=predicts, trains=trains)
     watcher = ActiveVersionWatcher(service, settings.watch_interval_s)
     if settings.variants and predicts:
@@ -174,7 +183,8 @@ def create_app(
     )
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[PhaseTimingMiddleware(), prometheus.middleware],
+        middleware=[InFlightLimit(settings.max_in_flight), PhaseTimingMiddleware(), prometheus.middleware],
+        request_max_body_size=settings.max_body_bytes,
         plugins=[
             OpenTelemetryPlugin(
                 OpenTelemetryConfig(

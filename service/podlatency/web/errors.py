@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Send
 
-from podlatency.errors import PodlatencyError
+from podlatency.errors import PodlatencyError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +32,43 @@ def _respond(status_code: int, body: ErrorBody, headers: dict[str, str] | None =
     return Response(msgspec.json.encode(body), status_code=status_code, media_type=JSON, headers=headers)
 
 
+def _error_headers(error: PodlatencyError) -> dict[str, str] | None:
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="podlatency"'}
+    return None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+
+
 def podlatency_error(_: Request[Any, Any, Any], error: PodlatencyError) -> Response[bytes]:
     """Our own errors carry their status code."""
-    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
     if error.status_code >= 500 and error.retry_after_s is None:
         logger.error("%s: %s", error.code, error.detail)
-    return _respond(error.status_code, ErrorBody(error.code, error.detail, error.field), headers)
+    return _respond(
+        error.status_code, ErrorBody(error.code, error.detail, error.field), _error_headers(error)
+    )
 
 
-def litestar_http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
+async def send_error(send: Send, error: PodlatencyError) -> None:
+    """The same response, sent straight to the ASGI server (for middleware that refuses before routing)."""
+    body = msgspec.json.encode(ErrorBody(error.code, error.detail, error.field))
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [
+        (key.lower().encode(), value.encode()) for key, value in (_error_headers(error) or {}).items()
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def litestar_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
     """Litestar's own refusals (unknown route, wrong method, body too large) in the same shape."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
         error.status_code, "http_error"
     )
-    return _respond(error.status_code, ErrorBody(code, str(error.detail)), dict(error.headers or {}))
+    detail = str(error.detail)
+    if error.status_code == 413:
+        limit = getattr(request.app.state, "settings", None)
+        if limit is not None:
+            detail = f"request body larger than {limit.max_body_bytes} bytes (PODLATENCY_MAX_BODY_BYTES)"
+    return _respond(error.status_code, ErrorBody(code, detail), dict(error.headers or {}))
 
 
 def unexpected_error(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:

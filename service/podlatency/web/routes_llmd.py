@@ -18,6 +18,7 @@ from podlatency.dataplane import Predictions
 from podlatency.errors import ClientError, PodlatencyError
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.web.errors import JSON
+from podlatency.web.guards import require_token
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms, request_phases
 from podlatency.web.routes_v1 import service_of
@@ -162,7 +163,7 @@ def status(state: State) -> llmd.StatusResponse:
     )
 
 
-@post("/reload", sync_to_thread=True, status_code=200)
+@post("/reload", sync_to_thread=True, status_code=200, guards=[require_token])
 def reload(state: State) -> llmd.ReloadResponse:
     """llm-d ``/reload``: load the model folder's active version (the current one serves on failure)."""
     loaded = service_of(state).reload()

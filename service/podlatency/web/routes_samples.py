@@ -15,6 +15,7 @@ from podlatency.errors import NotLeader
 from podlatency.retraining import Publisher, Retrainer
 from podlatency.samples import SamplesRequest, SampleStore, TrainingDataBulkRequest
 from podlatency.schema import decode_json
+from podlatency.web.guards import require_token
 from podlatency.web.openapi import json_body_operation
 
 
@@ -31,6 +32,7 @@ def samples_of(state: State) -> SampleStore:
     "/v1/samples",
     sync_to_thread=True,
     status_code=202,
+    guards=[require_token],
     operation_class=json_body_operation(
         SamplesRequest, "1-10,000 observed samples; any invalid row refuses all."
     ),
@@ -46,6 +48,7 @@ def add_samples(body: RawBody, state: State) -> dict[str, int]:
     "/add_training_data_bulk",
     sync_to_thread=True,
     status_code=202,
+    guards=[require_token],
     operation_class=json_body_operation(TrainingDataBulkRequest, "llm-d's training entries."),
 )
 def add_training_data_bulk(body: RawBody, state: State) -> dict[str, object]:
@@ -55,7 +58,7 @@ def add_training_data_bulk(body: RawBody, state: State) -> dict[str, object]:
     return {"message": f"Accepted {accepted} training samples.", "accepted": accepted}
 
 
-@post("/v1/retrain", sync_to_thread=True, status_code=200)
+@post("/v1/retrain", sync_to_thread=True, status_code=200, guards=[require_token])
 def retrain(state: State) -> dict[str, object]:
     """Retrain from the observed samples now; the candidate is published only if it is not worse."""
     retrainer: Retrainer = state.retrainer
