@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -234,3 +236,46 @@ def test_overload_report_shows_shedding_keeps_latency(tmp_path: Path) -> None:
     unbounded, shedding = runs["overload-unbounded"], runs["overload-shedding"]
     assert shedding["shed"]["requests"] > 0
     assert shedding["accepted"]["p99_ms"] < unbounded["accepted"]["p99_ms"] / 2
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.slow
+def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model_dir: Path) -> None:
+    """Locust at steady load for 10 minutes (PODLATENCY_SOAK_SECONDS): no failure, resident memory flat.
+
+    Memory is read after a one-minute warm-up (allocator pools and caches filled) and at the end.
+    """
+    seconds = int(os.environ.get("PODLATENCY_SOAK_SECONDS", "600"))
+    server = ServerProcess(model_dir, env={"PODLATENCY_LOG_LEVEL": "warning"}).start(tmp_path)
+    assert server.process is not None
+    server.wait_for("/readyz", 200)
+    locustfile = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--users", "16",
+        "--spawn-rate", "16", "--run-time", f"{seconds}s", "--host", server.url,
+        "--csv", str(tmp_path / "soak"), "--only-summary", "--loglevel", "ERROR", "V1PredictUser",
+    ]  # fmt: skip
+    try:
+        locust = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        time.sleep(min(60, seconds / 5))
+        start_mb = rss_mb(server.process.pid)
+        assert locust.wait(timeout=seconds + 120) == 0
+        end_mb = rss_mb(server.process.pid)
+    finally:
+        server.stop()
+    with (tmp_path / "soak_stats.csv").open() as handle:
+        [total] = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
+    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+    print(
+        f"soak: {seconds} s, {requests} requests ({float(total['Requests/s']):.0f}/s, "
+        f"p99 {total['99%']} ms), {failures} failures, RSS {start_mb:.1f} -> {end_mb:.1f} MB"
+    )
+    assert failures == 0
+    assert requests > seconds * 100
+    assert end_mb < start_mb * 1.05 + 5, (start_mb, end_mb)
