@@ -12,6 +12,7 @@ The hierarchy::
     ├── Overloaded (503)               more prediction requests in progress than the limit
     ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
     ├── NotLeader (503)                a standby trainer was sent samples; the leader takes them
+    ├── ClusterUnavailable (503)       the Kubernetes API could not be reached to publish a model
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
     ├── SettingsError (500)            the configuration cannot be used
@@ -94,6 +95,14 @@ class Overloaded(PodlatencyError):
     status_code = 503
     code = "overloaded"
     retry_after_s = 1
+
+
+class ClusterUnavailable(PodlatencyError):
+    """The Kubernetes API could not be reached (or refused us); the model was stored, not published."""
+
+    status_code = 503
+    code = "cluster_unavailable"
+    retry_after_s = 5
 
 
 class NotLeader(PodlatencyError):

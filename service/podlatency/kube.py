@@ -34,7 +34,7 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
-from podlatency.errors import PodlatencyError
+from podlatency.errors import ClusterUnavailable, PodlatencyError
 from podlatency.metrics import service_metrics
 from podlatency.rollout import EventType, ModelFollower, RolloutRecord
 from podlatency.samples import SampleStore
@@ -179,7 +179,7 @@ class RolloutConfigMap:
             try:
                 if not resource_version:
                     configmap, resource_version = self.read()
-                    on_change(configmap)
+                    self._deliver(on_change, configmap)
                 self._watch = watch.Watch()
                 for event in self._watch.stream(
                     self.core.list_namespaced_config_map,
@@ -194,9 +194,9 @@ class RolloutConfigMap:
                     obj = event["object"]
                     resource_version = str(obj.metadata.resource_version or resource_version)
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        on_change(obj)
+                        self._deliver(on_change, obj)
                     elif event["type"] == "DELETED":
-                        on_change(None)
+                        self._deliver(on_change, None)
                     if self._stopped.is_set():
                         return
                 on_quiet()
@@ -211,6 +211,13 @@ class RolloutConfigMap:
                 failures += 1
                 logger.warning("watching %s failed (%s); retrying", self.name, error)
             self._stopped.wait(min(30.0, 0.5 * 2**failures))
+
+    @staticmethod
+    def _deliver(on_change: Callable[[Any | None], object], configmap: Any | None) -> None:
+        try:
+            on_change(configmap)
+        except Exception:  # a bug in applying one change must not end the watch for good
+            logger.exception("applying a change of the rollout ConfigMap failed")
 
     def stop(self) -> None:
         """End :meth:`follow` (at the next event, or when the server ends the current watch)."""
@@ -481,7 +488,14 @@ class ClusterRollout:
     def publish(self, bundle: ModelBundle) -> bool:
         """Store ``bundle`` and declare it (the watch then swaps it in here too); False when pinned."""
         self.service.registry.save(bundle, activate=False)
-        published = self.configmap.publish(self.record_for(bundle.version))
+        try:
+            published = self.configmap.publish(self.record_for(bundle.version))
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, RuntimeError) as error:
+            detail = getattr(error, "reason", None) or str(error)
+            raise ClusterUnavailable(
+                f"model {bundle.version} is stored but could not be declared in "
+                f"{self.settings.rollout_configmap}: {detail}"
+            ) from None
         if published:
             self.events("Normal", "ModelPublished", f"declared model {bundle.version}")
         return published

@@ -246,6 +246,7 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model_dir: Path) -> None:
     """Locust at steady load for 10 minutes (PODLATENCY_SOAK_SECONDS): no failure, resident memory flat.
 

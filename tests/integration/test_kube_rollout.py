@@ -273,3 +273,30 @@ def test_a_predictor_follows_through_a_410_and_survives_a_bad_rollout(
     failed = next(line for line in metrics.splitlines() if 'rollouts_total{outcome="failed"}' in line)
     assert float(failed.split()[-1]) >= 1
     assert predictor.request("POST", "/v1/predict", PROBE).status == 200
+
+
+def test_a_standby_takes_over_from_a_crashed_leader(
+    tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
+) -> None:
+    """A leader killed outright (no release) loses the Lease when it expires; the standby then leads."""
+    trainers: dict[str, ServerProcess] = {}
+    for name in ("trainer-a", "trainer-b"):
+        create_pod(kube, name)
+        folder = tmp_path / name
+        shutil.copytree(model_dir, folder)
+        env = rollout_env(cluster, PODLATENCY_ROLE="trainer", PODLATENCY_POD_NAME=name)
+        trainers[name] = start_server(folder, **env)
+    leader_name = eventually(lambda: lease_holder(kube), "a leader")
+    standby_name = next(name for name in trainers if name != leader_name)
+    eventually(lambda: declared(kube).get("version"), "a declared version")
+    leader = trainers[leader_name].process
+    assert leader is not None
+    leader.kill()
+    leader.wait()
+    killed_at = time.monotonic()
+    eventually(lambda: lease_holder(kube) == standby_name, "the standby taking over", timeout=15)
+    # Not before the 3 s lease ran out (the killed leader could not release it), and soon after.
+    assert 1.5 < time.monotonic() - killed_at < 10.0
+    eventually(lambda: leader_labelled(kube, standby_name), "the new leader's label")
+    rows = observed_samples(1.0, seed=2, count=5)
+    assert trainers[standby_name].request("POST", "/v1/samples", {"samples": rows}).status == 202
