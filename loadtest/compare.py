@@ -86,6 +86,8 @@ class LocalServer:
                 "PODLATENCY_NTHREAD": str(nthread),
                 "PODLATENCY_THREADS": str(threads),
                 "PODLATENCY_LOG_LEVEL": "warning",
+                # The designs are compared under the same queueing; shedding is loadtest.overload's.
+                "PODLATENCY_MAX_IN_FLIGHT": "0",
             }
             | (env or {})
         )

@@ -81,6 +81,8 @@ def test_default_install_schedules_onto_gpus(cluster: KubeEmulator) -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     config = by_kind(objects, "ConfigMap")[0]["data"]
     assert config["PODLATENCY_DEVICE"] == "cuda"
+    assert config["PODLATENCY_MAX_IN_FLIGHT"] == "32"
+    assert config["PODLATENCY_MAX_BODY_BYTES"] == "8388608"
     assert cluster.emulator is not None
     assert cluster.emulator.release_writes >= 1, "Helm recorded its release"
 
