@@ -67,7 +67,7 @@ class Publisher(Protocol):
         ...
 
     def publish(self, bundle: ModelBundle) -> bool:
-        """Roll ``bundle`` out; False when something (a pin) keeps it from being published."""
+        """Store ``bundle`` and roll it out; False when something (a pin) keeps it from being published."""
         ...
 
 
@@ -144,7 +144,6 @@ class Retrainer:
                     logger.info(reason)
                     return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
             if not self.publisher.publish(candidate):
-                self.service.registry.save(candidate, activate=False)
                 reason = f"candidate {candidate.version} is not worse, but the version is pinned; stored only"
                 logger.info(reason)
                 return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)

@@ -197,6 +197,8 @@ def test_one_trainer_leads_publishes_and_hands_over(
     pinned = leader.request("POST", "/v1/retrain").json()
     assert not pinned["published"]
     assert "pinned" in pinned["reason"]
+    stored_versions = [entry["version"] for entry in leader.request("GET", "/v1/models").json()["versions"]]
+    assert pinned["version"] in stored_versions, "the held-back candidate is kept"
     assert declared(kube)["version"] == second_version
     time.sleep(1.0)
     assert serving(predictor) == second_version
