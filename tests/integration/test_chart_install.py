@@ -230,6 +230,9 @@ def test_trainer_storage_and_switching_trainers_off(cluster: KubeEmulator) -> No
     assert claim["spec"]["storageClassName"] == "nfs"
     volumes = named(objects, "Deployment", "pl-podlatency-trainer")["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "models", "persistentVolumeClaim": {"claimName": "pl-podlatency-trainer"}}
+    single_node_volume = {"persistence": {"enabled": True, "accessModes": ["ReadWriteOnce"]}}
+    with pytest.raises(HelmError, match="ReadWriteMany"):
+        install(cluster, {"trainer": single_node_volume})
 
     fresh = cluster.kubeconfig.parent / "fresh-cluster"
     fresh.mkdir()
