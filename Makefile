@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 LOADTEST_ARGS ?=
 
-.PHONY: run test test-slow lint typecheck bench loadtest clean
+.PHONY: run test test-slow lint typecheck bench loadtest gpu-wheels clean
 
 $(BIN)/python:
 	@py="$(PYTHON_FOR_VENV)"; test -n "$$py" || exit 1; \
@@ -47,6 +47,11 @@ bench: $(VENV)/.installed-runtime
 # The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
 loadtest: $(VENV)/.installed-dev
 	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
+
+# Wheels the device machine lacks (it has no network), for scripts/gpu-check.sh: Python 3.12, manylinux.
+gpu-wheels: | $(BIN)/python
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels xgboost msgspec
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
