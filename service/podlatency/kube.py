@@ -36,7 +36,7 @@ from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
 from podlatency.errors import ClusterUnavailable, PodlatencyError
 from podlatency.metrics import service_metrics
-from podlatency.rollout import EventType, ModelFollower, RolloutRecord
+from podlatency.rollout import EventType, ModelFollower, RolloutRecord, log_event
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings, check_lease_timings
 
@@ -164,7 +164,7 @@ class RolloutConfigMap:
     def follow(
         self,
         on_change: Callable[[Any | None], object],
-        on_quiet: Callable[[], None],
+        on_quiet: Callable[[], object],
         timeout_s: int,
     ) -> None:
         """Call ``on_change`` with the ConfigMap now and on every change, until :meth:`stop`.
@@ -237,8 +237,7 @@ class KubeEvents:
 
     def __call__(self, event_type: EventType, reason: str, message: str) -> None:
         """Create one Event (and log it)."""
-        level = logging.INFO if event_type == "Normal" else logging.WARNING
-        logger.log(level, "%s: %s", reason, message)
+        log_event(event_type, reason, message)
         now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
@@ -453,13 +452,8 @@ class ClusterRollout:
         return record is not None and self.follower.apply(record)
 
     def _follow(self) -> None:
-        self.configmap.follow(self._apply, self._retry, self.settings.watch_timeout_s)
-
-    def _retry(self) -> None:
-        record = self.follower.last_record
-        current = self.service.holder.current_or_none()
-        if record is not None and (current is None or current.version != record.version):
-            self.follower.retry()
+        # Between watches, a failed rollout is tried again (apply returns at once when it is in service).
+        self.configmap.follow(self._apply, self.follower.retry, self.settings.watch_timeout_s)
 
     def start(self) -> None:
         """Follow the ConfigMap and (trainers) campaign, on daemon threads."""
