@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--nthread", type=int, default=1, help="XGBoost nthread of the started server (0 = all)"
     )
-    parser.add_argument("--threads", type=int, default=8, help="handler threads of the started server")
+    parser.add_argument("--threads", type=int, default=16, help="handler threads of the started server")
     parser.add_argument(
         "--endpoints", default=",".join(e.name for e in ENDPOINTS), help="comma-separated endpoint names"
     )

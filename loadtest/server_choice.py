@@ -66,7 +66,7 @@ class SetUp:
 
 SET_UPS = (
     SetUp("uvicorn", 1),
-    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "2"}),
+    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "8"}),
     SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "32"}),
     SetUp("uvicorn", 1, {"PODLATENCY_NTHREAD": "0"}),
     SetUp("uvicorn", 1, {"PODLATENCY_BATCHING": "false"}),

@@ -29,7 +29,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--port", type=int, help="TCP port (PODLATENCY_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (PODLATENCY_WORKERS, default 1)")
     serve.add_argument(
-        "--threads", type=int, help="handler threads per process (PODLATENCY_THREADS, default 8)"
+        "--threads", type=int, help="handler threads per process (PODLATENCY_THREADS, default 16)"
     )
     serve.add_argument("--model-dir", type=Path, help="model folder (PODLATENCY_MODEL_DIR)")
     serve.add_argument("--device", choices=get_args(Device), help="auto, cpu or cuda (PODLATENCY_DEVICE)")

@@ -112,3 +112,13 @@ def service_metrics() -> ServiceMetrics:
             multiprocess_mode="livemax",
         ),
     )
+
+
+@functools.cache
+def phase_histogram(route: str, phase: str) -> Histogram:
+    """The phase-duration histogram child of ``route`` and ``phase``.
+
+    Cached: looking a child up by its labels costs more than the observation itself, and requests
+    name a handful of routes and phases.
+    """
+    return service_metrics().phase_seconds.labels(route, phase)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from podlatency.metrics import service_metrics
+from podlatency.metrics import phase_histogram
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +135,8 @@ class PhaseRecorder:
 
     def emit(self) -> None:
         """Make the spans (on the writer's thread) and metric samples."""
-        histogram = service_metrics().phase_seconds
         for name, start_ns, end_ns, error, attributes in self._phases:
-            histogram.labels(self.route, name).observe((end_ns - start_ns) / 1e9)
+            phase_histogram(self.route, name).observe((end_ns - start_ns) / 1e9)
             if not self._traced:
                 continue
             span = self._tracer.start_span(

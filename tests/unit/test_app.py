@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,16 @@ def client(model_dir: Path, exporter: InMemorySpanExporter) -> Iterator[TestClie
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = create_app(Settings(model_dir=model_dir, device="cpu", max_pods=16), tracer_provider=provider)
     with TestClient(app) as test_client:
-        deadline = time.monotonic() + 30
-        while test_client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "model never became ready"
-            time.sleep(0.05)
+        wait_ready(test_client)
         yield test_client
+
+
+def wait_ready(test_client: TestClient[Any]) -> None:
+    """Until ``/readyz`` says 200 (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while test_client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "model never became ready"
+        time.sleep(0.05)
 
 
 def test_predict_returns_one_prediction_per_pod_in_order(client: TestClient[Any]) -> None:
@@ -76,6 +83,59 @@ def test_phase_spans_are_children_of_the_server_span(
     assert frame.attributes["podlatency.pods"] == 3
     assert frame.attributes["podlatency.device"] == "cpu"
     assert frame.attributes["podlatency.model_version"] == client.get("/v1/model").json()["version"]
+
+
+def test_server_span_continues_the_callers_trace(
+    client: TestClient[Any], exporter: InMemorySpanExporter
+) -> None:
+    """A request carrying W3C `traceparent` gets its server span in the caller's trace, under its span."""
+    exporter.clear()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    assert client.post("/v1/predict", json={"pods": pod_rows(2)}, headers=headers).status_code == 200
+    assert client.app.state.service.span_writer.flush()
+    server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
+    assert server.name == "POST /v1/predict"
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == parent_id
+    assert server.attributes is not None
+    assert server.attributes["http.route"] == "/v1/predict"
+    assert server.attributes["http.response.status_code"] == 200
+
+
+def test_server_span_names_the_route_template_and_marks_server_errors(
+    client: TestClient[Any], exporter: InMemorySpanExporter
+) -> None:
+    """Span names use the route template (low cardinality); 4xx are not errors, 5xx are."""
+    exporter.clear()
+    assert client.get("/v1/models/0123456789abcdef/bundle").status_code == 404
+    server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
+    assert server.name == "GET /v1/models/{version}/bundle"
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 404
+    assert server.status.status_code.name == "UNSET"
+
+
+def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> None:
+    """PODLATENCY_THREADS sizes the pool sync handlers run on (Litestar uses the loop's default executor)."""
+    app = create_app(Settings(model_dir=model_dir, device="cpu", threads=2), tracer_provider=TracerProvider())
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+        with ThreadPoolExecutor(8) as callers:
+            statuses = list(
+                callers.map(
+                    lambda index: (
+                        test_client.post("/v1/predict", json={"pods": pod_rows(3, seed=index)}).status_code
+                    ),
+                    range(32),
+                )
+            )
+        handler_threads = {
+            thread.name for thread in threading.enumerate() if thread.name.startswith("podlatency-handler")
+        }
+    assert statuses == [200] * 32
+    assert 1 <= len(handler_threads) <= 2, handler_threads
 
 
 def test_health_routes_are_not_traced(client: TestClient[Any], exporter: InMemorySpanExporter) -> None:

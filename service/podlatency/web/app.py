@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -26,14 +25,12 @@ from podlatency.watcher import ActiveVersionWatcher
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.guards import InFlightLimit
-from podlatency.web.phases import PhaseTimingMiddleware
+from podlatency.web.phases import ServerSpanMiddleware
 
 if TYPE_CHECKING:
     from podlatency.kube import ClusterRollout
 
 logger = logging.getLogger(__name__)
-
-UNTRACED_PATHS = [r"^/healthz$", r"^/readyz$", r"^/metrics$", r"^/schema"]
 
 
 def build_retrainer(
@@ -157,7 +154,9 @@ def create_app(
         )
 
     def start(app: Litestar) -> None:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        # Litestar runs sync handlers with run_in_executor on the loop's default executor.
+        state.handler_pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="podlatency-handler")
+        asyncio.get_running_loop().set_default_executor(state.handler_pool)
         if trains and settings.retrain_interval_s > 0:
             retrainer.start()
         if load_model:
@@ -174,6 +173,7 @@ def create_app(
             cluster.stop()
         if settings.variants and predicts:
             state.dedicated_pool.shutdown(wait=True)
+        state.handler_pool.shutdown(wait=False)
         service.span_writer.close()
         if owns_provider:
             provider.shutdown()  # flushes spans still in the batch processor
@@ -183,15 +183,12 @@ def create_app(
     )
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[InFlightLimit(settings.max_in_flight), PhaseTimingMiddleware(), prometheus.middleware],
-        request_max_body_size=settings.max_body_bytes,
-        plugins=[
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(
-                    tracer_provider=provider, exclude=UNTRACED_PATHS, exclude_spans=["receive", "send"]
-                )
-            )
+        middleware=[
+            ServerSpanMiddleware(service.tracer),
+            InFlightLimit(settings.max_in_flight),
+            prometheus.middleware,
         ],
+        request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),
         state=state,
