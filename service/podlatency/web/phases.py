@@ -16,6 +16,7 @@ builds attributes only for spans that are recorded.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -26,7 +27,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry import context, propagate, trace
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
@@ -64,10 +65,16 @@ class _HeaderGetter(Getter[ASGIHeaders]):
 _HEADER_GETTER = _HeaderGetter()
 
 
+@functools.cache
+def _propagated_header_names(propagator: TextMapPropagator) -> frozenset[bytes]:
+    # Composite propagators build their field set anew on every access.
+    return frozenset(name.lower().encode("latin-1") for name in propagator.fields)
+
+
 def caller_context(headers: ASGIHeaders) -> context.Context | None:
     """The caller's trace context from the request headers, or ``None`` when it sent none."""
-    fields = propagate.get_global_textmap().fields
-    if not any(name.decode("latin-1") in fields for name, _ in headers):
+    names = _propagated_header_names(propagate.get_global_textmap())
+    if not any(name in names for name, _ in headers):
         return None
     return propagate.extract(headers, getter=_HEADER_GETTER)
 
