@@ -11,17 +11,20 @@ figures compare; the clients share the machine's cores with the server.
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podlatency.bench import concurrent, die_with_parent, free_port, sequential, wait_ready
+from podlatency.bench import concurrent, cpu_seconds, die_with_parent, free_port, wait_ready
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
@@ -42,6 +45,8 @@ class SetUp:
         extra = " ".join(
             f"{key.removeprefix('PODLATENCY_').lower()}={value}" for key, value in self.env.items()
         )
+        if self.server == "floor":
+            return "floor: bare Litestar sync handler"
         return f"{self.server}, {self.workers} worker(s) {extra}".strip()
 
     def command(self, port: int) -> list[str]:
@@ -51,6 +56,12 @@ class SetUp:
                 str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory",
                 "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
                 "--no-access-log", "--log-level", "warning", "podlatency.web.app:app_from_env",
+            ]  # fmt: skip
+        if self.server == "floor":
+            return [
+                sys.executable, "-m", "uvicorn", "loadtest.floor_app:app", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(self.workers), "--no-access-log",
+                "--log-level", "warning",
             ]  # fmt: skip
         return [
             sys.executable,
@@ -75,6 +86,8 @@ SET_UPS = (
     SetUp("uvicorn", 2),
     SetUp("granian", 1),
     SetUp("granian", 2),
+    # What the HTTP stack alone costs: a sync handler that only decodes the body.
+    SetUp("floor", 1),
 )
 
 
@@ -97,14 +110,40 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
     )
     try:
         wait_ready(port, process)
-        single, _ = sequential(port, body, 1000)
+        single = sequential_latency(port, body, 1000)
         concurrent(port, body, 32, 1.0)
+        cpu_before = process_tree_cpu_seconds(process.pid)
         loaded = concurrent(port, body, 32, seconds)
+        cpu_used = process_tree_cpu_seconds(process.pid) - cpu_before
     finally:
         process.terminate()
         process.wait(timeout=15)
-    return {"p50_ms_1_client": single.p50_ms, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
-            "p99_ms_32": loaded["p99_ms"]}  # fmt: skip
+    return {"p50_ms_1_client": single, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
+            "p99_ms_32": loaded["p99_ms"],
+            "server_cpu_us_per_request_32": round(cpu_used / loaded["count"] * 1e6, 1)}  # fmt: skip
+
+
+def sequential_latency(port: int, body: bytes, requests: int) -> float:
+    """p50 of one keep-alive client, in milliseconds (any answer shape)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    durations = []
+    for index in range(requests + 200):
+        started = time.perf_counter()
+        connection.request("POST", "/v1/predict", body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"/v1/predict answered {response.status}")
+        if index >= 200:  # the first 200 warm up
+            durations.append(time.perf_counter() - started)
+    connection.close()
+    return round(statistics.median(durations) * 1000, 4)
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time used by ``pid`` and its children that are still running (a server's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{set_up.label:40s} 1 client p50 {figures['p50_ms_1_client']:.3f} ms | 32 clients "
                 f"{figures['rps_32']:7.1f} req/s p50 {figures['p50_ms_32']:.1f} ms "
-                f"p99 {figures['p99_ms_32']:.1f} ms",
+                f"p99 {figures['p99_ms_32']:.1f} ms, "
+                f"server CPU {figures['server_cpu_us_per_request_32']:.0f} us/req",
                 flush=True,
             )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
     bench.add_argument("--levels", default="1,8,32,128", help="client counts of the concurrency sweep")
     bench.add_argument("--sweep-seconds", type=float, default=3.0, help="length of each sweep point")
+    bench.add_argument(
+        "--sweep-rounds", type=int, default=2, help="interleaved rounds per sweep point; the best is kept"
+    )
     bench.add_argument("--soak-seconds", type=float, default=120.0, help="32-client memory soak; 0 skips it")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
 
@@ -178,6 +181,7 @@ def bench(args: argparse.Namespace) -> int:
         out=args.out,
         levels=[int(level) for level in args.levels.split(",")],
         sweep_seconds=args.sweep_seconds,
+        sweep_rounds=args.sweep_rounds,
         soak_seconds=args.soak_seconds,
     )
 

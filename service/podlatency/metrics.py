@@ -47,6 +47,7 @@ class ServiceMetrics:
     requests_shed: Counter
     requests_in_flight: Gauge
     leader: Gauge
+    gc_frozen_objects: Gauge
 
 
 @functools.cache
@@ -109,6 +110,11 @@ def service_metrics() -> ServiceMetrics:
         leader=Gauge(
             "podlatency_trainer_leader",
             "1 while this trainer holds the leader Lease and publishes models, else 0.",
+            multiprocess_mode="livemax",
+        ),
+        gc_frozen_objects=Gauge(
+            "podlatency_gc_frozen_objects",
+            "Objects moved out of the garbage collector's sight at start-up (gc.freeze).",
             multiprocess_mode="livemax",
         ),
     )

@@ -140,6 +140,8 @@ def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
     assert 'podlatency_phase_duration_seconds_count{phase="predict ttft",route="/v1/predict"} 3.0' in text
     assert "podlatency_rows_per_predict_sum 15.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
+    frozen = next(line for line in text.splitlines() if line.startswith("podlatency_gc_frozen_objects "))
+    assert float(frozen.split()[1]) > 10_000, "the start-up heap is frozen out of full collections"
 
 
 def test_concurrent_requests_are_batched(model_dir: Path, start_server: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
+from podlatency.metrics import service_metrics
 from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings
@@ -197,6 +199,28 @@ def create_app(
     )
 
 
+def freeze_startup_heap() -> int:
+    """Take the objects that exist now (imported modules, the app) out of the cyclic collector's sight.
+
+    A full collection walks every tracked object: in a serving process that is ~130,000 objects that
+    live as long as the process, and each walk held the GIL for 65-80 ms, every few seconds under
+    load (every request in flight waited it out: the p99 at 32 clients). Frozen, a full collection
+    walks only what was made since (under 1 ms, measured). Reference counting still frees frozen
+    objects; only cycles among them are never collected, and those are start-up objects that live as
+    long as the process anyway. Returns how many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    service_metrics().gc_frozen_objects.set(frozen)
+    return frozen
+
+
 def app_from_env() -> Litestar:
-    """Factory for ``uvicorn --factory``: settings from ``PODLATENCY_*`` variables."""
-    return create_app(Settings.from_env())
+    """Factory for ``uvicorn --factory``: settings from ``PODLATENCY_*`` variables.
+
+    Runs in each server process, so each one freezes its start-up heap (see :func:`freeze_startup_heap`).
+    """
+    app = create_app(Settings.from_env())
+    freeze_startup_heap()
+    return app
