@@ -53,7 +53,7 @@ class Settings:
     """Worker threads that run the sync handlers in each process.
 
     With batching on, a thread waiting for its batch costs nothing but memory, and more of them make
-    bigger batches: 12-24 served ~15% more than 8 at 32 clients on 2 cores (README, Performance).
+    bigger batches: 16 served 12-14% more than 8 at 32 clients on 2 cores (README, Performance).
     """
 
     model_dir: Path = field(default_factory=default_model_dir)
