@@ -117,6 +117,20 @@ def test_server_span_names_the_route_template_and_marks_server_errors(
     assert server.status.status_code.name == "UNSET"
 
 
+def test_server_errors_mark_the_server_span(tmp_path: Path) -> None:
+    """A 5xx answer (here 503 before any model is loaded) marks the server span as an error."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(Settings(model_dir=tmp_path, device="cpu"), tracer_provider=provider, load_model=False)
+    with TestClient(app) as test_client:
+        assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
+    server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
+    assert server.status.status_code.name == "ERROR"
+    assert server.attributes is not None
+    assert server.attributes["error.type"] == "503"
+
+
 def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> None:
     """PODLATENCY_THREADS sizes the pool sync handlers run on (Litestar uses the loop's default executor)."""
     app = create_app(Settings(model_dir=model_dir, device="cpu", threads=2), tracer_provider=TracerProvider())
