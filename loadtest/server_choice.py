@@ -11,20 +11,25 @@ figures compare; the clients share the machine's cores with the server.
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib.util
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podlatency.bench import concurrent, cpu_seconds, die_with_parent, free_port, wait_ready
+from podlatency.bench import (
+    LatencySummary,
+    concurrent,
+    cpu_seconds,
+    die_with_parent,
+    free_port,
+    sequential_answers,
+    wait_ready,
+)
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
@@ -110,7 +115,8 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
     )
     try:
         wait_ready(port, process)
-        single = sequential_latency(port, body, 1000)
+        # The floor answers no phase timings, so only the end-to-end latency is read.
+        single = LatencySummary.of([seconds for seconds, _ in sequential_answers(port, body, 1000)]).p50_ms
         concurrent(port, body, 32, 1.0)
         cpu_before = process_tree_cpu_seconds(process.pid)
         loaded = concurrent(port, body, 32, seconds)
@@ -121,23 +127,6 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
     return {"p50_ms_1_client": single, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
             "p99_ms_32": loaded["p99_ms"],
             "server_cpu_us_per_request_32": round(cpu_used / loaded["count"] * 1e6, 1)}  # fmt: skip
-
-
-def sequential_latency(port: int, body: bytes, requests: int) -> float:
-    """p50 of one keep-alive client, in milliseconds (any answer shape)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    durations = []
-    for index in range(requests + 200):
-        started = time.perf_counter()
-        connection.request("POST", "/v1/predict", body=body, headers={"content-type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"/v1/predict answered {response.status}")
-        if index >= 200:  # the first 200 warm up
-            durations.append(time.perf_counter() - started)
-    connection.close()
-    return round(statistics.median(durations) * 1000, 4)
 
 
 def process_tree_cpu_seconds(pid: int) -> float:

@@ -173,21 +173,28 @@ def _post(connection: http.client.HTTPConnection, body: bytes, path: str = "/v1/
     return answer
 
 
-def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, LatencySummary]:
-    """One keep-alive client: end-to-end latency and the server's model-compute phases."""
+def sequential_answers(port: int, body: bytes, requests: int) -> list[tuple[float, dict[str, Any]]]:
+    """One keep-alive client, after up to 200 warm-up requests: each request's seconds and answer."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     for _ in range(min(200, requests)):
         _post(connection, body)
-    end_to_end: list[float] = []
-    model_compute: list[float] = []
+    timed: list[tuple[float, dict[str, Any]]] = []
     for _ in range(requests):
         started = time.perf_counter()
         answer = _post(connection, body)
-        end_to_end.append(time.perf_counter() - started)
-        timing = answer["timing_ms"]
-        model_compute.append((timing["predict ttft"] + timing["predict tpot"]) / 1000.0)
+        timed.append((time.perf_counter() - started, answer))
     connection.close()
-    return LatencySummary.of(end_to_end), LatencySummary.of(model_compute)
+    return timed
+
+
+def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, LatencySummary]:
+    """One keep-alive client: end-to-end latency and the server's model-compute phases."""
+    timed = sequential_answers(port, body, requests)
+    model_compute = [
+        (answer["timing_ms"]["predict ttft"] + answer["timing_ms"]["predict tpot"]) / 1000.0
+        for _, answer in timed
+    ]
+    return LatencySummary.of([seconds for seconds, _ in timed]), LatencySummary.of(model_compute)
 
 
 def concurrent(
