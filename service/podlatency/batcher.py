@@ -1,20 +1,28 @@
-"""Coalesces concurrent requests' rows into one predict call per target (flat combining).
+"""Coalesces concurrent requests' rows into one predict call per target.
 
-The fixed cost of one ``inplace_predict`` call (~0.07 ms on CPU, far more for a GPU launch) dwarfs the
-per-row cost (a few microseconds), so under concurrency it pays to predict many requests' rows at once.
+The fixed cost of one ``inplace_predict`` call (~0.08 ms on CPU, far more for a GPU launch) dwarfs the
+per-row cost (a microsecond or two), so under concurrency it pays to predict many requests' rows at once.
 
-How it works, with no timer thread:
+How it works, with no timer:
 
-- A request that finds the batcher idle becomes the *leader* and predicts at once: a lone request
-  goes straight through and pays no added latency.
-- Requests that arrive while a leader is predicting queue their rows and wait. When the leader's call
-  returns it takes everything queued (up to ``max_rows``) as the next batch, runs it, and hands each
-  request its slice of the results. Once its own rows are done it passes leadership to the oldest
-  request still queued, or marks the batcher idle.
+- A request that finds the batcher idle becomes the *leader* and predicts at once, on its own thread:
+  a lone request goes straight through and pays no added latency.
+- Requests that arrive while a batch runs are queued. When a batch is done, the leader takes
+  everything queued (up to ``max_rows``) as the next batch, and hands each request its slice of the
+  results through the request's ``deliver`` callback.
+- A leader that came with a request of its own stops once its rows are done, so that request is not
+  held up by later ones: it hands the rest of the queue to a *relief* thread, which leads until the
+  queue is empty and the batcher goes idle again. A caller that must not block (an event loop)
+  never leads: its rows go to the relief thread at once.
 - ``max_wait_s`` (default 0) lets a leader linger briefly when others are queued, to fill bigger batches.
 
 XGBoost releases the GIL inside predict, so requests keep arriving and queueing while a batch runs:
 the busier the server, the larger the batches, the fewer fixed costs paid per row.
+
+Two ways in: :meth:`MicroBatcher.submit` blocks its thread until the rows are predicted;
+:meth:`MicroBatcher.submit_nowait` returns at once (after leading, when the batcher was idle and the
+caller may lead) and the result arrives through a callback, so a waiting request holds no thread:
+``/v1/predict`` queues its rows from the event loop and awaits the result there.
 
 ``on_batch(rows, requests)`` is called once per successful call (for metrics).
 
@@ -24,13 +32,17 @@ cannot fail the others.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
 
 FloatMatrix = npt.NDArray[np.float32]
 TargetArrays = dict[str, npt.NDArray[np.float64]]
@@ -49,6 +61,25 @@ class BatchOutcome:
     batch_rows: int
     batch_requests: int
 
+    @property
+    def batch_ended_ns(self) -> int:
+        """When the batch's last predict call returned."""
+        return max(end for _, end in self.target_times_ns.values())
+
+
+Delivery = Callable[[BatchOutcome | None, BaseException | None], None]
+"""Receives a request's outcome, or the error its rows met; called once, on the thread that ran the batch."""
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One request's rows and where its result goes."""
+
+    matrix: FloatMatrix
+    deliver: Delivery
+    queued_ns: int = field(default_factory=time.time_ns)
+    delivered: bool = False
+
 
 def _held_lock() -> threading.Lock:
     lock = threading.Lock()
@@ -56,25 +87,12 @@ def _held_lock() -> threading.Lock:
     return lock
 
 
-@dataclass(eq=False)
-class _Job:
-    """One request's rows, and the lock it waits on.
-
-    ``wake`` is held until the request may go on, and released exactly once: when its batch is done or
-    when it is promoted to leader. A bare lock is several times cheaper than an Event, which pays for a
-    Condition in Python on both sides, and this runs once per request under the GIL.
-    """
-
-    matrix: FloatMatrix
-    queued_ns: int = field(default_factory=time.time_ns)
-    wake: threading.Lock = field(default_factory=_held_lock)
-    promoted: bool = False
-    outcome: BatchOutcome | None = None
-    error: BaseException | None = None
-
-
 class MicroBatcher:
-    """Runs ``predict`` on batches of concurrently submitted matrices."""
+    """Runs ``predict`` on batches of concurrently submitted matrices.
+
+    ``relief`` runs the rest of the queue when a leading request's own rows are done (by default a
+    thread of the batcher's own, started on first use).
+    """
 
     def __init__(
         self,
@@ -82,39 +100,95 @@ class MicroBatcher:
         max_rows: int = 4096,
         max_wait_s: float = 0.0,
         on_batch: Callable[[int, int], None] | None = None,
+        relief: Executor | None = None,
     ) -> None:
         self._predict = predict
         self._on_batch = on_batch
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
+        self._relief = relief
+        self._owns_relief = relief is None
+        self._closed = False
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
         self._busy = False
 
     def submit(self, matrix: FloatMatrix) -> BatchOutcome:
-        """Predict ``matrix``'s rows, batched with whatever else is in flight."""
-        job = _Job(matrix)
+        """Predict ``matrix``'s rows, batched with whatever else is in flight; blocks until done."""
+        done = _held_lock()
+        answer: list[tuple[BatchOutcome | None, BaseException | None]] = []
+
+        def deliver(outcome: BatchOutcome | None, error: BaseException | None) -> None:
+            answer.append((outcome, error))
+            done.release()
+
+        self.submit_nowait(matrix, deliver)
+        done.acquire()
+        outcome, error = answer[0]
+        if error is not None:
+            raise error
+        assert outcome is not None  # noqa: S101  (one of the two is always set)
+        return outcome
+
+    def submit_nowait(self, matrix: FloatMatrix, deliver: Delivery, *, may_lead: bool = True) -> None:
+        """Queue ``matrix``'s rows; ``deliver`` gets the outcome from whichever thread runs their batch.
+
+        When the batcher is idle and ``may_lead``, the calling thread leads: it predicts at once and
+        returns after its own rows are delivered. Without ``may_lead`` (an event loop, which must not
+        block) the batch runs on the relief thread. Otherwise it returns at once.
+        """
+        job = _Job(matrix, deliver)
         with self._lock:
             self._queue.append(job)
-            leading = not self._busy
+            if self._busy:
+                return
             self._busy = True
-        if not leading:
-            job.wake.acquire()
-            if not job.promoted:
-                return self._result(job)
-        while job.outcome is None and job.error is None:
-            self._run_next_batch()
-        self._hand_over()
-        return self._result(job)
+        if not may_lead and self._start_relief():
+            return
+        self._lead(job)
 
-    @staticmethod
-    def _result(job: _Job) -> BatchOutcome:
-        if job.error is not None:
-            raise job.error
-        assert job.outcome is not None  # noqa: S101  (set before the wake-up)
-        return job.outcome
+    def close(self) -> None:
+        """Stop the batcher's own relief thread once it is idle (a replaced model's batcher).
+
+        Rows queued afterwards are predicted by the threads that queue them.
+        """
+        self._closed = True
+        if self._owns_relief and self._relief is not None:
+            self._relief.shutdown(wait=False)
+
+    def _lead(self, own: _Job | None) -> None:
+        """Run batches until the queue is empty, or, leading for ``own``, until ``own`` is delivered."""
+        while self._run_next_batch():
+            if own is not None and own.delivered:
+                if self._hand_over():
+                    return
+                own = None  # no relief thread to be had: keep leading here
+
+    def _hand_over(self) -> bool:
+        """Give the queue to the relief thread, or go idle when it is empty; ``False`` if neither."""
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return True
+        return self._start_relief()
+
+    def _start_relief(self) -> bool:
+        """Have the relief thread lead until the queue is empty; ``False`` once the batcher is closed."""
+        if self._closed:
+            return False
+        try:
+            self._relief_executor().submit(self._lead, None)
+        except RuntimeError:  # shut down: the caller leads
+            return False
+        return True
+
+    def _relief_executor(self) -> Executor:
+        if self._relief is None:
+            self._relief = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podlatency-batch-relief")
+        return self._relief
 
     def _take_batch(self) -> list[_Job]:
+        """The next batch; when nothing is queued, the batcher goes idle and the batch is empty."""
         with self._lock:
             batch: list[_Job] = []
             rows = 0
@@ -122,9 +196,12 @@ class MicroBatcher:
                 job = self._queue.pop(0)
                 batch.append(job)
                 rows += len(job.matrix)
+            if not batch:
+                self._busy = False
             return batch
 
-    def _run_next_batch(self) -> None:
+    def _run_next_batch(self) -> bool:
+        """Run one batch and deliver its results; ``False`` when there was none (now idle)."""
         if self._max_wait_s > 0:
             with self._lock:
                 others_waiting = len(self._queue) > 1
@@ -132,50 +209,58 @@ class MicroBatcher:
                 time.sleep(self._max_wait_s)
         batch = self._take_batch()
         if not batch:
-            return
+            return False
+        results: list[tuple[BatchOutcome | None, BaseException | None]] = []
         try:
-            self._run(batch)
-        except Exception as error:  # errors go to the requests they belong to
-            if len(batch) == 1:
-                batch[0].error = error
-            else:  # retry alone, so only the request that fails gets an error
-                for job in batch:
-                    try:
-                        self._run([job])
-                    except Exception as job_error:
-                        job.error = job_error
+            results = self._outcomes(batch)
         finally:
-            for job in batch:
-                if job.outcome is None and job.error is None:
-                    job.error = RuntimeError("batch prediction was interrupted")
-                if not job.promoted:  # a promoted job was woken already, and leads this batch itself
-                    job.wake.release()
+            if len(results) < len(batch):  # interrupted (KeyboardInterrupt, SystemExit)
+                results = [(None, RuntimeError("batch prediction was interrupted"))] * len(batch)
+            for job, (outcome, failure) in zip(batch, results, strict=True):
+                job.delivered = True
+                try:
+                    job.deliver(outcome, failure)
+                except Exception:  # one broken receiver must not stop the others
+                    logger.exception("could not deliver a batched prediction")
+        return True
 
-    def _run(self, batch: list[_Job]) -> None:
+    def _outcomes(self, batch: list[_Job]) -> list[tuple[BatchOutcome | None, BaseException | None]]:
+        """Each request's outcome or error; errors go to the requests they belong to."""
+        try:
+            return [(outcome, None) for outcome in self._run(batch)]
+        except Exception as error:
+            if len(batch) == 1:
+                return [(None, error)]
+            # Retried alone, so only the request that fails gets an error.
+            return [self._run_alone(job) for job in batch]
+
+    def _run_alone(self, job: _Job) -> tuple[BatchOutcome | None, BaseException | None]:
+        try:
+            return self._run([job])[0], None
+        except Exception as error:
+            return None, error
+
+    def _run(self, batch: list[_Job]) -> list[BatchOutcome]:
         matrix = batch[0].matrix if len(batch) == 1 else np.concatenate([job.matrix for job in batch])
         started_ns = time.time_ns()
         by_target, target_times = self._predict(matrix)
         if self._on_batch is not None:
             self._on_batch(len(matrix), len(batch))
+        outcomes: list[BatchOutcome] = []
         offset = 0
         for job in batch:
             rows = len(job.matrix)
-            job.outcome = BatchOutcome(
-                by_target={target: values[offset : offset + rows] for target, values in by_target.items()},
-                queued_ns=job.queued_ns,
-                batch_started_ns=started_ns,
-                target_times_ns=target_times,
-                batch_rows=len(matrix),
-                batch_requests=len(batch),
+            outcomes.append(
+                BatchOutcome(
+                    by_target={
+                        target: values[offset : offset + rows] for target, values in by_target.items()
+                    },
+                    queued_ns=job.queued_ns,
+                    batch_started_ns=started_ns,
+                    target_times_ns=target_times,
+                    batch_rows=len(matrix),
+                    batch_requests=len(batch),
+                )
             )
             offset += rows
-
-    def _hand_over(self) -> None:
-        """Pass leadership to the oldest queued request, or go idle."""
-        with self._lock:
-            if not self._queue:
-                self._busy = False
-                return
-            successor = self._queue[0]
-        successor.promoted = True
-        successor.wake.release()
+        return outcomes

@@ -7,6 +7,7 @@ and encode what it returns.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from opentelemetry.trace import Tracer
 
-from podlatency.batcher import MicroBatcher
+from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
 from podlatency.errors import ModelLoadError, PodlatencyError
 from podlatency.metrics import service_metrics
@@ -54,27 +55,59 @@ class PredictionService:
     def predict(self, rows: Sequence[PodMetrics], phases: PhaseRecorder) -> Predictions:
         """All rows in one matrix, one ``inplace_predict`` per target.
 
-        With batching on, the call is shared with whatever other requests are in flight.
+        With batching on, the call is shared with whatever other requests are in flight, and this
+        thread waits for it.
         """
         model = self.holder.current()
-        phases.attributes |= {"podlatency.pods": len(rows), "podlatency.model_version": model.version}
-        with phases.phase("frame"):
-            matrix = feature_matrix(rows)
+        matrix = self._frame(rows, model, phases)
         if model.batcher is None:
             by_target, times = model.predictor.predict_timed(matrix)
             service_metrics().rows_per_predict.observe(len(rows))
+            for target, (started_ns, ended_ns) in times.items():
+                phases.record(f"predict {target}", started_ns, ended_ns)
         else:
-            outcome = model.batcher.submit(matrix)
-            by_target, times = outcome.by_target, outcome.target_times_ns
-            phases.attributes |= {
-                "podlatency.batch_rows": outcome.batch_rows,
-                "podlatency.batch_requests": outcome.batch_requests,
-            }
-            phases.record("batch wait", outcome.queued_ns, outcome.batch_started_ns)
-            service_metrics().batch_wait_seconds.observe((outcome.batch_started_ns - outcome.queued_ns) / 1e9)
-        for target, (started_ns, ended_ns) in times.items():
-            phases.record(f"predict {target}", started_ns, ended_ns)
+            by_target = self.record_batch(model.batcher.submit(matrix), phases)
         return Predictions(by_target=by_target, model=model)
+
+    def predict_later(
+        self, rows: Sequence[PodMetrics], phases: PhaseRecorder, deliver: Delivery, *, may_lead: bool = True
+    ) -> LoadedModel:
+        """Queue the rows on the model's batcher and return without waiting for their batch.
+
+        ``deliver`` gets the outcome from the thread that runs the batch (this one, before returning,
+        when the batcher was idle); :meth:`record_batch` turns it into phases and predictions. Needs
+        batching on (:attr:`batching`); without it the prediction runs here, as :meth:`predict` does.
+        """
+        model = self.holder.current()
+        matrix = self._frame(rows, model, phases)
+        if model.batcher is None:
+            raise RuntimeError("predict_later needs a batching model (PODLATENCY_BATCHING=true)")
+        model.batcher.submit_nowait(matrix, deliver, may_lead=may_lead)
+        return model
+
+    @staticmethod
+    def _frame(rows: Sequence[PodMetrics], model: LoadedModel, phases: PhaseRecorder) -> FloatMatrix:
+        phases.attributes |= {"podlatency.pods": len(rows), "podlatency.model_version": model.version}
+        with phases.phase("frame"):
+            return feature_matrix(rows)
+
+    @staticmethod
+    def record_batch(outcome: BatchOutcome, phases: PhaseRecorder) -> dict[str, npt.NDArray[np.float64]]:
+        """Note a batched request's phases: its wait, the batch's predict calls, and its resumption.
+
+        ``resume`` runs from the batch's end to now: the hand-back to the request (a woken thread,
+        or the event loop picking up the result).
+        """
+        phases.attributes |= {
+            "podlatency.batch_rows": outcome.batch_rows,
+            "podlatency.batch_requests": outcome.batch_requests,
+        }
+        phases.record("batch wait", outcome.queued_ns, outcome.batch_started_ns)
+        service_metrics().batch_wait_seconds.observe((outcome.batch_started_ns - outcome.queued_ns) / 1e9)
+        for target, (started_ns, ended_ns) in outcome.target_times_ns.items():
+            phases.record(f"predict {target}", started_ns, ended_ns)
+        phases.record("resume", outcome.batch_ended_ns, time.time_ns())
+        return outcome.by_target
 
     @staticmethod
     def _observe_batch(rows: int, requests: int) -> None:
@@ -98,6 +131,8 @@ class PredictionService:
             )
         loaded = LoadedModel(predictor, batcher)
         previous = self.holder.swap(loaded)
+        if previous is not None and previous.batcher is not None:
+            previous.batcher.close()
         active_model = service_metrics().active_model
         active_model.clear()
         active_model.labels(device=self.device, objective=bundle.objective, version=bundle.version).set(1)

@@ -1,13 +1,13 @@
-"""Prometheus metrics of the core, registered once per process in the default registry.
+"""Prometheus metrics, registered once per process in the default registry.
 
-Request counts and durations by route come from Litestar's Prometheus middleware (``podlatency_*``
-names, see :mod:`podlatency.web.app`); these add what only the core knows.
+Request counts and durations by route (:func:`route_metrics`, recorded by the HTTP layer's edge
+middleware) and what only the core knows: phases, batches, the model in service.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -128,3 +128,70 @@ def phase_histogram(route: str, phase: str) -> Histogram:
     name a handful of routes and phases.
     """
     return service_metrics().phase_seconds.labels(route, phase)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetrics:
+    """Request counts, durations and requests in progress, by method, route template and status."""
+
+    total: Counter
+    duration_seconds: Histogram
+    in_progress: Gauge
+    errors: Counter
+
+
+@functools.cache
+def request_metrics() -> RequestMetrics:
+    """The per-route request metrics (the names Litestar's Prometheus middleware used)."""
+    labels = ["app_name", "method", "path", "status_code"]
+    return RequestMetrics(
+        total=Counter("podlatency_requests_total", "Total requests", labels),
+        duration_seconds=Histogram(
+            "podlatency_request_duration_seconds", "Request duration, in seconds", labels
+        ),
+        in_progress=Gauge(
+            "podlatency_requests_in_progress",
+            "Total requests currently in progress",
+            labels,
+            multiprocess_mode="livesum",
+        ),
+        errors=Counter("podlatency_requests_error_total", "Total errors in requests", labels),
+    )
+
+
+APP_NAME = "podlatency"
+
+
+@dataclass(slots=True)
+class RouteMetrics:
+    """One route's request-metric children, looked up once: a lookup by labels costs more than a sample."""
+
+    method: str
+    route: str
+    in_progress: Gauge
+    _by_status: dict[int, tuple[Counter, Histogram, Counter | None]] = field(default_factory=dict)
+
+    def answered(self, status: int, seconds: float) -> None:
+        """Count a request answered with ``status`` after ``seconds``."""
+        children = self._by_status.get(status)
+        if children is None:
+            metrics = request_metrics()
+            labels = (APP_NAME, self.method, self.route, str(status))
+            children = (
+                metrics.total.labels(*labels),
+                metrics.duration_seconds.labels(*labels),
+                metrics.errors.labels(*labels) if status >= 500 else None,
+            )
+            self._by_status[status] = children
+        total, duration, errors = children
+        total.inc()
+        duration.observe(seconds)
+        if errors is not None:
+            errors.inc()
+
+
+@functools.cache
+def route_metrics(method: str, route: str) -> RouteMetrics:
+    """The request metrics of ``method`` on ``route`` (a route template: a bounded set)."""
+    in_progress = request_metrics().in_progress.labels(APP_NAME, method, route, "200")
+    return RouteMetrics(method, route, in_progress)

@@ -11,7 +11,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from podlatency.workload import pod_rows
 
-PHASES = {"dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "encode", "respond"}
+PHASES = {
+    "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
+    "respond",
+}  # fmt: skip
 REQUESTS = 40
 
 

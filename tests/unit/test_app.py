@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -23,9 +24,13 @@ from opentelemetry.trace import SpanKind
 from podlatency.bundle import ModelBundle
 from podlatency.settings import Settings
 from podlatency.web.app import create_app
+from podlatency.web.batched import INLINE_BODY_BYTES
 from podlatency.workload import generate, pod_rows
 
-PHASES = {"dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "encode", "respond"}
+PHASES = {
+    "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
+    "respond",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -132,8 +137,13 @@ def test_server_errors_mark_the_server_span(tmp_path: Path) -> None:
 
 
 def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> None:
-    """PODLATENCY_THREADS sizes the pool sync handlers run on (Litestar uses the loop's default executor)."""
-    app = create_app(Settings(model_dir=model_dir, device="cpu", threads=2), tracer_provider=TracerProvider())
+    """PODLATENCY_THREADS sizes the pool sync handlers run on (Litestar uses the loop's default executor).
+
+    With batching off ``/v1/predict`` runs there (with it on, only bodies too big to decode on the
+    event loop do).
+    """
+    settings = Settings(model_dir=model_dir, device="cpu", threads=2, batching=False)
+    app = create_app(settings, tracer_provider=TracerProvider())
     with TestClient(app) as test_client:
         wait_ready(test_client)
         with ThreadPoolExecutor(8) as callers:
@@ -278,3 +288,35 @@ def test_model_routes_serve_the_stored_versions(client: TestClient[Any], small_b
     )
     missing = client.get("/model/nope/info")
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+
+
+def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
+    """With batching on, small bodies are queued from the event loop and need no handler thread.
+
+    The only handler thread is kept busy while 64 concurrent requests get their answers; a body too
+    big to decode on the event loop is decoded on that thread once it is free (and still answers 4xx
+    when it does not decode).
+    """
+    settings = Settings(model_dir=model_dir, device="cpu", threads=1, max_pods=1024)
+    app = create_app(settings, tracer_provider=TracerProvider())
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+        body = {"pods": pod_rows(3, seed=1)}
+        expected = test_client.post("/v1/predict", json=body).json()["predictions"]
+        release = threading.Event()
+        blocker = app.state.handler_pool.submit(release.wait, 30)
+        try:
+            with ThreadPoolExecutor(32) as callers:
+                answers = list(callers.map(lambda _: test_client.post("/v1/predict", json=body), range(64)))
+            assert not blocker.done(), "the answers waited for the handler thread"
+        finally:
+            release.set()
+        assert [answer.json()["predictions"] for answer in answers] == [expected] * 64
+
+        big = pod_rows(400, seed=2)
+        assert len(json.dumps({"pods": big})) > INLINE_BODY_BYTES
+        answer = test_client.post("/v1/predict", json={"pods": big})
+        assert answer.status_code == 200
+        assert len(answer.json()["predictions"]) == 400
+        broken = test_client.post("/v1/predict", json={"pods": [*big[:-1], {"pod": "x"}]})
+        assert broken.status_code == 422, broken.text

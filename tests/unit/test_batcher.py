@@ -120,3 +120,58 @@ def test_many_threads_never_deadlock(wait_ms: float) -> None:
         futures = [pool.submit(batcher.submit, rows(index % 50, 2)) for index in range(600)]
         for index, future in enumerate(futures):
             check(future.result(timeout=30), rows(index % 50, 2))
+
+
+def test_a_caller_that_may_not_lead_never_predicts_on_its_own_thread() -> None:
+    """``may_lead=False`` (the event loop): even an idle batcher runs the rows on its relief thread."""
+    threads: list[str] = []
+
+    def predict(matrix: FloatMatrix) -> tuple[TargetArrays, dict[str, tuple[int, int]]]:
+        threads.append(threading.current_thread().name)
+        return RowSums()(matrix)
+
+    batcher = MicroBatcher(predict)
+    delivered = threading.Event()
+    outcomes: list[BatchOutcome | None] = []
+
+    def deliver(outcome: BatchOutcome | None, error: BaseException | None) -> None:
+        assert error is None
+        outcomes.append(outcome)
+        delivered.set()
+
+    batcher.submit_nowait(rows(1, 2), deliver, may_lead=False)
+    assert delivered.wait(5)
+    assert outcomes[0] is not None
+    check(outcomes[0], rows(1, 2))
+    assert threads == [name for name in threads if name.startswith("podlatency-batch-relief")] != []
+    batcher.submit_nowait(rows(2, 2), lambda outcome, error: None)  # may lead: runs here
+    assert threads[-1] == threading.current_thread().name
+
+
+def test_a_leading_request_is_not_held_up_by_later_ones() -> None:
+    """The thread that leads returns once its own rows are done; the relief thread runs what queued since."""
+    model = RowSums(delay_s=0.05)
+    batcher = MicroBatcher(model)
+    later_done = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(batcher.submit, rows(0, 1))
+        time.sleep(0.01)  # the leader's batch is running
+        for index in range(1, 4):
+            batcher.submit_nowait(rows(index, 1), lambda outcome, error: later_done.set(), may_lead=False)
+        started = time.monotonic()
+        check(leader.result(timeout=5), rows(0, 1))
+        assert time.monotonic() - started < 0.09, "the leader waited for the batch queued after it"
+    assert later_done.wait(5)
+    assert model.calls == [1, 3]
+
+
+def test_a_closed_batcher_still_answers_from_the_caller() -> None:
+    """Once closed (model replaced), requests still in flight are predicted by the calling thread."""
+    batcher = MicroBatcher(RowSums())
+    batcher.submit(rows(1, 1))
+    batcher.close()
+    check(batcher.submit(rows(2, 3)), rows(2, 3))
+    answers: list[BatchOutcome | None] = []
+    batcher.submit_nowait(rows(3, 2), lambda outcome, error: answers.append(outcome), may_lead=False)
+    assert answers[0] is not None
+    check(answers[0], rows(3, 2))

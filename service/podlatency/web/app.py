@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency import __version__
@@ -26,8 +26,7 @@ from podlatency.training import TrainingOptions
 from podlatency.watcher import ActiveVersionWatcher
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
-from podlatency.web.guards import InFlightLimit
-from podlatency.web.phases import ServerSpanMiddleware
+from podlatency.web.phases import EdgeMiddleware
 
 if TYPE_CHECKING:
     from podlatency.kube import ClusterRollout
@@ -53,8 +52,11 @@ def build_retrainer(
     )
 
 
-def role_routes(*, predicts: bool, trains: bool) -> list[Any]:
-    """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers."""
+def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[Any]:
+    """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers.
+
+    ``/v1/predict`` has one handler for each batching setting (the setting holds for the process).
+    """
     routes: list[Any] = [
         health.healthz,
         health.readyz,
@@ -70,7 +72,7 @@ def role_routes(*, predicts: bool, trains: bool) -> list[Any]:
     ]
     if predicts:
         routes += [
-            routes_v1.predict,
+            routes_v1.predict_batched if batching else routes_v1.predict,
             routes_llmd.predict_one,
             routes_llmd.predict_bulk,
             routes_llmd.predict_bulk_strict,
@@ -142,7 +144,7 @@ def create_app(
             "publisher": publisher,
         }
     )
-    route_handlers = role_routes(predicts=predicts, trains=trains)
+    route_handlers = role_routes(predicts=predicts, trains=trains, batching=settings.batching)
     watcher = ActiveVersionWatcher(service, settings.watch_interval_s)
     if settings.variants and predicts:
         # Imported only when on: the seed's designs need pandas, which serving does not.
@@ -158,7 +160,8 @@ def create_app(
     def start(app: Litestar) -> None:
         # Litestar runs sync handlers with run_in_executor on the loop's default executor.
         state.handler_pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="podlatency-handler")
-        asyncio.get_running_loop().set_default_executor(state.handler_pool)
+        state.loop = asyncio.get_running_loop()  # where batched predictions are answered
+        state.loop.set_default_executor(state.handler_pool)
         if trains and settings.retrain_interval_s > 0:
             retrainer.start()
         if load_model:
@@ -180,16 +183,9 @@ def create_app(
         if owns_provider:
             provider.shutdown()  # flushes spans still in the batch processor
 
-    prometheus = PrometheusConfig(
-        app_name="podlatency", prefix="podlatency", group_path=True, exclude=[r"^/metrics$"]
-    )
     return Litestar(
         route_handlers=route_handlers,
-        middleware=[
-            ServerSpanMiddleware(service.tracer),
-            InFlightLimit(settings.max_in_flight),
-            prometheus.middleware,
-        ],
+        middleware=[EdgeMiddleware(service.tracer, settings.max_in_flight)],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),

@@ -1,6 +1,6 @@
 """The server span of a request, and the two phases only the HTTP layer can see: ``dispatch`` and ``respond``.
 
-:class:`ServerSpanMiddleware` opens one server span per request, continuing the caller's trace when
+:class:`EdgeMiddleware` opens one server span per request, continuing the caller's trace when
 the request carries W3C ``traceparent``/``tracestate`` headers, and notes the moment of arrival.
 ``dispatch`` runs from that moment to the sync handler starting on its worker thread: reading the
 body, and the executor hop every sync handler pays. ``respond`` runs from the handler finishing to the
@@ -32,7 +32,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from podlatency.dataplane import PredictionService
+from podlatency.errors import Overloaded
+from podlatency.metrics import route_metrics, service_metrics
 from podlatency.tracing import PhaseRecorder
+from podlatency.web.errors import send_error
 
 ARRIVED_KEY = "podlatency.arrived_ns"
 HANDLER_DONE_KEY = "podlatency.handler_done_ns"
@@ -41,10 +44,18 @@ RECORDER_KEY = "podlatency.phases"
 UNTRACED_PATHS = re.compile(r"^/healthz$|^/readyz$|^/metrics$|^/schema")
 """Probes, scrapes and the schema: no spans."""
 
+PREDICTION_PATHS = ("/v1/predict", "/predict", "/variants/")
+"""What the in-flight limit counts (and sheds)."""
+
 
 def untraced(scope: Scope) -> bool:
     """Whether ``scope`` is a request that gets no span."""
     return UNTRACED_PATHS.match(scope["path"]) is not None
+
+
+def unobserved(scope: Scope) -> bool:
+    """Prometheus scrapes: neither a span nor request metrics."""
+    return scope["path"] == "/metrics"
 
 
 ASGIHeaders = Iterable[tuple[bytes, bytes]]
@@ -100,26 +111,76 @@ def request_attributes(scope: HTTPScope, route: str) -> dict[str, AttributeValue
     return attributes
 
 
-class ServerSpanMiddleware(ASGIMiddleware):
-    """One server span per request; notes when it arrived and records ``respond`` once it is answered.
+class EdgeMiddleware(ASGIMiddleware):
+    """What every HTTP request goes through once: its server span, its request metrics, load shedding.
 
-    The span is current while the request is handled (sync handlers see it on their worker thread:
-    the executor copies the context), so phase spans become its children. Responses of 500 and
-    above mark it as an error; 4xx are the client's and do not.
+    - The span is current while the request is handled (sync handlers see it on their worker thread:
+      the executor copies the context), so phase spans become its children. Responses of 500 and
+      above mark it as an error; 4xx are the client's and do not. Probes, scrapes and the schema get
+      no span.
+    - ``podlatency_requests_total``, ``podlatency_request_duration_seconds``,
+      ``podlatency_requests_in_progress`` and ``podlatency_requests_error_total`` by method, route
+      template and status (``/metrics`` itself is not counted).
+    - Prediction requests beyond ``max_in_flight`` in progress are answered 503 with ``Retry-After``
+      at once (:class:`~podlatency.errors.Overloaded`): a queue without bound only turns overload
+      into latency for everyone, while a router that gets a fast 503 can fall back to its default
+      scoring. Counted on the event loop, so no lock is needed.
+
+    One middleware rather than three (Litestar's Prometheus middleware, a span middleware and a
+    limiter): each layer costs event-loop time on every request, and the event loop is what a
+    batching server runs out of first (README, Performance).
     """
 
     scopes = (ScopeType.HTTP,)
-    should_bypass_for_scope = staticmethod(untraced)
+    should_bypass_for_scope = staticmethod(unobserved)
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, max_in_flight: int = 0) -> None:
         self._tracer = tracer
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        """Run the request inside its server span, and watch ``send`` for the status and the end."""
+        """Count the request, shed it or run it inside its server span, and watch ``send``."""
         arrived_ns = time.time_ns()
         scope = cast("HTTPScope", scope)  # only HTTP scopes reach this middleware
         state: dict[str, Any] = scope.setdefault("state", {})
         state[ARRIVED_KEY] = arrived_ns
+        route = scope.get("path_template") or scope["path"]
+        counted = route_metrics(scope["method"], route)
+        counted.in_progress.inc()
+        status = 500  # until a response starts
+        try:
+            if scope["path"].startswith(PREDICTION_PATHS) and self.max_in_flight:
+                if self.in_flight >= self.max_in_flight:
+                    status = Overloaded.status_code
+                    await self._shed(send)
+                    return
+                self.in_flight += 1
+                in_flight_gauge = service_metrics().requests_in_flight
+                in_flight_gauge.inc()
+                try:
+                    status = await self._traced(scope, receive, send, next_app)
+                finally:
+                    self.in_flight -= 1
+                    in_flight_gauge.dec()
+            elif untraced(scope):
+                status = await _run_noting_status(scope, receive, send, next_app)
+            else:
+                status = await self._traced(scope, receive, send, next_app)
+        finally:
+            counted.in_progress.dec()
+            counted.answered(status, (time.time_ns() - arrived_ns) / 1e9)
+
+    async def _shed(self, send: Send) -> None:
+        service_metrics().requests_shed.inc()
+        # Sent from here, past the exception machinery: shedding must cost far less than serving.
+        detail = f"{self.in_flight} prediction requests in progress (PODLATENCY_MAX_IN_FLIGHT)"
+        await send_error(send, Overloaded(detail))
+
+    async def _traced(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> int:
+        """Run the request in its server span; the span ends when the answer has been sent."""
+        state: dict[str, Any] = scope["state"]
+        arrived_ns: int = state[ARRIVED_KEY]
         route = scope.get("path_template") or scope["path"]
         parent = caller_context(scope["headers"])
         span = self._tracer.start_span(
@@ -130,15 +191,17 @@ class ServerSpanMiddleware(ASGIMiddleware):
             span.set_attributes(request_attributes(scope, route))
 
         answered = False
+        status = 500
 
         async def send_and_observe(message: Message) -> None:
-            nonlocal answered
-            if recording and message["type"] == "http.response.start":
-                status: int = message["status"]
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_attribute("error.type", str(status))
-                    span.set_status(Status(StatusCode.ERROR))
+            nonlocal answered, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if recording:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_attribute("error.type", str(status))
+                        span.set_status(Status(StatusCode.ERROR))
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 answered_ns = time.time_ns()
@@ -166,20 +229,47 @@ class ServerSpanMiddleware(ASGIMiddleware):
             context.detach(token)
             if not answered:
                 span.end()
+        return status
+
+
+async def _run_noting_status(scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> int:
+    """Run an untraced request; its response status."""
+    status = 500
+
+    async def send_noting_status(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    await next_app(scope, receive, send_noting_status)
+    return status
+
+
+def arrival_ns(scope: Scope) -> int:
+    """When the request arrived (now, for a request that did not pass the edge middleware)."""
+    state: dict[str, Any] = scope.get("state", {})
+    arrived: int = state.get(ARRIVED_KEY) or time.time_ns()
+    return arrived
+
+
+def new_recorder(scope: Scope, service: PredictionService) -> PhaseRecorder:
+    """The request's phase recorder, where the edge middleware finds it to record ``respond``."""
+    recorder = service.phase_recorder(scope["path"])
+    scope.setdefault("state", {})[RECORDER_KEY] = recorder
+    return recorder
 
 
 @contextmanager
 def request_phases(scope: Scope, service: PredictionService) -> Iterator[PhaseRecorder]:
     """Inside a sync handler: record ``dispatch`` now, and note when the handler is done."""
     now_ns = time.time_ns()
-    state: dict[str, Any] = scope.get("state", {})
-    recorder = service.phase_recorder(scope["path"])
-    recorder.record("dispatch", state.get(ARRIVED_KEY, now_ns), now_ns)
-    state[RECORDER_KEY] = recorder
+    recorder = new_recorder(scope, service)
+    recorder.record("dispatch", arrival_ns(scope), now_ns)
     try:
         yield recorder
     finally:
-        state[HANDLER_DONE_KEY] = time.time_ns()
+        scope["state"][HANDLER_DONE_KEY] = time.time_ns()
 
 
 def elapsed_ms(scope: Scope) -> float:

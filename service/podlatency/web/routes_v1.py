@@ -15,9 +15,10 @@ from litestar.types import Scope
 from podlatency.dataplane import PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
 from podlatency.tracing import PhaseRecorder
+from podlatency.web.batched import BatchedPrediction
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
-from podlatency.web.phases import elapsed_ms, request_phases
+from podlatency.web.phases import arrival_ns, elapsed_ms, new_recorder, request_phases
 
 
 def service_of(state: State) -> PredictionService:
@@ -34,7 +35,7 @@ def service_of(state: State) -> PredictionService:
     response_description="One prediction per pod, in request order, with model version and phase timings.",
 )
 def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
-    """Predict TTFT and TPOT for every pod in the request with one batched call per target."""
+    """Predict TTFT and TPOT for every pod in the request with one call per target (batching off)."""
     service = service_of(state)
     with request_phases(scope, service) as phases:
         with phases.phase("decode"):
@@ -50,6 +51,23 @@ def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
                 phases=phases,
             )
         return Response(content, media_type=JSON)
+
+
+@post(
+    "/v1/predict",
+    sync_to_thread=False,
+    status_code=200,
+    operation_class=json_body_operation(PredictRequest, "One row of live metrics per candidate pod."),
+    response_description="One prediction per pod, in request order, with model version and phase timings.",
+)
+def predict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+    """Predict TTFT and TPOT for every pod, in one call per target shared with concurrent requests.
+
+    With batching on (the default) this is the handler: it runs on the event loop and only queues
+    the rows; the answer is sent when their batch is done (:mod:`podlatency.web.batched`).
+    """
+    service = service_of(state)
+    return BatchedPrediction(service, body, new_recorder(scope, service), arrival_ns(scope), state.loop)
 
 
 def encode_predictions(

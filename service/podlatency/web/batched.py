@@ -1,0 +1,126 @@
+"""``/v1/predict`` with batching on: the handler queues the rows, the answer goes out once they are predicted.
+
+The handler is a sync handler that runs on the event loop (``sync_to_thread=False``): it decodes the
+body, frames the rows and queues them on the batcher, which takes microseconds for the few pods a
+router sends. It returns a :class:`BatchedPrediction` at once. The batch runs on the batcher's own
+thread; when it is done the result is handed to the event loop, where the answer is encoded and sent.
+
+Bodies over :data:`INLINE_BODY_BYTES` are decoded and framed on a worker thread instead (a 1,024-pod
+body takes about 0.6 ms), so a big request does not hold up the event loop.
+
+Measured against a sync handler that runs on a worker thread and blocks until its batch is done
+(README, Performance): no executor hop and no thread wake-up per request, and a batch is no longer
+capped by the number of handler threads; 1.4x the throughput at 32 clients on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from litestar import Response
+from litestar.connection import Request
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
+
+from podlatency.batcher import BatchOutcome
+from podlatency.dataplane import PredictionService
+from podlatency.predictor import LoadedModel
+from podlatency.schema import PodRow, decode_predict_request
+from podlatency.tracing import PhaseRecorder
+from podlatency.web.phases import HANDLER_DONE_KEY
+
+INLINE_BODY_BYTES = 32 * 1024
+"""Bodies up to this size (about 128 pods) are decoded and framed on the event loop."""
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class BatchedPrediction(Response[bytes]):
+    """Queues a request's rows on the batcher; its ASGI response waits for them on the event loop."""
+
+    def __init__(
+        self,
+        service: PredictionService,
+        body: bytes,
+        phases: PhaseRecorder,
+        arrived_ns: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(b"")
+        self._service = service
+        self._phases = phases
+        self._arrived_ns = arrived_ns
+        self._loop = loop
+        self._result: asyncio.Future[BatchOutcome] = loop.create_future()
+        self._pods: Sequence[PodRow] = ()
+        self._model: LoadedModel | None = None
+        self._queueing: asyncio.Future[None] | None = None
+        if len(body) <= INLINE_BODY_BYTES:
+            self._queue(body, may_lead=False)  # on the event loop: the batch runs on the batcher's thread
+        else:
+            self._queueing = loop.run_in_executor(None, self._queue, body, True)
+
+    def _queue(self, body: bytes, may_lead: bool) -> None:
+        # ``dispatch``: from arrival until the rows are handled here (on the loop, or a worker thread).
+        self._phases.record("dispatch", self._arrived_ns, time.time_ns())
+        with self._phases.phase("decode"):
+            request = decode_predict_request(body, self._service.settings.max_pods)
+        self._pods = request.pods
+        self._model = self._service.predict_later(
+            request.pods, self._phases, self._deliver, may_lead=may_lead
+        )
+
+    def _deliver(self, outcome: BatchOutcome | None, error: BaseException | None) -> None:
+        """From the batch's thread: hand the outcome to the event loop."""
+        self._loop.call_soon_threadsafe(_settle, self._result, outcome, error)
+
+    def to_asgi_response(self, app: Any, request: Request[Any, Any, Any], **_: Any) -> ASGIResponse:
+        """The ASGI callable that awaits the batch, then encodes and sends the answer."""
+        return _AwaitedAnswer(self)
+
+    async def answer(self, scope: Scope, send: Send) -> None:
+        """Wait for the batch, then encode and send; a failure raises (the error handlers answer)."""
+        from podlatency.web.routes_v1 import encode_predictions  # noqa: PLC0415  (routes_v1 imports us)
+
+        if self._queueing is not None:
+            await self._queueing  # decoding errors (4xx) surface here
+        by_target = self._service.record_batch(await self._result, self._phases)
+        assert self._model is not None  # noqa: S101  (set when the rows were queued)
+        with self._phases.phase("encode"):
+            content = encode_predictions(
+                self._pods,
+                by_target["ttft"],
+                by_target["tpot"],
+                model_version=self._model.version,
+                scope=scope,
+                phases=self._phases,
+            )
+        scope["state"][HANDLER_DONE_KEY] = time.time_ns()
+        headers = [JSON_CONTENT_TYPE, (b"content-length", str(len(content)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+def _settle(
+    result: asyncio.Future[BatchOutcome], outcome: BatchOutcome | None, error: BaseException | None
+) -> None:
+    if result.done():
+        return
+    if error is not None:
+        result.set_exception(error)
+    elif outcome is not None:
+        result.set_result(outcome)
+
+
+class _AwaitedAnswer(ASGIResponse):
+    """Litestar calls this with the request's ASGI channel once the handler has returned."""
+
+    def __init__(self, prediction: BatchedPrediction) -> None:
+        # Not ASGIResponse.__init__: headers and body are only known once the batch is done.
+        self._prediction = prediction
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._prediction.answer(scope, send)
