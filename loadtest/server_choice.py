@@ -1,4 +1,4 @@
-"""Measure the serving set-ups the defaults were chosen by: server, processes, threads, nthread, batching.
+"""Measure the serving set-ups the defaults were chosen by: server, processes, nthread, batching, tracing.
 
     pip install granian            # optional: without it only uvicorn set-ups are measured
     python -m loadtest.server_choice
@@ -82,13 +82,12 @@ class SetUp:
 
 SET_UPS = (
     SetUp("uvicorn", 1),
-    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "8"}),
-    SetUp("uvicorn", 1, {"PODLATENCY_THREADS": "32"}),
     SetUp("uvicorn", 1, {"PODLATENCY_NTHREAD": "0"}),
     SetUp("uvicorn", 1, {"PODLATENCY_BATCHING": "false"}),
     # Every request's spans recorded (no exporter, so they are dropped): what tracing itself costs.
     SetUp("uvicorn", 1, {"OTEL_TRACES_SAMPLER": "always_on"}),
     SetUp("uvicorn", 2),
+    SetUp("uvicorn", 2, {"PODLATENCY_BATCHING": "false"}),
     SetUp("granian", 1),
     SetUp("granian", 2),
     # What the HTTP stack alone costs: a sync handler that only decodes the body.

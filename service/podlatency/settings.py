@@ -52,8 +52,10 @@ class Settings:
     threads: int = 16
     """Worker threads that run the sync handlers in each process.
 
-    With batching on, a thread waiting for its batch costs nothing but memory, and more of them make
-    bigger batches: 16 served 12-14% more than 8 at 32 clients on 2 cores (README, Performance).
+    Batched ``/v1/predict`` needs none (it queues its rows from the event loop). The llm-d routes
+    wait on these threads for their batch: a waiting thread costs nothing but memory, and more of
+    them make bigger batches (16 served 12-14% more than 8 at 32 clients on 2 cores, measured when
+    ``/v1/predict`` still waited there; README, Performance).
     """
 
     model_dir: Path = field(default_factory=default_model_dir)

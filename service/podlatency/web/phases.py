@@ -1,12 +1,12 @@
-"""The server span of a request, and the two phases only the HTTP layer can see: ``dispatch`` and ``respond``.
+"""The HTTP edge of a request: server span, request metrics, and the phases ``dispatch`` and ``respond``.
 
 :class:`EdgeMiddleware` opens one server span per request, continuing the caller's trace when
 the request carries W3C ``traceparent``/``tracestate`` headers, and notes the moment of arrival.
-``dispatch`` runs from that moment to the sync handler starting on its worker thread: reading the
-body, and the executor hop every sync handler pays. ``respond`` runs from the handler finishing to the
+``dispatch`` runs from that moment until the handler starts on the rows: reading the body, and for a
+handler on a worker thread the executor hop. ``respond`` runs from the answer being encoded to the
 last byte of the response being handed to the server: the hop back to the event loop and sending.
-Neither can be timed from inside the handler, so the middleware notes the moments and the spans are
-recorded with explicit timestamps.
+Neither can be timed from inside the handler's own work, so the moments are noted here and the
+spans recorded with explicit timestamps.
 
 It replaces OpenTelemetry's generic ASGI instrumentation (what Litestar's OpenTelemetry plugin wraps),
 which cost about 65 microseconds of event-loop time per request even when nothing is sampled, a
