@@ -105,9 +105,9 @@ class PhaseRecorder:
         self._phases.append((name, start_ns, end_ns, error, attributes))
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the enclosed block as phase ``name``."""
-        start_ns = time.time_ns()
+    def phase(self, name: str, started_ns: int | None = None) -> Iterator[None]:
+        """Time the enclosed block as phase ``name`` (from ``started_ns`` when given: the end of the last)."""
+        start_ns = started_ns or time.time_ns()
         try:
             yield
         except BaseException as error:

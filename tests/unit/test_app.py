@@ -293,7 +293,8 @@ def test_model_routes_serve_the_stored_versions(client: TestClient[Any], small_b
 def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
     """With batching on, small bodies are queued from the event loop and need no handler thread.
 
-    The only handler thread is kept busy while 64 concurrent requests get their answers; a body too
+    The only handler thread is kept busy while 64 concurrent ``/v1/predict`` requests, and llm-d's
+    ``/predict`` and ``/predict/bulk/strict``, get their answers; a body too
     big to decode on the event loop is decoded on that thread once it is free (and still answers 4xx
     when it does not decode).
     """
@@ -308,10 +309,14 @@ def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
         try:
             with ThreadPoolExecutor(32) as callers:
                 answers = list(callers.map(lambda _: test_client.post("/v1/predict", json=body), range(64)))
+            one = test_client.post("/predict", json=body["pods"][0])
+            bulk = test_client.post("/predict/bulk/strict", json={"requests": body["pods"]})
             assert not blocker.done(), "the answers waited for the handler thread"
         finally:
             release.set()
         assert [answer.json()["predictions"] for answer in answers] == [expected] * 64
+        assert one.json()["ttft_ms"] == expected[0]["ttft_ms"]
+        assert [row["tpot_ms"] for row in bulk.json()["predictions"]] == [row["tpot_ms"] for row in expected]
 
         big = pod_rows(400, seed=2)
         assert len(json.dumps({"pods": big})) > INLINE_BODY_BYTES

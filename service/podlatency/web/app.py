@@ -55,7 +55,8 @@ def build_retrainer(
 def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[Any]:
     """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers.
 
-    ``/v1/predict`` has one handler for each batching setting (the setting holds for the process).
+    ``/v1/predict``, ``/predict`` and ``/predict/bulk/strict`` have one handler for each batching
+    setting (the setting holds for the process).
     """
     routes: list[Any] = [
         health.healthz,
@@ -73,9 +74,9 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
     if predicts:
         routes += [
             routes_v1.predict_batched if batching else routes_v1.predict,
-            routes_llmd.predict_one,
+            routes_llmd.predict_one_batched if batching else routes_llmd.predict_one,
+            routes_llmd.predict_bulk_strict_batched if batching else routes_llmd.predict_bulk_strict,
             routes_llmd.predict_bulk,
-            routes_llmd.predict_bulk_strict,
         ]
     if trains:
         routes += [

@@ -1,10 +1,13 @@
 """llm-d latency predictor compatible routes, so an existing router can point at us unchanged.
 
-Thin adapters over the same core as ``/v1/predict``: decode, predict the batch once, encode.
+Thin adapters over the same core as ``/v1/predict``: decode, predict the batch once, encode. With
+batching on, ``/predict`` and ``/predict/bulk/strict`` queue their rows from the event loop as
+``/v1/predict`` does; ``/predict/bulk`` (rows that fail alone) waits for its batch on a worker thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -17,6 +20,8 @@ from podlatency import llmd_schema as llmd
 from podlatency.dataplane import Predictions
 from podlatency.errors import ClientError, PodlatencyError
 from podlatency.schema import PodMetrics, decode_json
+from podlatency.tracing import PhaseRecorder
+from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token
 from podlatency.web.openapi import json_body_operation
@@ -45,51 +50,66 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
     ]
 
 
-@post(
-    "/predict",
-    sync_to_thread=True,
-    status_code=200,
-    operation_class=json_body_operation(PodMetrics, "One pod's live metrics."),
+def _decode_one(body: bytes) -> Sequence[PodMetrics]:
+    return [decode_json(body, PodMetrics)]
+
+
+def _encode_one(
+    rows: Sequence[PodMetrics], result: Predictions, scope: Scope, phases: PhaseRecorder
+) -> bytes:
+    return msgspec.json.encode(_prediction_rows(result)[0])
+
+
+def _decode_bulk_strict(body: bytes) -> Sequence[PodMetrics]:
+    return decode_json(body, llmd.BulkPredictionRequest).requests
+
+
+def _encode_bulk_strict(
+    rows: Sequence[PodMetrics], result: Predictions, scope: Scope, phases: PhaseRecorder
+) -> bytes:
+    predictions = _prediction_rows(result)
+    return msgspec.json.encode(
+        llmd.BulkPredictionResponse(
+            predictions=predictions,
+            total_requests=len(predictions),
+            successful_predictions=len(predictions),
+            failed_predictions=0,
+            processing_time_ms=elapsed_ms(scope),
+        )
+    )
+
+
+ONE_ROW = Codec(_decode_one, _encode_one)
+BULK_STRICT = Codec(_decode_bulk_strict, _encode_bulk_strict)
+
+ONE_ROW_BODY = json_body_operation(PodMetrics, "One pod's live metrics.")
+BULK_STRICT_BODY = json_body_operation(
+    llmd.BulkPredictionRequest, "1-10,000 rows; any invalid row fails all."
 )
+
+
+@post("/predict", sync_to_thread=True, status_code=200, operation_class=ONE_ROW_BODY)
 def predict_one(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
-    """llm-d ``/predict``: one row in, one prediction out."""
-    service = service_of(state)
-    with request_phases(scope, service) as phases:
-        with phases.phase("decode"):
-            row = decode_json(body, PodMetrics)
-        result = service.predict([row], phases)
-        with phases.phase("encode"):
-            content = msgspec.json.encode(_prediction_rows(result)[0])
-        return Response(content, media_type=JSON)
+    """llm-d ``/predict``: one row in, one prediction out (batching off)."""
+    return answer_here(service_of(state), ONE_ROW, body, scope)
 
 
-@post(
-    "/predict/bulk/strict",
-    sync_to_thread=True,
-    status_code=200,
-    operation_class=json_body_operation(
-        llmd.BulkPredictionRequest, "1-10,000 rows; any invalid row fails all."
-    ),
-)
+@post("/predict", sync_to_thread=False, status_code=200, operation_class=ONE_ROW_BODY)
+def predict_one_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+    """llm-d ``/predict``: one row in, one prediction out, queued from the event loop (batching on)."""
+    return answer_from_batch(service_of(state), ONE_ROW, body, scope, state.loop)
+
+
+@post("/predict/bulk/strict", sync_to_thread=True, status_code=200, operation_class=BULK_STRICT_BODY)
 def predict_bulk_strict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
-    """llm-d ``/predict/bulk/strict``: all rows or none (422 naming the first invalid row)."""
-    service = service_of(state)
-    with request_phases(scope, service) as phases:
-        with phases.phase("decode"):
-            request = decode_json(body, llmd.BulkPredictionRequest)
-        result = service.predict(request.requests, phases)
-        with phases.phase("encode"):
-            predictions = _prediction_rows(result)
-            content = msgspec.json.encode(
-                llmd.BulkPredictionResponse(
-                    predictions=predictions,
-                    total_requests=len(predictions),
-                    successful_predictions=len(predictions),
-                    failed_predictions=0,
-                    processing_time_ms=elapsed_ms(scope),
-                )
-            )
-        return Response(content, media_type=JSON)
+    """llm-d ``/predict/bulk/strict``: all rows or none (422 naming the first invalid row); batching off."""
+    return answer_here(service_of(state), BULK_STRICT, body, scope)
+
+
+@post("/predict/bulk/strict", sync_to_thread=False, status_code=200, operation_class=BULK_STRICT_BODY)
+def predict_bulk_strict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+    """llm-d ``/predict/bulk/strict``, queued from the event loop (batching on)."""
+    return answer_from_batch(service_of(state), BULK_STRICT, body, scope, state.loop)
 
 
 @post(

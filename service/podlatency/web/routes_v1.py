@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -12,19 +13,34 @@ from litestar.datastructures import State
 from litestar.params import RawBody
 from litestar.types import Scope
 
-from podlatency.dataplane import PredictionService
+from podlatency.dataplane import Predictions, PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
 from podlatency.tracing import PhaseRecorder
-from podlatency.web.batched import BatchedPrediction
-from podlatency.web.errors import JSON
+from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.openapi import json_body_operation
-from podlatency.web.phases import arrival_ns, elapsed_ms, new_recorder, request_phases
+from podlatency.web.phases import elapsed_ms
 
 
 def service_of(state: State) -> PredictionService:
     """The app's prediction service."""
     service: PredictionService = state.service
     return service
+
+
+@functools.cache
+def v1_codec(max_pods: int) -> Codec[PodRow]:
+    """``/v1/predict``'s body and answer."""
+
+    def decode(body: bytes) -> Sequence[PodRow]:
+        return decode_predict_request(body, max_pods).pods
+
+    def encode(rows: Sequence[PodRow], result: Predictions, scope: Scope, phases: PhaseRecorder) -> bytes:
+        ttft, tpot = result.by_target["ttft"], result.by_target["tpot"]
+        return encode_predictions(
+            rows, ttft, tpot, model_version=result.model.version, scope=scope, phases=phases
+        )
+
+    return Codec(decode, encode)
 
 
 @post(
@@ -37,20 +53,7 @@ def service_of(state: State) -> PredictionService:
 def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod in the request with one call per target (batching off)."""
     service = service_of(state)
-    with request_phases(scope, service) as phases:
-        with phases.phase("decode"):
-            request = decode_predict_request(body, service.settings.max_pods)
-        result = service.predict(request.pods, phases)
-        with phases.phase("encode"):
-            content = encode_predictions(
-                request.pods,
-                result.by_target["ttft"],
-                result.by_target["tpot"],
-                model_version=result.model.version,
-                scope=scope,
-                phases=phases,
-            )
-        return Response(content, media_type=JSON)
+    return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
 @post(
@@ -67,7 +70,7 @@ def predict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes
     the rows; the answer is sent when their batch is done (:mod:`podlatency.web.batched`).
     """
     service = service_of(state)
-    return BatchedPrediction(service, body, new_recorder(scope, service), arrival_ns(scope), state.loop)
+    return answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope, state.loop)
 
 
 def encode_predictions(
