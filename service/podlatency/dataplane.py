@@ -75,14 +75,13 @@ class PredictionService:
         """Queue the rows on the model's batcher and return without waiting for their batch.
 
         ``deliver`` gets the outcome from the thread that runs the batch (this one, before returning,
-        when the batcher was idle); :meth:`record_batch` turns it into phases and predictions. Needs
-        batching on (:attr:`batching`); without it the prediction runs here, as :meth:`predict` does.
+        when the batcher was idle); :meth:`record_batch` turns it into phases and predictions. Only
+        with batching on (the routes that call it are chosen by ``PODLATENCY_BATCHING``).
         """
         model = self.holder.current()
-        matrix = self._frame(rows, model, phases)
         if model.batcher is None:
             raise RuntimeError("predict_later needs a batching model (PODLATENCY_BATCHING=true)")
-        model.batcher.submit_nowait(matrix, deliver, may_lead=may_lead)
+        model.batcher.submit_nowait(self._frame(rows, model, phases), deliver, may_lead=may_lead)
         return model
 
     @staticmethod

@@ -43,26 +43,19 @@ def v1_codec(max_pods: int) -> Codec[PodRow]:
     return Codec(decode, encode)
 
 
-@post(
-    "/v1/predict",
-    sync_to_thread=True,
-    status_code=200,
-    operation_class=json_body_operation(PredictRequest, "One row of live metrics per candidate pod."),
-    response_description="One prediction per pod, in request order, with model version and phase timings.",
-)
+V1_PATH = "/v1/predict"
+V1_BODY = json_body_operation(PredictRequest, "One row of live metrics per candidate pod.")
+V1_ANSWER = "One prediction per pod, in request order, with model version and phase timings."
+
+
+@post(V1_PATH, sync_to_thread=True, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
 def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod in the request with one call per target (batching off)."""
     service = service_of(state)
     return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
-@post(
-    "/v1/predict",
-    sync_to_thread=False,
-    status_code=200,
-    operation_class=json_body_operation(PredictRequest, "One row of live metrics per candidate pod."),
-    response_description="One prediction per pod, in request order, with model version and phase timings.",
-)
+@post(V1_PATH, sync_to_thread=False, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
 def predict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod, in one call per target shared with concurrent requests.
 
