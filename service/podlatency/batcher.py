@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,8 +90,8 @@ def _held_lock() -> threading.Lock:
 class MicroBatcher:
     """Runs ``predict`` on batches of concurrently submitted matrices.
 
-    ``relief`` runs the rest of the queue when a leading request's own rows are done (by default a
-    thread of the batcher's own, started on first use).
+    Its relief thread (started on first use) runs the rest of the queue when a leading request's own
+    rows are done.
     """
 
     def __init__(
@@ -100,14 +100,12 @@ class MicroBatcher:
         max_rows: int = 4096,
         max_wait_s: float = 0.0,
         on_batch: Callable[[int, int], None] | None = None,
-        relief: Executor | None = None,
     ) -> None:
         self._predict = predict
         self._on_batch = on_batch
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
-        self._relief = relief
-        self._owns_relief = relief is None
+        self._relief: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
@@ -153,7 +151,7 @@ class MicroBatcher:
         Rows queued afterwards are predicted by the threads that queue them.
         """
         self._closed = True
-        if self._owns_relief and self._relief is not None:
+        if self._relief is not None:
             self._relief.shutdown(wait=False)
 
     def _lead(self, own: _Job | None) -> None:
@@ -182,7 +180,7 @@ class MicroBatcher:
             return False
         return True
 
-    def _relief_executor(self) -> Executor:
+    def _relief_executor(self) -> ThreadPoolExecutor:
         if self._relief is None:
             self._relief = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podlatency-batch-relief")
         return self._relief

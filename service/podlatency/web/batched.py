@@ -37,13 +37,11 @@ from podlatency.dataplane import Predictions, PredictionService
 from podlatency.predictor import LoadedModel
 from podlatency.schema import PodMetrics
 from podlatency.tracing import PhaseRecorder
-from podlatency.web.errors import JSON
+from podlatency.web.errors import JSON, send_json
 from podlatency.web.phases import HANDLER_DONE_KEY, arrival_ns, new_recorder, request_phases
 
 INLINE_BODY_BYTES = 32 * 1024
 """Bodies up to this size (about 128 pods) are decoded and framed on the event loop."""
-
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +125,7 @@ class BatchedPrediction[RowT: PodMetrics](Response[bytes]):
         with self._phases.phase("encode"):
             content = self._codec.encode(self._rows, Predictions(by_target, self._model), scope, self._phases)
         scope["state"][HANDLER_DONE_KEY] = time.time_ns()
-        headers = [JSON_CONTENT_TYPE, (b"content-length", str(len(content)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": content, "more_body": False})
+        await send_json(send, 200, content)
 
 
 def _settle(

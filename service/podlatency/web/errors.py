@@ -47,15 +47,18 @@ def podlatency_error(_: Request[Any, Any, Any], error: PodlatencyError) -> Respo
     )
 
 
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """A JSON answer sent straight to the ASGI server, past Litestar's response machinery."""
+    raw_headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def send_error(send: Send, error: PodlatencyError) -> None:
     """The same response, sent straight to the ASGI server (for middleware that refuses before routing)."""
     body = msgspec.json.encode(ErrorBody(error.code, error.detail, error.field))
-    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [
-        (key.lower().encode(), value.encode()) for key, value in (_error_headers(error) or {}).items()
-    ]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send_json(send, error.status_code, body, _error_headers(error))
 
 
 def litestar_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:

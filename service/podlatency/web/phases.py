@@ -159,14 +159,18 @@ class EdgeMiddleware(ASGIMiddleware):
                 in_flight_gauge = service_metrics().requests_in_flight
                 in_flight_gauge.inc()
                 try:
-                    status = await self._traced(scope, receive, send, next_app)
+                    status = await self._traced(
+                        scope, receive, send, next_app, route=route, arrived_ns=arrived_ns
+                    )
                 finally:
                     self.in_flight -= 1
                     in_flight_gauge.dec()
             elif untraced(scope):
                 status = await _run_noting_status(scope, receive, send, next_app)
             else:
-                status = await self._traced(scope, receive, send, next_app)
+                status = await self._traced(
+                    scope, receive, send, next_app, route=route, arrived_ns=arrived_ns
+                )
         finally:
             counted.in_progress.dec()
             counted.answered(status, (time.time_ns() - arrived_ns) / 1e9)
@@ -177,11 +181,18 @@ class EdgeMiddleware(ASGIMiddleware):
         detail = f"{self.in_flight} prediction requests in progress (PODLATENCY_MAX_IN_FLIGHT)"
         await send_error(send, Overloaded(detail))
 
-    async def _traced(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> int:
+    async def _traced(
+        self,
+        scope: HTTPScope,
+        receive: Receive,
+        send: Send,
+        next_app: ASGIApp,
+        *,
+        route: str,
+        arrived_ns: int,
+    ) -> int:
         """Run the request in its server span; the span ends when the answer has been sent."""
         state: dict[str, Any] = scope["state"]
-        arrived_ns: int = state[ARRIVED_KEY]
-        route = scope.get("path_template") or scope["path"]
         parent = caller_context(scope["headers"])
         span = self._tracer.start_span(
             f"{scope['method']} {route}", context=parent, kind=SpanKind.SERVER, start_time=arrived_ns
