@@ -2,12 +2,16 @@
 
 On disk a bundle is a folder::
 
-    metadata.json     feature names and order, targets, objective, metrics, trained_at, version
+    metadata.json     feature names and order, targets, objective, calibration, metrics, trained_at, version
     ttft.ubj          the TTFT booster in XGBoost's own UBJSON format
     tpot.ubj          the TPOT booster
 
-The version is a content hash over what decides predictions (booster bytes, feature names, objective),
-so two bundles with the same version predict the same; loading recomputes it and refuses a mismatch.
+The version is a content hash over what decides predictions (booster bytes, feature names, objective,
+calibration), so two bundles with the same version predict the same; loading recomputes it and refuses
+a mismatch.
+
+A bundle's features are this server's :data:`~podlatency.schema.FEATURE_NAMES` or, for a bundle trained
+before some were added, a subset of them: the predictor hands it only the columns it knows.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class ModelBundle:
-    """Immutable: a new model is a new bundle, swapped in whole."""
+    """Immutable: a new model is a new bundle, swapped in whole.
+
+    ``prediction_scale`` holds, per target of a quantile model, the factor its booster's output is
+    multiplied by: the calibration that makes the quantile hold on rows the booster never saw
+    (:func:`podlatency.training.calibrate`). Targets not in it are not scaled.
+    """
 
     boosters: dict[str, xgb.Booster]
     feature_names: tuple[str, ...]
@@ -43,6 +52,7 @@ class ModelBundle:
     training_rows: int
     source: str
     version: str = field(default="")
+    prediction_scale: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -55,13 +65,16 @@ class ModelBundle:
         trained_at: str,
         training_rows: int,
         source: str,
+        prediction_scale: dict[str, float] | None = None,
+        feature_names: tuple[str, ...] = FEATURE_NAMES,
     ) -> ModelBundle:
         """A bundle with its content-hash version filled in."""
         raw = {target: bytes(booster.save_raw("ubj")) for target, booster in boosters.items()}
-        version = content_version(raw, FEATURE_NAMES, objective, quantile_alpha)
+        scale = dict(prediction_scale or {})
+        version = content_version(raw, feature_names, objective, quantile_alpha, scale)
         return cls(
             boosters=boosters,
-            feature_names=FEATURE_NAMES,
+            feature_names=feature_names,
             objective=objective,
             quantile_alpha=quantile_alpha,
             metrics=metrics,
@@ -69,7 +82,19 @@ class ModelBundle:
             training_rows=training_rows,
             source=source,
             version=version,
+            prediction_scale=scale,
         )
+
+    def feature_importance(self, target: str) -> dict[str, float]:
+        """Each feature's share of the target's booster's total split gain (0 for features never split on)."""
+        scores = self.boosters[target].get_score(importance_type="total_gain")
+        gains = {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
+        total = sum(gains.values()) or 1.0
+        return {name: gains.get(f"f{index}", 0.0) / total for index, name in enumerate(self.feature_names)}
+
+    def ignored_features(self) -> list[str]:
+        """Features of this server the model was trained without (they do not change its predictions)."""
+        return [name for name in FEATURE_NAMES if name not in self.feature_names]
 
     def metadata(self) -> dict[str, Any]:
         """The JSON sidecar's content."""
@@ -81,6 +106,7 @@ class ModelBundle:
             "feature_names": list(self.feature_names),
             "objective": self.objective,
             "quantile_alpha": self.quantile_alpha,
+            "prediction_scale": self.prediction_scale,
             "metrics": self.metrics,
             "trained_at": self.trained_at,
             "training_rows": self.training_rows,
@@ -117,10 +143,14 @@ def content_version(
     feature_names: tuple[str, ...],
     objective: str,
     quantile_alpha: float | None,
+    prediction_scale: dict[str, float] | None = None,
 ) -> str:
     """The first 16 hex digits of a SHA-256 over everything that decides predictions."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([list(feature_names), objective, quantile_alpha]).encode())
+    decisive: list[object] = [list(feature_names), objective, quantile_alpha]
+    if prediction_scale:  # absent from bundles that are not calibrated, whose versions stay as they were
+        decisive.append(sorted(prediction_scale.items()))
+    digest.update(json.dumps(decisive).encode())
     for target in sorted(raw_boosters):
         digest.update(target.encode())
         digest.update(hashlib.sha256(raw_boosters[target]).digest())
@@ -143,12 +173,17 @@ def load_bundle(folder: Path) -> ModelBundle:
         objective = str(metadata["objective"])
         alpha = metadata.get("quantile_alpha")
         quantile_alpha = None if alpha is None else float(alpha)
+        prediction_scale = {
+            str(key): float(value) for key, value in metadata.get("prediction_scale", {}).items()
+        }
         expected_version = str(metadata["version"])
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelLoadError(f"{folder / METADATA_FILE}: missing or invalid field {error}") from None
-    if feature_names != FEATURE_NAMES:
+    unknown = [name for name in feature_names if name not in FEATURE_NAMES]
+    if unknown or len(set(feature_names)) != len(feature_names):
         raise ModelLoadError(
-            f"{folder}: model features {list(feature_names)} do not match this server's {list(FEATURE_NAMES)}"
+            f"{folder}: model features {list(feature_names)} are not a subset of this server's "
+            f"{list(FEATURE_NAMES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
         )
     if sorted(targets) != sorted(TARGETS):
         raise ModelLoadError(f"{folder}: model targets {targets} are not {list(TARGETS)}")
@@ -165,13 +200,13 @@ def load_bundle(folder: Path) -> ModelBundle:
         except xgb.core.XGBoostError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
             raise ModelLoadError(f"{path}: not a valid XGBoost model ({first_line})") from None
-        if booster.num_features() != len(FEATURE_NAMES):
+        if booster.num_features() != len(feature_names):
             raise ModelLoadError(
                 f"{path}: booster expects {booster.num_features()} features, "
-                f"this server has {len(FEATURE_NAMES)}"
+                f"its metadata names {len(feature_names)}"
             )
         boosters[target] = booster
-    actual_version = content_version(raw, feature_names, objective, quantile_alpha)
+    actual_version = content_version(raw, feature_names, objective, quantile_alpha, prediction_scale)
     if actual_version != expected_version:
         raise ModelLoadError(
             f"{folder}: content hash {actual_version} does not match recorded version {expected_version}"
@@ -186,6 +221,7 @@ def load_bundle(folder: Path) -> ModelBundle:
         training_rows=int(metadata.get("training_rows", 0)),
         source=str(metadata.get("source", "")),
         version=expected_version,
+        prediction_scale=prediction_scale,
     )
 
 

@@ -18,7 +18,7 @@ from opentelemetry.trace import Tracer
 from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
 from podlatency.errors import ModelLoadError, PodlatencyError
-from podlatency.metrics import service_metrics
+from podlatency.metrics import model_metrics, service_metrics
 from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
@@ -27,6 +27,9 @@ from podlatency.tracing import PhaseRecorder, SpanWriter
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "xgboost"
+"""What llm-d's API calls the model kind (it also knows ``bayesian_ridge`` and ``lightgbm``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +131,14 @@ class PredictionService:
                 max_wait_s=self.settings.batch_max_wait_ms / 1000,
                 on_batch=self._observe_batch,
             )
-        loaded = LoadedModel(predictor, batcher)
+        loaded = LoadedModel(predictor, batcher, reported_quantile(bundle, self.settings.quantile_alpha))
         previous = self.holder.swap(loaded)
         if previous is not None and previous.batcher is not None:
             previous.batcher.close()
         active_model = service_metrics().active_model
         active_model.clear()
         active_model.labels(device=self.device, objective=bundle.objective, version=bundle.version).set(1)
+        publish_model_metrics(bundle, self.settings.quantile_alpha)
         if previous is None or previous.version != bundle.version:
             logger.info("serving model %s (%s, %s)", bundle.version, bundle.objective, self.device)
         return loaded
@@ -149,9 +153,8 @@ class PredictionService:
     def train_default(self) -> ModelBundle:
         """Train the embedded default from the synthetic workload and make it the active version."""
         logger.info("no model in %s: training the embedded default", self.registry.model_dir)
-        options = TrainingOptions(
-            objective=self.settings.objective, quantile_alpha=self.settings.quantile_alpha
-        )
+        objective = "mean" if self.settings.objective == "auto" else self.settings.objective
+        options = TrainingOptions(objective=objective, quantile_alpha=self.settings.quantile_alpha)
         bundle = train_bundle(
             synthetic_training_set(self.settings.default_samples), options, source="synthetic-default"
         )
@@ -172,3 +175,27 @@ class PredictionService:
         except Exception as error:
             self.holder.mark_unavailable(f"unexpected error while loading the model: {error}")
             logger.exception("no model can be served")
+
+
+def reported_quantile(bundle: ModelBundle | None, configured_alpha: float) -> float:
+    """The quantile llm-d's API reports: the model's for a quantile model, else the configured one."""
+    if bundle is not None and bundle.quantile_alpha is not None:
+        return bundle.quantile_alpha
+    return configured_alpha
+
+
+def publish_model_metrics(bundle: ModelBundle, configured_alpha: float) -> None:
+    """llm-d's model metrics for the bundle now in service: type, objective, quantile, feature importance."""
+    metrics = model_metrics()
+    metrics.model_type.clear()
+    metrics.model_type.labels(MODEL_TYPE, MODEL_TYPE).set(1)
+    metrics.objective_type.clear()
+    metrics.objective_type.labels(bundle.objective).set(1)
+    metrics.model_quantile.set(reported_quantile(bundle, configured_alpha))
+    metrics.ensemble_active.set(0)
+    metrics.ensemble_mode.set(0)
+    for target, gauge in metrics.importance.items():
+        gauge.clear()
+        if target in bundle.boosters:
+            for feature, share in bundle.feature_importance(target).items():
+                gauge.labels(feature).set(share)

@@ -8,7 +8,8 @@ The hierarchy::
     │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
     │   ├── TooManyPods (413)          more rows than the configured limit
     │   ├── Unauthorized (401)         a write route without the configured bearer token
-    │   └── NotFound (404)             no such model (or model file)
+    │   ├── NotFound (404)             no such model (or model file)
+    │   └── Unsupported (501)          an llm-d route whose answer podlatency will not give (pickles)
     ├── Overloaded (503)               more prediction requests in progress than the limit
     ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
     ├── NotLeader (503)                a standby trainer was sent samples; the leader takes them
@@ -79,6 +80,13 @@ class NotFound(ClientError):
 
     status_code = 404
     code = "not_found"
+
+
+class Unsupported(ClientError):
+    """A route of llm-d's API whose answer podlatency will not give; the detail names the alternative."""
+
+    status_code = 501
+    code = "not_implemented"
 
 
 class ModelNotReady(PodlatencyError):

@@ -1,13 +1,17 @@
 """Request and response shapes of the llm-d latency predictor's HTTP API, for drop-in compatibility.
 
-Field names, limits (1-10,000 rows per bulk call) and status codes follow llm-d's prediction server;
-``model_version`` is our addition. Rows ignore unknown fields there, so they do here.
+Field names, limits (1-10,000 rows per bulk call) and status codes follow llm-d's prediction and
+training servers; ``model_version`` is our addition. Rows ignore unknown fields there, so they do here,
+and are decoded leniently (an integral float is an int), as pydantic does.
+
+The llm-d router's Go client decodes these answers strictly: every time is RFC3339 with a zone (or
+null), and every number it reads (``quantile`` among them) is a number, never null.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
@@ -16,19 +20,12 @@ from podlatency.schema import PodMetrics
 MAX_BULK_ROWS = 10_000
 
 BulkRows = Annotated[list[PodMetrics], msgspec.Meta(min_length=1, max_length=MAX_BULK_ROWS)]
-RawBulkRows = Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_BULK_ROWS)]
 
 
 class BulkPredictionRequest(msgspec.Struct, frozen=True):
-    """``POST /predict/bulk/strict``: every row must be valid."""
+    """``POST /predict/bulk/strict`` and ``/predict/bulk``: a body that fails validation is a 422 whole."""
 
     requests: BulkRows
-
-
-class LenientBulkPredictionRequest(msgspec.Struct, frozen=True):
-    """``POST /predict/bulk``: rows are validated one by one; bad rows are reported, not fatal."""
-
-    requests: RawBulkRows
 
 
 class PredictionResponse(msgspec.Struct, frozen=True):
@@ -38,7 +35,8 @@ class PredictionResponse(msgspec.Struct, frozen=True):
     tpot_ms: float
     predicted_at: datetime
     model_type: str
-    quantile: float | None
+    objective_type: str
+    quantile: float
     last_model_load: datetime | None
     model_version: str
 
@@ -54,11 +52,11 @@ class BulkPredictionResponse(msgspec.Struct, frozen=True):
 
 
 class BulkPredictionError(msgspec.Struct, frozen=True):
-    """Why one row of a lenient bulk call was not predicted."""
+    """Why one row of a ``/predict/bulk`` call was not predicted."""
 
     index: int
     error: str
-    request: Any
+    request: PodMetrics
 
 
 class BulkPredictionResponseWithErrors(msgspec.Struct, frozen=True):
@@ -73,17 +71,43 @@ class BulkPredictionResponseWithErrors(msgspec.Struct, frozen=True):
 
 
 class StatusResponse(msgspec.Struct, frozen=True):
-    """``GET /status``."""
+    """``GET /status``, polled by the router every 60 s (a mean model reports the configured quantile)."""
 
     is_ready: bool
     model_type: str
-    quantile: float | None
+    objective_type: str
+    quantile: float
     last_model_load: datetime | None
     training_server_url: str | None
     models_exist: dict[str, bool]
+    ensemble_active: bool
     model_version: str | None
     device: str
     not_ready_reason: str | None
+
+
+class ModelDownloadInfo(msgspec.Struct, frozen=True):
+    """``GET /model/download/info``: the router's other 60 s poll, on the training URL."""
+
+    model_type: str
+    objective_type: str
+    quantile: float
+    model_status: dict[str, bool]
+    available_endpoints: dict[str, dict[str, str]]
+    model_version: str | None
+
+
+class RootResponse(msgspec.Struct, frozen=True):
+    """``GET /``: what this server is."""
+
+    message: str
+    description: str
+    model_type: str
+    objective_type: str
+    quantile: float
+    is_ready: bool
+    roles: list[str]
+    model_version: str | None
 
 
 class ReloadResponse(msgspec.Struct, frozen=True):
@@ -93,6 +117,30 @@ class ReloadResponse(msgspec.Struct, frozen=True):
     loaded: bool
     is_ready: bool
     model_type: str
-    quantile: float | None
+    objective_type: str
+    quantile: float
     last_load_time: datetime | None
     model_version: str | None
+
+
+class FlushRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /flush``: what to forget (everything, by default)."""
+
+    flush_training_data: bool = True
+    flush_test_data: bool = True
+    flush_metrics: bool = True
+    reason: str | None = None
+
+
+class FlushResponse(msgspec.Struct, frozen=True):
+    """What ``POST /flush`` forgot."""
+
+    success: bool
+    flushed_at: datetime
+    reason: str | None
+    ttft_training_samples_flushed: int
+    tpot_training_samples_flushed: int
+    ttft_test_samples_flushed: int
+    tpot_test_samples_flushed: int
+    metrics_cleared: bool
+    message: str

@@ -48,6 +48,7 @@ class ServiceMetrics:
     requests_in_flight: Gauge
     leader: Gauge
     gc_frozen_objects: Gauge
+    training_samples: Gauge
 
 
 @functools.cache
@@ -117,6 +118,71 @@ def service_metrics() -> ServiceMetrics:
             "Objects moved out of the garbage collector's sight at start-up (gc.freeze).",
             multiprocess_mode="livemax",
         ),
+        # llm-d's name and labels (its router reads `model` and `bucket`; its dashboards the three regimes).
+        training_samples=Gauge(
+            "training_samples_count",
+            "Observed samples kept for training, by target (model) and regime (bucket 0-35 = "
+            "queue_bucket x cache_bucket x prefix_bucket).",
+            ["model", "bucket", "queue_bucket", "cache_bucket", "prefix_bucket"],
+            multiprocess_mode="livemax",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """llm-d's training-server metrics about the model in service, under llm-d's names."""
+
+    model_type: Gauge
+    objective_type: Gauge
+    model_quantile: Gauge
+    ensemble_active: Gauge
+    ensemble_mode: Gauge
+    importance: dict[str, Gauge]
+
+
+@functools.cache
+def model_metrics() -> ModelMetrics:
+    """The llm-d-named model metrics (created on first use)."""
+    return ModelMetrics(
+        # llm-d labels this `type`; `model_type` is the label operators may look for first. Both are set.
+        model_type=Gauge(
+            "model_type",
+            "The kind of model served (1 for it).",
+            ["type", "model_type"],
+            multiprocess_mode="livemax",
+        ),
+        objective_type=Gauge(
+            "objective_type",
+            "The training objective of the model served: mean or quantile (1 for it).",
+            ["type"],
+            multiprocess_mode="livemax",
+        ),
+        model_quantile=Gauge(
+            "model_quantile",
+            "The quantile predicted (the configured one, for a mean model, as llm-d reports it).",
+            multiprocess_mode="livemax",
+        ),
+        ensemble_active=Gauge(
+            "ensemble_active",
+            "1 while an ensemble model serves; podlatency builds none.",
+            multiprocess_mode="livemax",
+        ),
+        ensemble_mode=Gauge(
+            "ensemble_mode",
+            "1 when ensemble training is on; podlatency has none.",
+            multiprocess_mode="livemax",
+        ),
+        importance={
+            target: Gauge(
+                f"{target}_importance",
+                f"Share of the {target.upper()} model's total split gain by feature "
+                f"(what drives {target.upper()} here).",
+                ["feature"],
+                multiprocess_mode="livemax",
+            )
+            for target in ("ttft", "tpot")
+        },
     )
 
 

@@ -83,6 +83,13 @@ class Predictor:
         self.device = device
         self.nthread = nthread
         self.gpu_min_rows = gpu_min_rows
+        # A bundle trained without some of today's features sees only the columns it knows.
+        self._columns = (
+            None
+            if bundle.feature_names == FEATURE_NAMES
+            else [FEATURE_NAMES.index(name) for name in bundle.feature_names]
+        )
+        self._scale = bundle.prediction_scale
         # Private copies: device and thread settings are per predictor, the bundle stays untouched.
         self._boosters = {"cpu": self._copies("cpu")}
         if device == "cuda":
@@ -113,19 +120,26 @@ class Predictor:
         result = self._boosters[device][target].inplace_predict(on_device, validate_features=False)
         if device == "cuda" and self._cupy is not None:
             result = self._cupy.asnumpy(result)
-        return np.maximum(np.asarray(result, dtype=np.float64).reshape(-1), 0.0)
+        predicted = np.asarray(result, dtype=np.float64).reshape(-1)
+        scale = self._scale.get(target)
+        if scale is not None:
+            predicted *= scale
+        return np.maximum(predicted, 0.0)
+
+    def _model_columns(self, matrix: FloatMatrix) -> FloatMatrix:
+        return matrix if self._columns is None else np.ascontiguousarray(matrix[:, self._columns])
 
     def predict_target(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
         """One ``inplace_predict`` call for all rows, clipped at 0 ms."""
         device = self.device_for(len(matrix))
-        return self._predict(target, self._on_device(matrix, device), device)
+        return self._predict(target, self._on_device(self._model_columns(matrix), device), device)
 
     def predict_timed(
         self, matrix: FloatMatrix
     ) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, tuple[int, int]]]:
         """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns)."""
         device = self.device_for(len(matrix))
-        on_device = self._on_device(matrix, device)
+        on_device = self._on_device(self._model_columns(matrix), device)
         by_target: dict[str, npt.NDArray[np.float64]] = {}
         times: dict[str, tuple[int, int]] = {}
         for target in self.targets:
@@ -147,10 +161,15 @@ class Predictor:
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A bundle ready to serve, and when it was loaded."""
+    """A bundle ready to serve, and when it was loaded.
+
+    ``reported_quantile`` is what llm-d's API reports as ``quantile``: the model's for a quantile
+    model, else the configured ``PODLATENCY_QUANTILE_ALPHA`` (llm-d reports it for mean models too).
+    """
 
     predictor: Predictor
     batcher: MicroBatcher | None = None
+    reported_quantile: float = 0.9
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -1,10 +1,19 @@
 """Retraining from observed samples, published only when it is not worse than the model in service.
 
 Every ``interval_s`` the retrainer checks whether at least ``min_new_samples`` samples arrived since
-its last attempt. If so it trains a candidate on the kept samples, scores the candidate and the
-active model on the held-out slice (mean absolute error per target), and publishes the candidate
-only if no target's error is worse than the active model's by more than ``tolerance``. (The llm-d
-predictor publishes every retrain blindly.) Old versions beyond ``keep_versions`` are deleted.
+its last attempt. If so it trains a candidate booster for each target that has enough observed rows
+(each on its own rows: an actual of 0 is "not observed", see :mod:`podlatency.samples`), and compares
+it with the active model's booster on that target's held-out rows, like with like: mean absolute error
+for mean models; pinball loss and coverage for quantile models. A target's candidate replaces the
+active booster unless it is worse by more than ``tolerance`` (for quantile models, also unless its
+coverage strays further from the quantile than the active one's, and more than 0.05); a target
+without enough rows, or whose candidate lost, keeps the active booster. (The llm-d predictor publishes
+every retrain blindly.) Old versions beyond ``keep_versions`` are deleted.
+
+**The objective is the deployment's.** With ``PODLATENCY_OBJECTIVE=auto`` (the default) a retrain
+keeps the active model's objective and quantile; set ``mean`` or ``quantile`` (and
+``PODLATENCY_QUANTILE_ALPHA``) to choose them. A change of objective cannot be compared like with
+like: the candidate is published once every target has enough rows, and the outcome says so.
 
 Publishing is a :class:`Publisher`'s job: on a model folder (:class:`FolderPublisher`) it stores,
 activates and hot-swaps the candidate; in a cluster (:mod:`podlatency.kube`) only the leader trainer
@@ -15,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+import numpy as np
 
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
@@ -24,11 +35,23 @@ from podlatency.metrics import service_metrics
 from podlatency.periodic import PeriodicTask
 from podlatency.predictor import Predictor
 from podlatency.samples import SampleStore
-from podlatency.training import TrainingOptions, TrainingSet, evaluate, train_bundle
+from podlatency.schema import FEATURE_NAMES, TARGETS
+from podlatency.training import (
+    MIN_TRAINING_ROWS,
+    TargetRows,
+    TrainedTarget,
+    TrainingOptions,
+    assemble_bundle,
+    evaluate,
+    train_target,
+)
 
 logger = logging.getLogger(__name__)
 
 MIN_HOLDOUT_ROWS = 20
+GUARD_MEASURE = {"mean": "mae_ms", "quantile": "pinball_loss"}
+COVERAGE_SLACK = 0.05
+"""How far a quantile candidate's coverage may stray from the quantile when the active one's is closer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +66,77 @@ class RetrainPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RetrainOutcome:
-    """What one retraining attempt did, and why."""
+    """What one retraining attempt did, and why (per target in ``targets``)."""
 
     published: bool
     reason: str
     version: str | None = None
-    candidate_mae: dict[str, float] | None = None
-    active_mae: dict[str, float] | None = None
+    objective: str | None = None
+    quantile: float | None = None
+    measure: str | None = None
+    candidate: dict[str, float] = field(default_factory=dict)
+    active: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
 
 
-def holdout_scores(bundle: ModelBundle, holdout: TrainingSet) -> dict[str, dict[str, float]]:
-    """Per target, the held-out error measures (MAE, MAPE; coverage and pinball loss for quantile models)."""
-    predicted = Predictor(bundle, "cpu", nthread=1).predict_all(holdout.features)
+@dataclass(slots=True)
+class Verdict:
+    """What an attempt found so far, per target; becomes its :class:`RetrainOutcome`."""
+
+    objective: str
+    quantile: float | None
+    measure: str
+    version: str | None = None
+    candidate: dict[str, float] = field(default_factory=dict)
+    active: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def outcome(self, published: bool, reason: str) -> RetrainOutcome:
+        """The attempt's outcome."""
+        return RetrainOutcome(
+            published,
+            reason,
+            self.version,
+            self.objective,
+            self.quantile,
+            self.measure,
+            self.candidate,
+            self.active,
+            self.targets,
+        )
+
+
+def objective_for(objective: str, quantile_alpha: float, active: ModelBundle | None) -> tuple[str, float]:
+    """The objective and quantile a new model is trained for.
+
+    ``objective`` and ``quantile_alpha`` are the settings; with ``auto`` the active model's are kept
+    (``mean`` when there is none).
+    """
+    if objective != "auto":
+        return objective, quantile_alpha
+    if active is not None and active.objective == "quantile" and active.quantile_alpha is not None:
+        return "quantile", active.quantile_alpha
+    return "mean", quantile_alpha
+
+
+def holdout_scores(bundle: ModelBundle, holdout: dict[str, TargetRows]) -> dict[str, dict[str, float]]:
+    """Per target with enough held-out rows, its error measures (see :func:`evaluate`)."""
+    predictor = Predictor(bundle, "cpu", nthread=1)
     options = TrainingOptions(objective=bundle.objective, quantile_alpha=bundle.quantile_alpha or 0.9)
-    return {target: evaluate(holdout.targets[target], predicted[target], options) for target in predicted}
+    return {
+        target: evaluate(rows.observed_ms, predictor.predict_target(target, rows.features), options)
+        for target, rows in holdout.items()
+        if len(rows) >= MIN_HOLDOUT_ROWS
+    }
+
+
+def candidate_scores(trained: TrainedTarget, rows: TargetRows, options: TrainingOptions) -> dict[str, float]:
+    """A freshly trained target's held-out measures, its calibration applied."""
+    predicted = np.asarray(trained.booster.inplace_predict(rows.features), dtype=np.float64)
+    if trained.scale is not None:
+        predicted *= trained.scale
+    return evaluate(rows.observed_ms, np.maximum(predicted, 0.0), options)
 
 
 class Publisher(Protocol):
@@ -89,7 +169,11 @@ class FolderPublisher:
 
 
 class Retrainer:
-    """Retrains a service's model from a sample store, on a background thread or on demand."""
+    """Retrains a service's model from a sample store, on a background thread or on demand.
+
+    ``options`` say how boosters are fitted; their objective and quantile are replaced by
+    :func:`objective_for` (``objective`` is the ``PODLATENCY_OBJECTIVE`` setting) at each attempt.
+    """
 
     def __init__(
         self,
@@ -98,11 +182,14 @@ class Retrainer:
         policy: RetrainPolicy,
         options: TrainingOptions,
         publisher: Publisher | None = None,
+        *,
+        objective: str = "auto",
     ) -> None:
         self.service = service
         self.store = store
         self.policy = policy
         self.options = options
+        self.objective = objective
         self.publisher: Publisher = publisher or FolderPublisher(service)
         # Samples replayed from disk count as new: after a restart they may not have been trained on.
         self._seen_at_last_attempt = 0
@@ -110,7 +197,7 @@ class Retrainer:
         self._lock = threading.Lock()
 
     def run_once(self) -> RetrainOutcome:
-        """One attempt: train, evaluate against the active model, publish if not worse."""
+        """One attempt: train per target, compare with the active model, publish what is not worse."""
         with self._lock:
             if not self.publisher.leads():
                 return RetrainOutcome(False, "standby trainer: the leader retrains")
@@ -120,38 +207,106 @@ class Retrainer:
                     False, f"{new_samples} new samples, waiting for {self.policy.min_new_samples}"
                 )
             self._seen_at_last_attempt = self.store.seen
-            holdout = self.store.training_set(holdout=True)
-            if len(holdout.features) < MIN_HOLDOUT_ROWS:
-                return RetrainOutcome(False, f"only {len(holdout.features)} held-out samples to evaluate on")
-            candidate = train_bundle(self.store.training_set(), self.options, source="observed-samples")
-            candidate_scores = holdout_scores(candidate, holdout)
-            candidate_mae = {target: scores["mae_ms"] for target, scores in candidate_scores.items()}
             serving = self.service.holder.current_or_none()
-            active = serving.bundle if serving is not None else None
-            active_scores = holdout_scores(active, holdout) if active is not None else None
-            self._record(candidate.version, candidate_scores)
-            active_mae = None
-            if active is not None and active_scores is not None:
-                self._record(active.version, active_scores)
-                active_mae = {target: scores["mae_ms"] for target, scores in active_scores.items()}
-                worse = [
-                    target
-                    for target, error in candidate_mae.items()
-                    if error > active_mae[target] * (1 + self.policy.tolerance)
-                ]
-                if worse:
-                    reason = f"candidate {candidate.version} is worse on {', '.join(worse)}; not published"
-                    logger.info(reason)
-                    return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
-            if not self.publisher.publish(candidate):
-                reason = f"candidate {candidate.version} is not worse, but the version is pinned; stored only"
-                logger.info(reason)
-                return RetrainOutcome(False, reason, candidate.version, candidate_mae, active_mae)
-            self.service.registry.prune(self.policy.keep_versions)
-            logger.info(
-                "published %s (held-out MAE %s, was %s)", candidate.version, candidate_mae, active_mae
+            outcome = self._attempt(serving.bundle if serving is not None else None)
+            logger.info("retrain: %s", outcome.reason)
+            return outcome
+
+    def _attempt(self, active: ModelBundle | None) -> RetrainOutcome:
+        objective, alpha = objective_for(self.objective, self.options.quantile_alpha, active)
+        options = replace(self.options, objective=objective, quantile_alpha=alpha)
+        verdict = Verdict(objective, alpha if objective == "quantile" else None, GUARD_MEASURE[objective])
+        training = self.store.training_set().by_target
+        holdout = self.store.training_set(holdout=True).by_target
+        trained: dict[str, TrainedTarget] = {}
+        for target in TARGETS:
+            rows, held = len(training[target]), len(holdout[target])
+            if rows < MIN_TRAINING_ROWS or held < MIN_HOLDOUT_ROWS:
+                verdict.targets[target] = (
+                    f"{rows} training and {held} held-out rows (needs {MIN_TRAINING_ROWS} and "
+                    f"{MIN_HOLDOUT_ROWS}); keeps the active model"
+                )
+            else:
+                trained[target] = train_target(target, training[target], options)
+        if not trained:
+            return verdict.outcome(False, "no target has enough observed rows")
+        training_rows = max(len(training[target]) for target in trained)
+        comparable = (
+            active is not None
+            and (active.objective, active.quantile_alpha) == (objective, verdict.quantile)
+            and active.feature_names == FEATURE_NAMES
+        )
+        if active is not None and comparable:
+            kept = self._compare(active, trained, holdout, options, verdict)
+            if not kept:
+                return verdict.outcome(
+                    False, f"the candidate is worse on {', '.join(trained)}; not published"
+                )
+            for target in TARGETS:
+                if target not in kept:
+                    kept[target] = TrainedTarget(
+                        active.boosters[target],
+                        active.prediction_scale.get(target),
+                        active.metrics.get(target, {}),
+                    )
+            return self._publish(assemble_bundle(kept, options, "observed-samples", training_rows), verdict)
+        change = "no model in service" if active is None else f"the model in service is {describe(active)}"
+        missing = [target for target in TARGETS if target not in trained]
+        if missing:
+            return verdict.outcome(
+                False, f"{change}: a new model needs every target's rows, and {', '.join(missing)} lacks them"
             )
-            return RetrainOutcome(True, "published", candidate.version, candidate_mae, active_mae)
+        verdict.targets |= dict.fromkeys(trained, "trained")
+        candidate = assemble_bundle(trained, options, "observed-samples", training_rows)
+        return self._publish(candidate, verdict, f"{change}; published without comparison")
+
+    def _compare(
+        self,
+        active: ModelBundle,
+        trained: dict[str, TrainedTarget],
+        holdout: dict[str, TargetRows],
+        options: TrainingOptions,
+        verdict: Verdict,
+    ) -> dict[str, TrainedTarget]:
+        """The targets whose candidate is not worse than the active booster on their held-out rows."""
+        measure = verdict.measure
+        active_scores = holdout_scores(active, {target: holdout[target] for target in trained})
+        self._record(active.version, active_scores)
+        kept: dict[str, TrainedTarget] = {}
+        for target, result in trained.items():
+            scores = candidate_scores(result, holdout[target], options)
+            verdict.candidate[target] = scores[measure]
+            verdict.active[target] = active_scores[target][measure]
+            worse = self._worse(scores, active_scores[target], options)
+            verdict.targets[target] = (
+                f"candidate {measure} {scores[measure]:.4g} vs active {active_scores[target][measure]:.4g}: "
+                + (f"worse ({worse}); keeps the active model" if worse else "replaces the active model")
+            )
+            if not worse:
+                kept[target] = result
+                verdict.scores[target] = scores
+        return kept
+
+    def _worse(self, candidate: dict[str, float], active: dict[str, float], options: TrainingOptions) -> str:
+        """Why a target's candidate loses to the active booster ("" when it does not)."""
+        measure = GUARD_MEASURE[options.objective]
+        if candidate[measure] > active[measure] * (1 + self.policy.tolerance):
+            return f"{measure} more than {self.policy.tolerance:.0%} higher"
+        if options.objective == "quantile":
+            gap = abs(candidate["coverage"] - options.quantile_alpha)
+            if gap > max(abs(active["coverage"] - options.quantile_alpha), COVERAGE_SLACK):
+                return f"coverage {candidate['coverage']:.3f} is further from {options.quantile_alpha}"
+        return ""
+
+    def _publish(self, candidate: ModelBundle, verdict: Verdict, reason: str = "published") -> RetrainOutcome:
+        verdict.version = candidate.version
+        self._record(candidate.version, verdict.scores)
+        if not self.publisher.publish(candidate):
+            return verdict.outcome(
+                False, f"candidate {candidate.version} is not worse, but the version is pinned; stored only"
+            )
+        self.service.registry.prune(self.policy.keep_versions)
+        return verdict.outcome(True, reason)
 
     @staticmethod
     def _record(version: str, scores: dict[str, dict[str, float]]) -> None:
@@ -168,3 +323,12 @@ class Retrainer:
     def stop(self) -> None:
         """Stop the background thread."""
         self._task.stop()
+
+
+def describe(bundle: ModelBundle) -> str:
+    """A model's objective in words, as ``p90 quantile`` or ``mean``."""
+    if bundle.objective == "quantile" and bundle.quantile_alpha is not None:
+        return f"a p{bundle.quantile_alpha * 100:g} quantile model"
+    if bundle.feature_names != FEATURE_NAMES:
+        return f"a {bundle.objective} model trained without {', '.join(bundle.ignored_features())}"
+    return f"a {bundle.objective} model"

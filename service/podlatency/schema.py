@@ -2,7 +2,11 @@
 
 Features are the llm-d latency predictor's, so a router's rows fit unchanged. The model sees them as
 one float32 matrix whose columns are :data:`FEATURE_NAMES`: the raw features, ``pod_type`` as a code,
-and ``uncached_input_tokens`` (the prefill work the prefix cache does not save).
+``uncached_input_tokens`` (the prefill work the prefix cache does not save) and
+``uncached_encoder_items`` (the multimodal items the pod's encoder cache does not hold).
+
+The llm-d routes decode leniently, as llm-d's own (pydantic) server does: unknown fields are ignored
+and an integral float such as ``900.0`` is an int. ``/v1`` refuses both.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 PodType = Literal["", "prefill", "decode"]
 
-POD_TYPE_CODES: dict[str, float] = {"": 0.0, "prefill": 1.0, "decode": 2.0}
+POD_TYPE_CODES: dict[str | None, float] = {"": 0.0, None: 0.0, "prefill": 1.0, "decode": 2.0}
 
 RAW_FEATURES: tuple[str, ...] = (
     "kv_cache_percentage",
@@ -35,8 +39,11 @@ RAW_FEATURES: tuple[str, ...] = (
     "prefix_cache_score",
     "prefill_tokens_in_flight",
     "decode_tokens_in_flight",
+    "encoder_input_size",
+    "encoder_matched_size",
 )
-FEATURE_NAMES: tuple[str, ...] = (*RAW_FEATURES, "pod_type_code", "uncached_input_tokens")
+DERIVED_FEATURES: tuple[str, ...] = ("pod_type_code", "uncached_input_tokens", "uncached_encoder_items")
+FEATURE_NAMES: tuple[str, ...] = (*RAW_FEATURES, *DERIVED_FEATURES)
 TARGETS: tuple[str, ...] = ("ttft", "tpot")
 
 
@@ -44,7 +51,8 @@ class PodMetrics(msgspec.Struct, frozen=True):
     """One candidate pod's live metrics, as the router sees them; unknown fields are ignored.
 
     The llm-d-compatible routes use this lenient form, as llm-d's own server does, so a router that
-    sends newer fields keeps working.
+    sends newer fields keeps working. ``encoder_input_size`` counts the prompt's multimodal items (images,
+    say) and ``encoder_matched_size`` how many of them the pod's encoder cache likely holds.
     """
 
     kv_cache_percentage: Fraction
@@ -53,9 +61,19 @@ class PodMetrics(msgspec.Struct, frozen=True):
     num_request_running: Count
     num_tokens_generated: Count
     prefix_cache_score: Fraction
-    pod_type: PodType = ""
+    pod_type: PodType | None = ""  # null is "" (llm-d's server accepts both)
     prefill_tokens_in_flight: Count = 0
     decode_tokens_in_flight: Count = 0
+    encoder_input_size: Count = 0
+    encoder_matched_size: Count = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder_matched_size > self.encoder_input_size:
+            # msgspec turns this into a ValidationError at the row's path; decode_json names the field.
+            raise ValueError(
+                f"`encoder_matched_size` ({self.encoder_matched_size}) must be at most "
+                f"encoder_input_size ({self.encoder_input_size})"
+            )
 
 
 class PodFeatures(PodMetrics, frozen=True, forbid_unknown_fields=True):
@@ -91,18 +109,29 @@ class PredictResponse(msgspec.Struct, frozen=True):
 
 
 _PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# Errors about one field of an object msgspec reports at the object's path; the field is named in the text.
+_FIELD_IN_MESSAGE = re.compile(r"^(?:Object missing required field )?`(?P<field>\w+)`")
 
 
 def field_path(error: msgspec.ValidationError) -> str | None:
-    """The JSON path msgspec names in a validation error, as ``pods[0].input_token_length``."""
-    match = _PATH_SUFFIX.search(str(error))
-    return match.group("path") if match else None
+    """The JSON path of the field a validation error is about, as ``pods[0].input_token_length``."""
+    text = str(error)
+    match = _PATH_SUFFIX.search(text)
+    path = match.group("path") if match else None
+    named = _FIELD_IN_MESSAGE.match(text)
+    if named is None:
+        return path
+    return f"{path}.{named.group('field')}" if path else named.group("field")
 
 
-def decode_json[T](body: bytes, target: type[T], *, prefix: str = "") -> T:
-    """Decode ``body`` into ``target``, turning msgspec's errors into our client errors."""
+def decode_json[T](body: bytes, target: type[T], *, prefix: str = "", lax: bool = False) -> T:
+    """Decode ``body`` into ``target``, turning msgspec's errors into our client errors.
+
+    ``lax`` accepts what pydantic's default mode does (the llm-d routes): an integral float or a
+    numeric string for an int.
+    """
     try:
-        return msgspec.json.decode(body, type=target)
+        return msgspec.json.decode(body, type=target, strict=not lax)
     except msgspec.ValidationError as error:
         path = field_path(error)
         where = f"{prefix}{path}" if path else (prefix.rstrip(".") or None)
@@ -128,6 +157,8 @@ def decode_predict_request(body: bytes, max_pods: int) -> PredictRequest:
 def feature_matrix(rows: Sequence[PodMetrics]) -> npt.NDArray[np.float32]:
     """Rows -> one C-contiguous float32 matrix with the columns of :data:`FEATURE_NAMES`."""
     matrix = np.empty((len(rows), len(FEATURE_NAMES)), dtype=np.float32)
+    if not rows:
+        return matrix
     matrix[:, : len(RAW_FEATURES)] = [
         (
             row.kv_cache_percentage,
@@ -138,6 +169,8 @@ def feature_matrix(rows: Sequence[PodMetrics]) -> npt.NDArray[np.float32]:
             row.prefix_cache_score,
             row.prefill_tokens_in_flight,
             row.decode_tokens_in_flight,
+            row.encoder_input_size,
+            row.encoder_matched_size,
         )
         for row in rows
     ]
@@ -147,8 +180,11 @@ def feature_matrix(rows: Sequence[PodMetrics]) -> npt.NDArray[np.float32]:
 
 
 def add_derived_columns(matrix: npt.NDArray[np.float32]) -> None:
-    """Fill ``uncached_input_tokens`` in place from the raw columns."""
+    """Fill ``uncached_input_tokens`` and ``uncached_encoder_items`` in place from the raw columns."""
     column = FEATURE_NAMES.index
     matrix[:, column("uncached_input_tokens")] = matrix[:, column("input_token_length")] * (
         1.0 - matrix[:, column("prefix_cache_score")]
+    )
+    matrix[:, column("uncached_encoder_items")] = (
+        matrix[:, column("encoder_input_size")] - matrix[:, column("encoder_matched_size")]
     )

@@ -46,6 +46,9 @@ class SeedModel:
 
     def __init__(self, model: LoadedModel, nthread: int) -> None:
         self.version = model.version
+        # The model's own columns (a bundle trained before some features existed knows fewer) and calibration.
+        self._columns = list(model.bundle.feature_names)
+        self._scale = model.bundle.prediction_scale
         self._boosters = {target: booster.copy() for target, booster in model.bundle.boosters.items()}
         for booster in self._boosters.values():
             booster.set_param({"nthread": nthread})
@@ -53,17 +56,21 @@ class SeedModel:
     def predict_one(self, features: dict[str, float]) -> PodResult:
         """The post's ``process_prediction``: a one-row DataFrame, then predict, per target."""
         started_ns = time.time_ns()
-        frame = pd.DataFrame([features])
-        ttft, tpot = (float(self._boosters[target].predict(xgb.DMatrix(frame))[0]) for target in TARGETS)
+        frame = pd.DataFrame([features], columns=self._columns)
+        ttft, tpot = (
+            float(self._boosters[target].predict(xgb.DMatrix(frame))[0]) * self._scale.get(target, 1.0)
+            for target in TARGETS
+        )
         return PodResult(max(ttft, 0.0), max(tpot, 0.0), started_ns, time.time_ns())
 
     def frame(self, rows: Sequence[dict[str, float]]) -> xgb.DMatrix:
         """The post's batch design, first half: one DataFrame for all pods (as a DMatrix)."""
-        return xgb.DMatrix(pd.DataFrame(list(rows)))
+        return xgb.DMatrix(pd.DataFrame(list(rows), columns=self._columns))
 
     def predict_frame(self, target: str, matrix: xgb.DMatrix) -> npt.NDArray[np.float64]:
         """The post's batch design, second half: one predict per target."""
-        return np.maximum(np.asarray(self._boosters[target].predict(matrix), dtype=np.float64), 0.0)
+        predicted = np.asarray(self._boosters[target].predict(matrix), dtype=np.float64)
+        return np.maximum(predicted * self._scale.get(target, 1.0), 0.0)
 
 
 class SeedModels:

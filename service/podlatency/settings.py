@@ -18,7 +18,7 @@ from podlatency.errors import SettingsError
 ENV_PREFIX = "PODLATENCY_"
 
 Device = Literal["auto", "cpu", "cuda"]
-Objective = Literal["mean", "quantile"]
+Objective = Literal["auto", "mean", "quantile"]
 Role = Literal["both", "predictor", "trainer"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -82,6 +82,10 @@ class Settings:
     api_token: str = field(default="", repr=False)
     """Bearer token the write routes (samples, retrain, reload) require; empty = none required."""
 
+    router_samples_without_token: bool = False
+    """Take llm-d's ``POST /add_training_data_bulk`` without the bearer token: the llm-d router posts its
+    observations with none. Limit who reaches trainers some other way (a NetworkPolicy)."""
+
     batching: bool = True
     """Coalesce concurrent requests' rows into one predict call per target."""
 
@@ -109,11 +113,15 @@ class Settings:
     default_samples: int = 20_000
     """Synthetic rows the embedded default model is trained on when the model folder is empty."""
 
-    objective: Objective = "mean"
-    """Training objective for the embedded default: squared error (``mean``) or ``quantile``."""
+    objective: Objective = "auto"
+    """What models predict, for the embedded default and every retrain: the ``mean`` latency (squared
+    error) or a ``quantile`` of it. ``auto`` keeps the active model's objective and quantile through
+    retraining (``mean`` for the embedded default); ``mean`` or ``quantile`` sets it from the next
+    retrain on."""
 
     quantile_alpha: float = 0.9
-    """Quantile trained for when ``objective`` is ``quantile``."""
+    """Quantile trained for when ``objective`` is ``quantile`` (llm-d's ``/status`` reports it for mean
+    models too)."""
 
     log_level: LogLevel = "info"
     """Log level of the server process (debug, info, warning, error)."""

@@ -14,12 +14,15 @@ Pod state (one row per pod and moment):
 - ``prefix_cache_score``: 0 on half the rows, uniform on the rest.
 - ``pod_type``: mostly ``""`` (aggregated), some ``prefill`` and ``decode`` pods.
 - ``prefill_tokens_in_flight`` / ``decode_tokens_in_flight``: the running requests' work.
+- ``encoder_input_size``: 0 on most prompts (text only); 1-8 multimodal items (images) on a fifth.
+- ``encoder_matched_size``: how many of those the pod's encoder cache holds (none, some or all).
 
 Latencies:
 
 - TTFT grows with the uncached prompt (``input_token_length * (1 - prefix_cache_score)``), the queue
   (each waiting request costs a share of a prefill), running requests and KV-cache pressure (pre-emption
-  near a full cache). Its noise is log-normal, with a heavier tail when requests are queued.
+  near a full cache), and each multimodal item the encoder cache does not hold (tens of ms of encoder
+  time per image). Its noise is log-normal, with a heavier tail when requests are queued.
 - TPOT grows with running requests, decode tokens in flight and KV-cache pressure; decode pods are a
   little faster per token, prefill pods pay for interference.
 
@@ -84,6 +87,10 @@ def generate(samples: int, seed: int = 0, queued_share: float = 0.4, slowdown: f
     prefill_in_flight = np.round(running * rng.lognormal(np.log(300.0), 0.8, n) * 0.3)
     decode_in_flight = np.round(running * rng.lognormal(np.log(400.0), 0.6, n))
 
+    # Drawn after the rest, so the columns above are the same for a seed as before they existed.
+    encoder_items = np.where(rng.random(n) < 0.2, rng.integers(1, 9, n), 0).astype(np.float64)
+    encoder_matched = np.floor(encoder_items * rng.choice([0.0, 0.5, 1.0], n))
+
     uncached = input_tokens * (1.0 - prefix)
     pressure = np.maximum(kv - 0.8, 0.0) / 0.2  # 0 below 80% KV use, 1 at a full cache
     is_prefill = pod_types == "prefill"
@@ -97,6 +104,7 @@ def generate(samples: int, seed: int = 0, queued_share: float = 0.4, slowdown: f
         + prefill_in_flight * 0.004
         + pressure * (40.0 + uncached * 0.03)
         + is_decode * 25.0  # KV transfer from a prefill pod
+        + (encoder_items - encoder_matched) * 40.0  # vision encoder time per uncached image
     )
     ttft_sigma = 0.08 + 0.07 * np.sqrt(waiting)
     ttft = ttft_base * rng.lognormal(0.0, ttft_sigma) * slowdown
@@ -114,12 +122,105 @@ def generate(samples: int, seed: int = 0, queued_share: float = 0.4, slowdown: f
     tpot = tpot_base * rng.lognormal(0.0, 0.06 + 0.02 * np.sqrt(waiting)) * slowdown
 
     matrix = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
-    columns = [kv, input_tokens, waiting, running, generated, prefix, prefill_in_flight, decode_in_flight]
+    columns = [
+        kv,
+        input_tokens,
+        waiting,
+        running,
+        generated,
+        prefix,
+        prefill_in_flight,
+        decode_in_flight,
+        encoder_items,
+        encoder_matched,
+    ]
     for index, column in enumerate(columns):
         matrix[:, index] = column
     matrix[:, len(RAW_FEATURES)] = [POD_TYPE_CODES[str(kind)] for kind in pod_types]
     add_derived_columns(matrix)
     return WorkloadSample(features=matrix, ttft_ms=ttft, tpot_ms=tpot, pod_types=[str(t) for t in pod_types])
+
+
+def router_observations(
+    requests: int, seed: int = 0, streamed_share: float = 1.0, slowdown: float = 1.0
+) -> list[dict[str, object]]:
+    """Observed samples shaped as the llm-d router sends them to ``/add_training_data_bulk``.
+
+    Each finished request becomes a TTFT row (``actual_tpot_ms`` 0, ``num_tokens_generated`` 0) and,
+    when it was streamed (a ``streamed_share`` of requests), a TPOT row (``actual_ttft_ms`` 0, and
+    ``prefix_cache_score``, ``num_tokens_generated`` and the encoder fields 0). Every row has an
+    RFC3339 ``timestamp``, and ``decode_tokens_in_flight`` 0 (the router does not report it yet; the
+    latencies still depend on it). With every request streamed, half the rows are TTFT-only, half TPOT-only.
+    ``slowdown`` is :func:`generate`'s.
+    """
+    sample = generate(requests, seed=seed, slowdown=slowdown)
+    streamed = np.random.default_rng(seed + 1).random(requests) < streamed_share
+    observations: list[dict[str, object]] = []
+    for index, row in enumerate(sample.rows()):
+        timestamp = f"2026-12-01T12:{index // 60 % 60:02d}:{index % 60:02d}.{index:09d}Z"
+        row["decode_tokens_in_flight"] = 0
+        observations.append(
+            row
+            | {
+                "num_tokens_generated": 0,
+                "actual_ttft_ms": float(sample.ttft_ms[index]),
+                "actual_tpot_ms": 0.0,
+                "timestamp": timestamp,
+            }
+        )
+        if streamed[index]:
+            observations.append(
+                row
+                | {
+                    "num_tokens_generated": 0,
+                    "prefix_cache_score": 0.0,
+                    "encoder_input_size": 0,
+                    "encoder_matched_size": 0,
+                    "actual_ttft_ms": 0.0,
+                    "actual_tpot_ms": float(sample.tpot_ms[index]),
+                    "timestamp": timestamp,
+                }
+            )
+    return observations
+
+
+def single_regime_observations(
+    requests: int, seed: int = 0, noise: str = "gaussian"
+) -> tuple[list[dict[str, object]], FloatArray]:
+    """A small deployment that sits in one regime, as router rows, and each request's tokens in flight.
+
+    KV-cache use, queue depth and prefix score are fixed; latency grows with tokens in flight, which
+    grow over the run (load ramps up). ``noise`` is ``gaussian`` (constant spread) or ``lognormal``
+    (spread proportional to latency). Each request is a TTFT row and a TPOT row. Used to check that
+    quantile models stay calibrated across the range of load.
+    """
+    rng = np.random.default_rng(seed)
+    in_flight = np.sort(rng.uniform(0, 20_000, requests))
+    ttft_base, tpot_base = 40.0 + in_flight * 0.004, 10.0 + in_flight * 0.001
+    if noise == "lognormal":
+        ttft, tpot = (
+            ttft_base * rng.lognormal(0.0, 0.15, requests),
+            tpot_base * rng.lognormal(0.0, 0.15, requests),
+        )
+    else:
+        ttft, tpot = ttft_base + rng.normal(0.0, 6.0, requests), tpot_base + rng.normal(0.0, 2.0, requests)
+    state = {
+        "kv_cache_percentage": 0.5,
+        "input_token_length": 800,
+        "num_request_waiting": 0,
+        "num_request_running": 8,
+        "num_tokens_generated": 0,
+        "prefix_cache_score": 0.0,
+    }
+    rows: list[dict[str, object]] = []
+    for index in range(requests):
+        load = {
+            "prefill_tokens_in_flight": round(in_flight[index] / 4),
+            "decode_tokens_in_flight": round(in_flight[index]),
+        }
+        rows.append(state | load | {"actual_ttft_ms": float(ttft[index]), "actual_tpot_ms": 0.0})
+        rows.append(state | load | {"actual_ttft_ms": 0.0, "actual_tpot_ms": float(tpot[index])})
+    return rows, in_flight
 
 
 def pod_rows(count: int, seed: int = 0, queued_share: float = 0.4) -> list[dict[str, object]]:

@@ -269,3 +269,17 @@ def test_write_routes_get_a_generated_token_and_pods_drain(cluster: KubeEmulator
     assert env_of(predictor(objects))["PODLATENCY_API_TOKEN"] == {
         "secretKeyRef": {"name": "router-token", "key": "bearer"}
     }
+
+
+def test_the_objective_is_set_once_for_predictors_and_trainers(cluster: KubeEmulator) -> None:
+    """podlatency.objective and quantileAlpha reach predictors and trainers through their one ConfigMap."""
+    with pytest.raises(HelmError):
+        install(cluster, {"podlatency": {"objective": "median"}})
+    assert cluster.emulator is not None
+    assert not list(cluster.emulator.objects), "the schema refused it before anything was created"
+    objects, _ = install(cluster, {"podlatency": {"objective": "quantile", "quantileAlpha": 0.95}})
+    settings = named(objects, "ConfigMap", "pl-podlatency")["data"]
+    assert (settings["PODLATENCY_OBJECTIVE"], settings["PODLATENCY_QUANTILE_ALPHA"]) == ("quantile", "0.95")
+    for deployment in (predictor(objects), named(objects, "Deployment", "pl-podlatency-trainer")):
+        sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": "pl-podlatency"}} in sources

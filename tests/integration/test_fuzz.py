@@ -1,7 +1,9 @@
 """Every route fuzzed from the server's own OpenAPI schema with schemathesis, against a real server.
 
 Schemathesis generates valid and invalid requests for each operation (its coverage, fuzzing and
-stateful phases); the check is that nothing answers 5xx and nothing hangs. The number of cases run
+stateful phases); the check is that nothing answers 5xx and nothing hangs. ``GET /model/export`` is
+left out: its one answer is a designed 501 (llm-d ships pickles there; podlatency never pickles),
+tested in ``test_llmd_router_contract.py``. The number of cases run
 is printed (``pytest -rA`` shows it) and quoted in the README.
 """
 
@@ -34,7 +36,7 @@ def test_no_route_answers_5xx_or_hangs(tmp_path: Path, model_dir: Path, start_se
         str(Path(sys.executable).with_name("st")), "run", f"{server.url}/schema/openapi.json",
         "--checks", "not_a_server_error", "--max-response-time", "5", "--request-timeout", "10",
         "--max-examples", "15", "--seed", "1", "--header", f"Authorization: Bearer {TOKEN}",
-        "--workers", "2", "--warnings", "off", "--no-color",
+        "--workers", "2", "--warnings", "off", "--no-color", "--exclude-path", "/model/export",
     ]  # fmt: skip
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path

@@ -53,6 +53,7 @@ def test_write_routes_need_the_bearer_token(tmp_path: Path, model_dir: Path, sta
         ("/add_training_data_bulk", {"entries": [SAMPLE]}),
         ("/v1/retrain", {}),
         ("/reload", {}),
+        ("/flush", {}),
     ]
     for path, body in writes:
         for token in (None, "wrong", "s3cret-token-but-longer"):
@@ -66,6 +67,22 @@ def test_write_routes_need_the_bearer_token(tmp_path: Path, model_dir: Path, sta
     assert post(server, "/v1/predict", {"pods": pod_rows(3)}).status == 200
     assert server.request("GET", "/v1/models").status == 200
     assert "s3cret" not in server.log(), "the token is never logged"
+    refused = post(server, "/add_training_data_bulk", {"entries": [SAMPLE]}, None)
+    assert "PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN" in refused.json()["detail"], "the fix is named"
+
+
+def test_router_samples_can_be_taken_without_the_token(
+    tmp_path: Path, model_dir: Path, start_server: Any
+) -> None:
+    """PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN opens llm-d's sample route (the router sends no token)."""
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    settings = {"PODLATENCY_API_TOKEN": "s3cret-token", "PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN": "true"}
+    server = start_server(folder, **settings)
+    server.wait_for("/readyz", 200)
+    assert post(server, "/add_training_data_bulk", {"entries": [SAMPLE]}, None).status == 202
+    for path, body in (("/v1/samples", {"samples": [SAMPLE]}), ("/flush", {}), ("/v1/retrain", {})):
+        assert post(server, path, body, None).status == 401, path
 
 
 def test_oversized_bodies_are_refused_before_reading(model_dir: Path, start_server: Any) -> None:

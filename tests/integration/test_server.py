@@ -68,7 +68,10 @@ def test_embedded_default_is_trained_once_and_reused(tmp_path: Path, start_serve
 
 
 def test_predict_and_llmd_routes_agree(model_dir: Path, small_bundle: ModelBundle, start_server: Any) -> None:
-    """/v1/predict, /predict, /predict/bulk and /predict/bulk/strict give equal numbers for the same rows."""
+    """/v1/predict, /predict, /predict/bulk and /predict/bulk/strict give equal numbers for the same rows.
+
+    As in llm-d, a /predict/bulk body that fails validation is a 422 for the whole request.
+    """
     server = start_server(model_dir)
     server.wait_for("/readyz", 200)
     rows = pod_rows(7, seed=21)
@@ -88,16 +91,13 @@ def test_predict_and_llmd_routes_agree(model_dir: Path, small_bundle: ModelBundl
     single = server.request("POST", "/predict", rows[0]).json()
     assert (single["ttft_ms"], single["tpot_ms"]) == expected[0]
 
-    mixed = server.request(
+    bulk = server.request("POST", "/predict/bulk", {"requests": rows[:2]}).json()
+    assert (bulk["successful_predictions"], bulk["failed_predictions"], bulk["errors"]) == (2, 0, [])
+    assert [(p["ttft_ms"], p["tpot_ms"]) for p in bulk["predictions"]] == expected[:2]
+    invalid = server.request(
         "POST", "/predict/bulk", {"requests": [rows[0], {"kv_cache_percentage": 7}, rows[1]]}
     )
-    assert mixed.status == 200
-    mixed_body = mixed.json()
-    assert (mixed_body["successful_predictions"], mixed_body["failed_predictions"]) == (2, 1)
-    assert mixed_body["predictions"][1] is None
-    assert mixed_body["errors"][0]["index"] == 1
-    assert "requests[1]" in mixed_body["errors"][0]["error"]
-    assert (mixed_body["predictions"][2]["ttft_ms"], mixed_body["predictions"][2]["tpot_ms"]) == expected[1]
+    assert (invalid.status, invalid.json()["field"]) == (422, "requests[1].kv_cache_percentage")
 
     status = server.request("GET", "/status").json()
     assert status["is_ready"] is True
@@ -196,7 +196,8 @@ def test_accepted_samples_survive_a_restart(tmp_path: Path, model_dir: Path, sta
     second.wait_for("/readyz", 200)
     assert second.request("POST", "/add_training_data_bulk", {"entries": rows[:1]}).status == 202
     answer = second.request("POST", "/v1/samples", {"samples": rows[:1]}).json()
-    assert answer["training"] + answer["holdout"] == 42
+    held = answer["held"]
+    assert held["ttft_training"] + held["ttft_holdout"] == held["tpot_training"] + held["tpot_holdout"] == 42
 
 
 def test_retraining_follows_a_slower_fleet(tmp_path: Path, model_dir: Path, start_server: Any) -> None:

@@ -258,10 +258,18 @@ def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Pat
         assert (bad.status_code, bad.json()["field"]) == (422, "samples[1].actual_tpot_ms")
         llmd = test_client.post("/add_training_data_bulk", json={"entries": [row | {"newer_field": 1}]})
         assert llmd.status_code == 202
-        assert llmd.json() == {"message": "Accepted 1 training samples.", "accepted": 1}
+        assert llmd.json() == {
+            "message": "Accepted 1 training samples.",
+            "accepted": 1,
+            "kept": {"ttft": 1, "tpot": 1},
+            "unobserved": 0,
+        }
         counts = app.state.samples.counts()
-    assert counts["training"] + counts["holdout"] == 4
-    assert len((tmp_path / "models" / "samples" / "samples.jsonl").read_text().splitlines()) == 4
+    assert counts["ttft_training"] + counts["ttft_holdout"] == 4
+    assert counts["tpot_training"] + counts["tpot_holdout"] == 4
+    folder = tmp_path / "models" / "samples"
+    written = [(folder / name).read_text().splitlines() for name in ("samples.jsonl", "holdout.jsonl")]
+    assert sum(map(len, written)) == 4
 
 
 def test_model_routes_serve_the_stored_versions(client: TestClient[Any], small_bundle: ModelBundle) -> None:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 from podlatency.bundle import ModelBundle, load_bundle
 from podlatency.errors import ModelLoadError
+from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
+from podlatency.schema import FEATURE_NAMES
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 
@@ -22,7 +25,7 @@ def test_round_trip_keeps_version_and_predictions(tmp_path: Path, small_bundle: 
     """A saved and reloaded bundle has the same version and predicts the same numbers."""
     small_bundle.save(tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
-    rows = synthetic_training_set(50, seed=3).features
+    rows = synthetic_training_set(50, seed=3).by_target["ttft"].features
     assert loaded.version == small_bundle.version
     for target in ("ttft", "tpot"):
         np.testing.assert_array_equal(
@@ -136,3 +139,35 @@ def test_bad_archives_are_refused_and_nothing_is_stored(tmp_path: Path, small_bu
     with pytest.raises(ModelLoadError, match="not a bundle archive"):
         target.install_archive(version, garbage, hashlib.sha256(garbage).hexdigest())
     assert target.versions() == []
+
+
+OLD_FEATURES = (*FEATURE_NAMES[:8], "pod_type_code", "uncached_input_tokens")
+"""The features of bundles trained before the encoder features existed."""
+
+
+def test_a_bundle_without_the_encoder_features_keeps_serving(tmp_path: Path) -> None:
+    """A bundle trained on the ten older features loads, predicts from their columns only, and says so."""
+    data = synthetic_training_set(2_000, seed=5).by_target
+    columns = [FEATURE_NAMES.index(name) for name in OLD_FEATURES]
+    boosters = {}
+    for target, rows in data.items():
+        booster = xgb.train(
+            {"nthread": 1}, xgb.DMatrix(rows.features[:, columns], label=rows.observed_ms), 10
+        )
+        boosters[target] = booster
+    old = ModelBundle.create(
+        boosters, objective="mean", quantile_alpha=None, metrics={}, trained_at="", training_rows=2_000,
+        source="older", feature_names=OLD_FEATURES,
+    )  # fmt: skip
+    old.save(tmp_path / "old")
+    loaded = load_bundle(tmp_path / "old")
+    assert loaded.version == old.version
+    assert loaded.ignored_features() == [
+        "encoder_input_size",
+        "encoder_matched_size",
+        "uncached_encoder_items",
+    ]
+    matrix = data["ttft"].features[:50]
+    predicted = Predictor(loaded, "cpu", nthread=1).predict_all(matrix)
+    expected = np.maximum(boosters["ttft"].inplace_predict(np.ascontiguousarray(matrix[:, columns])), 0)
+    np.testing.assert_allclose(predicted["ttft"], expected, rtol=1e-6)

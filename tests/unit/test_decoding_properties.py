@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podlatency.errors import ClientError
-from podlatency.llmd_schema import BulkPredictionRequest, LenientBulkPredictionRequest
+from podlatency.llmd_schema import BulkPredictionRequest, FlushRequest
 from podlatency.samples import SamplesRequest, TrainingDataBulkRequest
 from podlatency.schema import (
     FEATURE_NAMES,
     MAX_COUNT,
+    RAW_FEATURES,
     PodMetrics,
     PredictRequest,
     decode_json,
@@ -33,7 +34,7 @@ from podlatency.schema import (
 EXAMPLES = settings(max_examples=400, deadline=None)
 REQUEST_TYPES: list[type[msgspec.Struct]] = [
     BulkPredictionRequest,
-    LenientBulkPredictionRequest,
+    FlushRequest,
     SamplesRequest,
     TrainingDataBulkRequest,
 ]
@@ -61,9 +62,16 @@ valid_rows = st.fixed_dictionaries(
         "prefill_tokens_in_flight": counts,
         "decode_tokens_in_flight": counts,
     },
+).flatmap(
+    # Encoder items: the cache holds at most as many as the prompt has.
+    lambda row: st.integers(min_value=0, max_value=MAX_COUNT).flatmap(
+        lambda items: st.integers(min_value=0, max_value=items).map(
+            lambda matched: row | {"encoder_input_size": items, "encoder_matched_size": matched}
+        )
+    )
 )
 # Rows with one field replaced by anything at all.
-row_fields = [*FEATURE_NAMES[:8], "pod_type", "pod", "unknown_field"]
+row_fields = [*RAW_FEATURES, "pod_type", "pod", "unknown_field"]
 broken_rows = st.tuples(valid_rows, st.sampled_from(row_fields), json_values).map(
     lambda parts: parts[0] | {parts[1]: parts[2]}
 )
@@ -81,6 +89,7 @@ def decode_everything(body: bytes) -> None:
     outcome(lambda: decode_predict_request(body, max_pods=16))
     for request_type in REQUEST_TYPES:
         outcome(functools.partial(decode_json, body, request_type))
+        outcome(functools.partial(decode_json, body, request_type, lax=True))
 
 
 @EXAMPLES
@@ -118,7 +127,7 @@ def test_rows_with_any_field_broken_are_refused_by_name_or_accepted(rows: list[d
 def test_valid_rows_become_a_finite_float32_matrix(rows: list[dict[str, Any]]) -> None:
     """Every valid row is accepted by both the strict and the lenient decoders, with the same features."""
     strict = decode_predict_request(json.dumps({"pods": rows}).encode(), max_pods=32).pods
-    lenient = decode_json(json.dumps({"requests": rows}).encode(), BulkPredictionRequest).requests
+    lenient = decode_json(json.dumps({"requests": rows}).encode(), BulkPredictionRequest, lax=True).requests
     matrix = feature_matrix(strict)
     assert matrix.dtype == np.float32
     assert matrix.shape == (len(rows), len(FEATURE_NAMES))

@@ -1,4 +1,4 @@
-"""Retraining from observed samples publishes a candidate only when it is not worse on held-out data."""
+"""Retraining from observed samples: per target, like with like, publishing only what is not worse."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
+from podlatency.registry import ModelRegistry
 from podlatency.retraining import Retrainer, RetrainPolicy
 from podlatency.samples import ObservedSample, SampleStore
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions
-from podlatency.workload import generate
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.workload import generate, router_observations
 
 
 def observed(count: int, seed: int, slowdown: float = 1.0) -> list[ObservedSample]:
@@ -26,6 +27,10 @@ def observed(count: int, seed: int, slowdown: float = 1.0) -> list[ObservedSampl
             sample.rows(), sample.ttft_ms.tolist(), sample.tpot_ms.tolist(), strict=True
         )
     ]
+
+
+def router_rows(requests: int, seed: int) -> list[ObservedSample]:
+    return [msgspec.convert(row, ObservedSample) for row in router_observations(requests, seed=seed)]
 
 
 def service_on(tmp_path: Path, model_dir: Path) -> PredictionService:
@@ -76,12 +81,72 @@ def test_a_better_candidate_is_published_and_served(
     )
     outcome = retrainer.run_once()
     assert outcome.published, outcome.reason
-    assert outcome.candidate_mae is not None
-    assert outcome.active_mae is not None
-    assert outcome.candidate_mae["ttft"] < outcome.active_mae["ttft"]
+    assert outcome.measure == "mae_ms"
+    assert outcome.candidate["ttft"] < outcome.active["ttft"]
     assert service.holder.current().version == outcome.version != small_bundle.version
     assert service.registry.active_version() == outcome.version
     assert service.registry.versions() == [outcome.version], "keep_versions=1 pruned the old one"
     gauge = service_metrics().holdout_error
     for measure in ("mae_ms", "mape"):
         assert gauge.labels(target="ttft", version=outcome.version, measure=measure)._value.get() > 0
+
+
+def quantile_service(tmp_path: Path) -> tuple[PredictionService, ModelBundle]:
+    """A service whose active model is a p90 model, with the default objective setting (auto)."""
+    p90 = train_bundle(
+        synthetic_training_set(3_000, seed=12), TrainingOptions(objective="quantile", rounds=30), "p90"
+    )
+    ModelRegistry(tmp_path / "models").save(p90)
+    service = PredictionService(
+        Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider().get_tracer("test")
+    )
+    service.bootstrap()
+    return service, p90
+
+
+def test_a_quantile_model_stays_a_quantile_model(tmp_path: Path) -> None:
+    """With the objective setting at auto, a p90 model retrains into a p90 model, guarded by pinball loss."""
+    service, p90 = quantile_service(tmp_path)
+    store = SampleStore(tmp_path / "samples")
+    store.add(router_rows(3_000, seed=13))
+    retrainer = Retrainer(service, store, RetrainPolicy(min_new_samples=100), TrainingOptions())
+    outcome = retrainer.run_once()
+    assert outcome.published, outcome.reason
+    assert (outcome.objective, outcome.quantile, outcome.measure) == ("quantile", 0.9, "pinball_loss")
+    served = service.holder.current().bundle
+    assert served.version == outcome.version != p90.version
+    assert (served.objective, served.quantile_alpha) == ("quantile", 0.9)
+    assert set(served.prediction_scale) == {"ttft", "tpot"}
+
+
+def test_an_explicit_objective_change_is_published_without_comparison(tmp_path: Path) -> None:
+    """PODLATENCY_OBJECTIVE=mean turns a p90 deployment into a mean one at the next retrain, and says why."""
+    service, _ = quantile_service(tmp_path)
+    store = SampleStore(tmp_path / "samples")
+    store.add(router_rows(1_500, seed=14))
+    retrainer = Retrainer(
+        service, store, RetrainPolicy(min_new_samples=100), TrainingOptions(), objective="mean"
+    )
+    outcome = retrainer.run_once()
+    assert outcome.published, outcome.reason
+    assert "p90 quantile model" in outcome.reason
+    assert "without comparison" in outcome.reason
+    assert service.holder.current().bundle.objective == "mean"
+
+
+def test_a_target_without_rows_keeps_the_active_booster(
+    tmp_path: Path, model_dir: Path, small_bundle: ModelBundle
+) -> None:
+    """A fleet that never streams sends TTFT rows only: TTFT is retrained, TPOT keeps the active booster."""
+    service = service_on(tmp_path, model_dir)
+    store = SampleStore(tmp_path / "samples")
+    store.add(
+        [msgspec.convert(row, ObservedSample) for row in router_observations(3_000, 15, streamed_share=0)]
+    )
+    retrainer = Retrainer(service, store, RetrainPolicy(min_new_samples=100), TrainingOptions())
+    outcome = retrainer.run_once()
+    assert outcome.published, outcome.reason
+    assert "keeps the active model" in outcome.targets["tpot"]
+    served = service.holder.current().bundle
+    assert served.boosters["tpot"].save_raw("ubj") == small_bundle.boosters["tpot"].save_raw("ubj")
+    assert served.boosters["ttft"].save_raw("ubj") != small_bundle.boosters["ttft"].save_raw("ubj")

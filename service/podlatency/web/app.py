@@ -47,8 +47,9 @@ def build_retrainer(
             tolerance=settings.retrain_tolerance,
             keep_versions=settings.keep_versions,
         ),
-        TrainingOptions(objective=settings.objective, quantile_alpha=settings.quantile_alpha),
+        TrainingOptions(quantile_alpha=settings.quantile_alpha),
         publisher,
+        objective=settings.objective,
     )
 
 
@@ -62,6 +63,7 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
         health.healthz,
         health.readyz,
         routes_v1.model_info,
+        routes_llmd.root,
         routes_llmd.status,
         routes_llmd.reload,
         routes_models.list_versions,
@@ -69,6 +71,10 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
         routes_models.llmd_list,
         routes_models.llmd_info,
         routes_models.llmd_download,
+        routes_models.llmd_download_info,
+        routes_models.ttft_trees,
+        routes_models.tpot_trees,
+        routes_models.llmd_export,
         PrometheusController,
     ]
     if predicts:
@@ -82,6 +88,8 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
         routes += [
             routes_samples.add_samples,
             routes_samples.add_training_data_bulk,
+            routes_samples.data_status,
+            routes_samples.flush,
             routes_samples.retrain,
         ]
     return routes

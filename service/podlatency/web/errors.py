@@ -13,7 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap, Send
 
-from podlatency.errors import PodlatencyError, Unauthorized
+from podlatency.errors import ClientError, PodlatencyError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _error_headers(error: PodlatencyError) -> dict[str, str] | None:
 
 def podlatency_error(_: Request[Any, Any, Any], error: PodlatencyError) -> Response[bytes]:
     """Our own errors carry their status code."""
-    if error.status_code >= 500 and error.retry_after_s is None:
+    if error.status_code >= 500 and error.retry_after_s is None and not isinstance(error, ClientError):
         logger.error("%s: %s", error.code, error.detail)
     return _respond(
         error.status_code, ErrorBody(error.code, error.detail, error.field), _error_headers(error)

@@ -17,8 +17,9 @@ from litestar.params import RawBody
 from litestar.types import Scope
 
 from podlatency import llmd_schema as llmd
-from podlatency.dataplane import Predictions
-from podlatency.errors import ClientError, PodlatencyError
+from podlatency.bundle import ModelBundle
+from podlatency.dataplane import MODEL_TYPE, Predictions, PredictionService, reported_quantile
+from podlatency.errors import PodlatencyError
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
@@ -28,19 +29,19 @@ from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms, request_phases
 from podlatency.web.routes_v1 import service_of
 
-MODEL_TYPE = "xgboost"
-
 
 def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
     bundle = result.model.bundle
     now = datetime.now(UTC)
+    quantile = result.model.reported_quantile
     return [
         llmd.PredictionResponse(
             ttft_ms=ttft_ms,
             tpot_ms=tpot_ms,
             predicted_at=now,
             model_type=MODEL_TYPE,
-            quantile=bundle.quantile_alpha,
+            objective_type=bundle.objective,
+            quantile=quantile,
             last_model_load=result.model.loaded_at,
             model_version=bundle.version,
         )
@@ -51,7 +52,7 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
 
 
 def _decode_one(body: bytes) -> Sequence[PodMetrics]:
-    return [decode_json(body, PodMetrics)]
+    return [decode_json(body, PodMetrics, lax=True)]
 
 
 def _encode_one(
@@ -60,8 +61,8 @@ def _encode_one(
     return msgspec.json.encode(_prediction_rows(result)[0])
 
 
-def _decode_bulk_strict(body: bytes) -> Sequence[PodMetrics]:
-    return decode_json(body, llmd.BulkPredictionRequest).requests
+def _decode_bulk(body: bytes) -> Sequence[PodMetrics]:
+    return decode_json(body, llmd.BulkPredictionRequest, lax=True).requests
 
 
 def _encode_bulk_strict(
@@ -80,7 +81,7 @@ def _encode_bulk_strict(
 
 
 ONE_ROW = Codec(_decode_one, _encode_one)
-BULK_STRICT = Codec(_decode_bulk_strict, _encode_bulk_strict)
+BULK_STRICT = Codec(_decode_bulk, _encode_bulk_strict)
 
 ONE_ROW_BODY = json_body_operation(PodMetrics, "One pod's live metrics.")
 BULK_STRICT_BODY = json_body_operation(
@@ -117,44 +118,38 @@ def predict_bulk_strict_batched(body: RawBody, scope: Scope, state: State) -> Re
     sync_to_thread=True,
     status_code=200,
     operation_class=json_body_operation(
-        llmd.BulkPredictionRequest, "1-10,000 rows; invalid rows are reported."
+        llmd.BulkPredictionRequest,
+        "1-10,000 rows; an invalid body is a 422, rows that fail to predict are listed.",
     ),
 )
 def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
-    """llm-d ``/predict/bulk``: valid rows are predicted in one batch, invalid ones reported by index."""
+    """llm-d ``/predict/bulk``: one batch; ``errors`` lists rows that could not be predicted.
+
+    As in llm-d, a body that fails validation is a 422 for the whole request.
+    """
     service = service_of(state)
     with request_phases(scope, service) as phases:
         with phases.phase("decode"):
-            request = decode_json(body, llmd.LenientBulkPredictionRequest)
-            valid_rows: list[PodMetrics] = []
-            valid_indices: list[int] = []
-            errors: list[llmd.BulkPredictionError] = []
-            for index, raw_row in enumerate(request.requests):
-                try:
-                    valid_rows.append(decode_json(raw_row, PodMetrics, prefix=f"requests[{index}]."))
-                    valid_indices.append(index)
-                except ClientError as error:
-                    errors.append(llmd.BulkPredictionError(index, error.detail, msgspec.json.decode(raw_row)))
-        predictions: list[llmd.PredictionResponse | None] = [None] * len(request.requests)
-        if valid_rows:
-            try:
-                result = service.predict(valid_rows, phases)
-            except PodlatencyError as error:
-                if error.status_code == 503:
-                    raise
-                errors.extend(
-                    llmd.BulkPredictionError(index, f"batch prediction failed: {error.detail}", None)
-                    for index in valid_indices
-                )
-            else:
-                for index, prediction in zip(valid_indices, _prediction_rows(result), strict=True):
-                    predictions[index] = prediction
+            rows = _decode_bulk(body)
+        predictions: list[llmd.PredictionResponse | None] = [None] * len(rows)
+        errors: list[llmd.BulkPredictionError] = []
+        try:
+            result = service.predict(rows, phases)
+        except PodlatencyError as error:
+            if error.status_code == 503:
+                raise
+            errors = [
+                llmd.BulkPredictionError(index, f"batch prediction failed: {error.detail}", row)
+                for index, row in enumerate(rows)
+            ]
+        else:
+            predictions = list(_prediction_rows(result))
         with phases.phase("encode"):
             succeeded = sum(prediction is not None for prediction in predictions)
             content = msgspec.json.encode(
                 llmd.BulkPredictionResponseWithErrors(
                     predictions=predictions,
-                    errors=sorted(errors, key=lambda error: error.index),
+                    errors=errors,
                     total_requests=len(predictions),
                     successful_predictions=succeeded,
                     failed_predictions=len(predictions) - succeeded,
@@ -166,33 +161,69 @@ def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
 
 @get("/status", sync_to_thread=False)
 def status(state: State) -> llmd.StatusResponse:
-    """llm-d ``/status``: readiness and the model in service."""
+    """llm-d ``/status``: readiness and the model in service (the router polls it every 60 s)."""
     service = service_of(state)
     model = service.holder.current_or_none()
-    stored = service.registry.active_version()
+    stored = service.registry.active_version() is not None
     return llmd.StatusResponse(
         is_ready=model is not None,
         model_type=MODEL_TYPE,
-        quantile=model.bundle.quantile_alpha if model else None,
+        objective_type=objective_of(service, model.bundle if model else None),
+        quantile=reported_quantile(model.bundle if model else None, service.settings.quantile_alpha),
         last_model_load=model.loaded_at if model else None,
         training_server_url=None,
-        models_exist={"ttft_model": stored is not None, "tpot_model": stored is not None},
+        models_exist={"ttft_model": stored, "tpot_model": stored},
+        ensemble_active=False,
         model_version=model.version if model else None,
         device=service.device,
         not_ready_reason=None if model else service.holder.not_ready_reason,
     )
 
 
+def objective_of(service: PredictionService, bundle: ModelBundle | None) -> str:
+    """The objective of the model in service; before one is, the one it will have."""
+    if bundle is not None:
+        return bundle.objective
+    return "mean" if service.settings.objective == "auto" else service.settings.objective
+
+
+@get("/", sync_to_thread=False)
+def root(state: State) -> llmd.RootResponse:
+    """What this server is: llm-d's self-description, plus the roles this process serves."""
+    service = service_of(state)
+    model = service.holder.current_or_none()
+    bundle = model.bundle if model else None
+    objective = objective_of(service, bundle)
+    quantile = reported_quantile(bundle, service.settings.quantile_alpha)
+    role = service.settings.role
+    return llmd.RootResponse(
+        message="podlatency is running: per-pod TTFT and TPOT predictions for LLM request routing.",
+        description=(
+            "Predicting mean TTFT and TPOT latencies"
+            if objective == "mean"
+            else f"Predicting the {quantile:.0%} quantile of TTFT and TPOT latencies"
+        ),
+        model_type=MODEL_TYPE,
+        objective_type=objective,
+        quantile=quantile,
+        is_ready=model is not None,
+        roles=["predictor", "trainer"] if role == "both" else [role],
+        model_version=model.version if model else None,
+    )
+
+
 @post("/reload", sync_to_thread=True, status_code=200, guards=[require_token])
 def reload(state: State) -> llmd.ReloadResponse:
     """llm-d ``/reload``: load the model folder's active version (the current one serves on failure)."""
-    loaded = service_of(state).reload()
+    service = service_of(state)
+    loaded = service.reload()
     return llmd.ReloadResponse(
         synced=False,
         loaded=True,
         is_ready=True,
         model_type=MODEL_TYPE,
-        quantile=loaded.bundle.quantile_alpha,
+        objective_type=loaded.bundle.objective,
+        quantile=reported_quantile(loaded.bundle, service.settings.quantile_alpha),
         last_load_time=loaded.loaded_at,
         model_version=loaded.version,
     )

@@ -3,6 +3,11 @@
 llm-d's prediction servers poll ``/model/{name}/info`` and download ``/model/{name}/download``; here
 ``name`` is a target (``ttft`` or ``tpot``) and the file is the active version's XGBoost UBJSON
 booster, not llm-d's joblib file, so only podlatency predictors can load it.
+
+The llm-d router polls ``/model/download/info`` every 60 s and, for an ``xgboost`` model, fetches
+``/model/{ttft,tpot}/xgb/json``: the active booster's trees in XGBoost's own JSON dump (it stores them
+and does not evaluate them). ``/model/export`` (llm-d's pickled seed bundle) is refused with 501:
+podlatency never pickles; ``/v1/models/{version}/bundle`` exports a version.
 """
 
 from __future__ import annotations
@@ -15,10 +20,18 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from podlatency.errors import NotFound
+from podlatency import llmd_schema as llmd
+from podlatency.bundle import ModelBundle
+from podlatency.dataplane import MODEL_TYPE, reported_quantile
+from podlatency.errors import NotFound, Unsupported
 from podlatency.registry import ModelRegistry
 from podlatency.schema import TARGETS
+from podlatency.web.errors import JSON
+from podlatency.web.routes_llmd import objective_of
 from podlatency.web.routes_v1 import service_of
+
+LLMD_MODEL_NAMES = ("ttft", "tpot", "ttft_scaler", "tpot_scaler", "ttft_gated", "tpot_gated")
+"""Every model file llm-d's training server lists; podlatency has only the two boosters."""
 
 
 def _registry(state: State) -> ModelRegistry:
@@ -28,8 +41,13 @@ def _registry(state: State) -> ModelRegistry:
 def _file_info(registry: ModelRegistry, name: str) -> dict[str, Any]:
     if name not in TARGETS:
         raise NotFound(f"unknown model {name!r}; models are {', '.join(TARGETS)}", field="name")
+    return _stored_file(registry, name)
+
+
+def _stored_file(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    """A model file of the active version, as llm-d describes it; ``exists`` false for other names."""
     version = registry.active_version()
-    path = registry.booster_file(version, name) if version else None
+    path = registry.booster_file(version, name) if version and name in TARGETS else None
     if path is None or not path.exists():
         return {"model_name": name, "exists": False, "size_bytes": 0, "last_modified": None, "version": None}
     stat = path.stat()
@@ -77,13 +95,75 @@ def bundle_archive(state: State, version: FromPath[str]) -> Response[bytes]:
 
 @get("/models/list", sync_to_thread=True)
 def llmd_list(state: State) -> dict[str, Any]:
-    """llm-d ``/models/list``: each model file of the active version."""
-    registry = _registry(state)
+    """llm-d ``/models/list``: every name llm-d lists; the scalers and gated ensembles never exist here."""
+    service = service_of(state)
     models = {}
-    for name in TARGETS:
-        info = _file_info(registry, name)
+    for name in LLMD_MODEL_NAMES:
+        info = _stored_file(service.registry, name)
         models[name] = {key: info[key] for key in ("exists", "size_bytes", "last_modified")}
-    return {"models": models, "model_type": "xgboost", "server_time": datetime.now(UTC).isoformat()}
+    model = service.holder.current_or_none()
+    return {
+        "models": models,
+        "model_type": MODEL_TYPE,
+        "quantile": reported_quantile(model.bundle if model else None, service.settings.quantile_alpha),
+        "server_time": datetime.now(UTC).isoformat(),
+    }
+
+
+@get("/model/download/info", sync_to_thread=False)
+def llmd_download_info(state: State) -> llmd.ModelDownloadInfo:
+    """llm-d ``/model/download/info``: the model kind and where its trees are (the router polls it)."""
+    service = service_of(state)
+    model = service.holder.current_or_none()
+    bundle = model.bundle if model else None
+    return llmd.ModelDownloadInfo(
+        model_type=MODEL_TYPE,
+        objective_type=objective_of(service, bundle),
+        quantile=reported_quantile(bundle, service.settings.quantile_alpha),
+        model_status={f"{target}_model_ready": bundle is not None for target in TARGETS},
+        available_endpoints={"trees": {f"{target}_trees": f"/model/{target}/xgb/json" for target in TARGETS}},
+        model_version=bundle.version if bundle else None,
+    )
+
+
+def tree_dump(bundle: ModelBundle, target: str) -> bytes:
+    """A booster's trees as one JSON array, in XGBoost's own dump format, features by name.
+
+    Not cached: a dump of 200 trees takes tens of milliseconds, and routers ask once a minute.
+    """
+    named = bundle.boosters[target].copy()
+    named.feature_names = list(bundle.feature_names)
+    return b"[" + b",".join(tree.encode() for tree in named.get_dump(dump_format="json")) + b"]"
+
+
+def _trees(state: State, target: str) -> Response[bytes]:
+    model = service_of(state).holder.current()
+    return Response(
+        tree_dump(model.bundle, target), media_type=JSON, headers={"X-Model-Version": model.version}
+    )
+
+
+@get("/model/ttft/xgb/json", sync_to_thread=True)
+def ttft_trees(state: State) -> Response[bytes]:
+    """llm-d ``/model/ttft/xgb/json``: the TTFT booster's trees (the router fetches them every 60 s)."""
+    return _trees(state, "ttft")
+
+
+@get("/model/tpot/xgb/json", sync_to_thread=True)
+def tpot_trees(state: State) -> Response[bytes]:
+    """llm-d ``/model/tpot/xgb/json``: the TPOT booster's trees."""
+    return _trees(state, "tpot")
+
+
+@get("/model/export", sync_to_thread=False)
+def llmd_export(state: State) -> None:
+    """llm-d ``/model/export`` ships pickled files; podlatency never pickles, so it answers 501."""
+    version = service_of(state).registry.active_version() or "{version}"
+    raise Unsupported(
+        "podlatency never pickles models, so it has no joblib export; download a version's bundle "
+        f"archive (XGBoost UBJSON and JSON metadata) from /v1/models/{version}/bundle instead",
+        field="/v1/models/{version}/bundle",
+    )
 
 
 @get("/model/{name:str}/info", sync_to_thread=True)

@@ -1,22 +1,32 @@
 """Observed latencies from the router: ``/v1/samples`` and llm-d's ``/add_training_data_bulk``.
 
 A request is validated whole before anything is kept: one bad row is a 422 naming it, and none of
-the request's rows are stored. Accepted rows are on disk before the 202 is sent.
+the request's rows are stored. Accepted rows are on disk before the 202 is sent. An actual of 0 is
+"not observed" for that target (:mod:`podlatency.samples`); the answer says how many rows each target
+kept.
+
+Also llm-d's training-server routes for the samples: ``GET /data/status`` and ``POST /flush``.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import msgspec
-from litestar import post
+from litestar import get, post
 from litestar.datastructures import State
 from litestar.params import RawBody
 
+from podlatency import llmd_schema as llmd
 from podlatency.errors import NotLeader
+from podlatency.metrics import service_metrics
 from podlatency.retraining import Publisher, Retrainer
-from podlatency.samples import SamplesRequest, SampleStore, TrainingDataBulkRequest
-from podlatency.schema import decode_json
-from podlatency.web.guards import require_token
+from podlatency.samples import AddResult, SamplesRequest, SampleStore, TrainingDataBulkRequest
+from podlatency.schema import TARGETS, decode_json
+from podlatency.web.guards import require_token, require_token_unless_router_samples
 from podlatency.web.openapi import json_body_operation
+from podlatency.web.routes_v1 import service_of
 
 
 def samples_of(state: State) -> SampleStore:
@@ -37,25 +47,88 @@ def samples_of(state: State) -> SampleStore:
         SamplesRequest, "1-10,000 observed samples; any invalid row refuses all."
     ),
 )
-def add_samples(body: RawBody, state: State) -> dict[str, int]:
-    """Keep observed samples for retraining."""
+def add_samples(body: RawBody, state: State) -> dict[str, Any]:
+    """Keep observed samples for retraining (each target the rows it was observed on)."""
     request = decode_json(body, SamplesRequest)
     store = samples_of(state)
-    return {"accepted": store.add(request.samples)} | store.counts()
+    return _added(store.add(request.samples)) | {"held": store.counts()}
+
+
+def _added(result: AddResult) -> dict[str, Any]:
+    return {"accepted": result.accepted, "kept": result.kept, "unobserved": result.unobserved}
 
 
 @post(
     "/add_training_data_bulk",
     sync_to_thread=True,
     status_code=202,
-    guards=[require_token],
+    guards=[require_token_unless_router_samples],
     operation_class=json_body_operation(TrainingDataBulkRequest, "llm-d's training entries."),
 )
 def add_training_data_bulk(body: RawBody, state: State) -> dict[str, object]:
     """llm-d ``/add_training_data_bulk``: the same, with llm-d's field name and answer."""
-    request = decode_json(body, TrainingDataBulkRequest)
-    accepted = samples_of(state).add(request.entries)
-    return {"message": f"Accepted {accepted} training samples.", "accepted": accepted}
+    request = decode_json(body, TrainingDataBulkRequest, lax=True)
+    result = samples_of(state).add(request.entries)
+    return {"message": f"Accepted {result.accepted} training samples."} | _added(result)
+
+
+@get("/data/status", sync_to_thread=True)
+def data_status(state: State) -> dict[str, Any]:
+    """llm-d ``/data/status``: rows kept per target, per regime, and held out."""
+    store: SampleStore = state.samples
+    counts = store.counts()
+    training = {f"{target}_samples": counts[f"{target}_training"] for target in TARGETS}
+    test = {f"{target}_samples": counts[f"{target}_holdout"] for target in TARGETS}
+    return {
+        "training_data": training | {"total_samples": sum(training.values())},
+        "test_data": test | {"total_samples": sum(test.values())},
+        "bucket_distribution": {
+            target: {
+                f"queue_{queue}_cache_{cache}_prefix_{prefix}": count
+                for (queue, cache, prefix), count in sorted(regimes.items())
+            }
+            for target, regimes in store.bucket_counts().items()
+        },
+        "ensemble": {"ensemble_mode": False, "ensemble_active": False},
+        "model_ready": service_of(state).holder.ready,
+        "samples_seen": store.seen,
+    }
+
+
+@post(
+    "/flush",
+    sync_to_thread=True,
+    status_code=200,
+    guards=[require_token],
+    operation_class=json_body_operation(
+        llmd.FlushRequest, "What to forget; an empty body forgets everything."
+    ),
+)
+def flush(body: RawBody, state: State) -> llmd.FlushResponse:
+    """llm-d ``/flush``: forget kept training rows, held-out rows and training metrics (on disk too)."""
+    request = decode_json(body, llmd.FlushRequest) if body.strip() else llmd.FlushRequest()
+    flushed = samples_of(state).flush(training=request.flush_training_data, holdout=request.flush_test_data)
+    if request.flush_metrics:
+        service_metrics().holdout_error.clear()
+    parts = [
+        f"{flushed[kind]['ttft']} TTFT and {flushed[kind]['tpot']} TPOT {label} samples"
+        for wanted, kind, label in (
+            (request.flush_training_data, "training", "training"),
+            (request.flush_test_data, "holdout", "test"),
+        )
+        if wanted
+    ] + (["all metric scores"] if request.flush_metrics else [])
+    return llmd.FlushResponse(
+        success=True,
+        flushed_at=datetime.now(UTC),
+        reason=request.reason,
+        ttft_training_samples_flushed=flushed["training"]["ttft"],
+        tpot_training_samples_flushed=flushed["training"]["tpot"],
+        ttft_test_samples_flushed=flushed["holdout"]["ttft"],
+        tpot_test_samples_flushed=flushed["holdout"]["tpot"],
+        metrics_cleared=request.flush_metrics,
+        message=f"Successfully flushed: {', '.join(parts)}" if parts else "No data flushed",
+    )
 
 
 @post("/v1/retrain", sync_to_thread=True, status_code=200, guards=[require_token])

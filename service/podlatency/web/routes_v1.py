@@ -92,7 +92,11 @@ def encode_predictions(
 
 @get("/v1/model", sync_to_thread=False)
 def model_info(state: State) -> dict[str, object]:
-    """Metadata of the model in service."""
+    """Metadata of the model in service: among it the features it knows, and those it was trained without."""
     service = service_of(state)
     loaded = service.holder.current()
-    return loaded.bundle.metadata() | {"loaded_at": loaded.loaded_at.isoformat(), "device": service.device}
+    return loaded.bundle.metadata() | {
+        "features_ignored": loaded.bundle.ignored_features(),
+        "loaded_at": loaded.loaded_at.isoformat(),
+        "device": service.device,
+    }
