@@ -326,9 +326,11 @@ class Retrainer:
 
 
 def describe(bundle: ModelBundle) -> str:
-    """A model's objective in words, as ``p90 quantile`` or ``mean``."""
+    """A model in words, as ``a p90 quantile model`` or ``a mean model trained without <features>``."""
     if bundle.objective == "quantile" and bundle.quantile_alpha is not None:
-        return f"a p{bundle.quantile_alpha * 100:g} quantile model"
+        kind = f"a p{bundle.quantile_alpha * 100:g} quantile model"
+    else:
+        kind = f"a {bundle.objective} model"
     if bundle.feature_names != FEATURE_NAMES:
-        return f"a {bundle.objective} model trained without {', '.join(bundle.ignored_features())}"
-    return f"a {bundle.objective} model"
+        kind += f" trained without {', '.join(bundle.ignored_features())}"
+    return kind

@@ -272,14 +272,22 @@ def test_write_routes_get_a_generated_token_and_pods_drain(cluster: KubeEmulator
 
 
 def test_the_objective_is_set_once_for_predictors_and_trainers(cluster: KubeEmulator) -> None:
-    """podlatency.objective and quantileAlpha reach predictors and trainers through their one ConfigMap."""
+    """podlatency.objective, quantileAlpha (and the router's tokenless samples) reach predictors and trainers.
+
+    They come through the one ConfigMap both read.
+    """
     with pytest.raises(HelmError):
         install(cluster, {"podlatency": {"objective": "median"}})
     assert cluster.emulator is not None
     assert not list(cluster.emulator.objects), "the schema refused it before anything was created"
-    objects, _ = install(cluster, {"podlatency": {"objective": "quantile", "quantileAlpha": 0.95}})
+    values = {
+        "podlatency": {"objective": "quantile", "quantileAlpha": 0.95},
+        "auth": {"routerSamplesWithoutToken": True},
+    }
+    objects, _ = install(cluster, values)
     settings = named(objects, "ConfigMap", "pl-podlatency")["data"]
     assert (settings["PODLATENCY_OBJECTIVE"], settings["PODLATENCY_QUANTILE_ALPHA"]) == ("quantile", "0.95")
+    assert settings["PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN"] == "true"  # noqa: S105  (a flag, not a secret)
     for deployment in (predictor(objects), named(objects, "Deployment", "pl-podlatency-trainer")):
         sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {"configMapRef": {"name": "pl-podlatency"}} in sources
