@@ -10,11 +10,13 @@ The hierarchy::
     │   ├── Unauthorized (401)         a write route without the configured bearer token
     │   ├── NotFound (404)             no such model (or model file)
     │   └── Unsupported (501)          an llm-d route whose answer podlatency will not give (pickles)
-    ├── Overloaded (503)               more prediction requests in progress than the limit
-    ├── ModelNotReady (503)            no model is loaded yet (training or loading is under way)
-    ├── NotLeader (503)                a standby trainer was sent samples; the leader takes them
-    ├── ClusterUnavailable (503)       the Kubernetes API could not be reached to publish a model
+    ├── Unavailable (503)              it passes: try again after Retry-After
+    │   ├── Overloaded (503)           more prediction requests in progress than the limit
+    │   ├── ModelNotReady (503)        no model is loaded yet (training or loading is under way)
+    │   ├── NotLeader (503)            a standby trainer was sent samples; the leader takes them
+    │   └── ClusterUnavailable (503)   the Kubernetes API could not be reached to publish a model
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
+    ├── InvalidRollout (500)           the rollout ConfigMap declares a version it does not say how to fetch
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
     ├── SettingsError (500)            the configuration cannot be used
     └── DeviceUnavailable (500)        ``cuda`` was asked for and there is no usable GPU
@@ -89,7 +91,15 @@ class Unsupported(ClientError):
     code = "not_implemented"
 
 
-class ModelNotReady(PodlatencyError):
+class Unavailable(PodlatencyError):
+    """The request could not be served now; the same request may succeed after ``Retry-After``."""
+
+    status_code = 503
+    code = "unavailable"
+    retry_after_s = 1
+
+
+class ModelNotReady(Unavailable):
     """No model is loaded yet; the server answers again once one is."""
 
     status_code = 503
@@ -97,7 +107,7 @@ class ModelNotReady(PodlatencyError):
     retry_after_s = 1
 
 
-class Overloaded(PodlatencyError):
+class Overloaded(Unavailable):
     """More prediction requests are in progress than the server takes; answered at once, not queued."""
 
     status_code = 503
@@ -105,7 +115,7 @@ class Overloaded(PodlatencyError):
     retry_after_s = 1
 
 
-class ClusterUnavailable(PodlatencyError):
+class ClusterUnavailable(Unavailable):
     """The Kubernetes API could not be reached (or refused us); the model was stored, not published."""
 
     status_code = 503
@@ -113,7 +123,7 @@ class ClusterUnavailable(PodlatencyError):
     retry_after_s = 5
 
 
-class NotLeader(PodlatencyError):
+class NotLeader(Unavailable):
     """A standby trainer was sent samples; the leader takes them (the trainer Service routes to it)."""
 
     status_code = 503
@@ -126,6 +136,13 @@ class ModelLoadError(PodlatencyError):
 
     status_code = 500
     code = "model_load_failed"
+
+
+class InvalidRollout(PodlatencyError):
+    """The rollout ConfigMap declares a version without the fields needed to fetch and verify it."""
+
+    status_code = 500
+    code = "invalid_rollout"
 
 
 class TrainingDataError(PodlatencyError):

@@ -16,7 +16,7 @@ keeps the active model's objective and quantile; set ``mean`` or ``quantile`` (a
 like: the candidate is published once every target has enough rows, and the outcome says so.
 
 Publishing is a :class:`Publisher`'s job: on a model folder (:class:`FolderPublisher`) it stores,
-activates and hot-swaps the candidate; in a cluster (:mod:`podlatency.kube`) only the leader trainer
+activates and hot-swaps the candidate; in a cluster (:mod:`podlatency.cluster`) only the leader trainer
 publishes, by declaring the version in the release's ConfigMap, unless an operator pinned it.
 """
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from podlatency.kube import LEADER_LABEL, PINNED_ANNOTATION
+from podlatency.cluster.configmap import PINNED_ANNOTATION
+from podlatency.cluster.election import LEADER_LABEL
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import generate, pod_rows

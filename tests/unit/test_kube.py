@@ -14,9 +14,11 @@ import pytest
 from kubernetes import client
 from opentelemetry.sdk.trace import TracerProvider
 
+from podlatency.cluster.configmap import PINNED_ANNOTATION, record_from
+from podlatency.cluster.election import LeaseTimings
+from podlatency.cluster.rollout import ClusterRollout
 from podlatency.dataplane import PredictionService
-from podlatency.errors import ClusterUnavailable, SettingsError
-from podlatency.kube import PINNED_ANNOTATION, ClusterRollout, InvalidRollout, LeaseTimings, record_from
+from podlatency.errors import ClusterUnavailable, InvalidRollout, SettingsError
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 

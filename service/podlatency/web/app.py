@@ -29,7 +29,7 @@ from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.phases import EdgeMiddleware
 
 if TYPE_CHECKING:
-    from podlatency.kube import ClusterRollout
+    from podlatency.cluster.rollout import ClusterRollout
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def create_app(
     cluster = None
     if settings.rollout_configmap:
         # Imported only in a cluster: the kubernetes client is not needed on a model folder.
-        from podlatency.kube import ClusterRollout  # noqa: PLC0415
+        from podlatency.cluster.rollout import ClusterRollout  # noqa: PLC0415
 
         cluster = ClusterRollout(settings, service, samples if trains else None)
     publisher: Publisher = cluster or FolderPublisher(service)

@@ -19,7 +19,7 @@ from litestar.types import Scope
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import MODEL_TYPE, Predictions, PredictionService, reported_quantile
-from podlatency.errors import PodlatencyError
+from podlatency.errors import PodlatencyError, Unavailable
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
@@ -135,9 +135,9 @@ def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
         errors: list[llmd.BulkPredictionError] = []
         try:
             result = service.predict(rows, phases)
+        except Unavailable:
+            raise  # the whole request is answered 503 with Retry-After
         except PodlatencyError as error:
-            if error.status_code == 503:
-                raise
             errors = [
                 llmd.BulkPredictionError(index, f"batch prediction failed: {error.detail}", row)
                 for index, row in enumerate(rows)

@@ -2,7 +2,7 @@
 
 A *rollout record* declares which version every replica should serve: the version, the SHA-256 of
 its bundle archive (see :mod:`podlatency.registry`) and the URL to fetch the archive from. In a
-cluster the record lives in a ConfigMap (:mod:`podlatency.kube`); the follower here does not care
+cluster the record lives in a ConfigMap (:mod:`podlatency.cluster.configmap`); the follower here does not care
 where it came from.
 
 :class:`ModelFollower` applies records: a version already stored is verified against the record's
