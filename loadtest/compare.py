@@ -88,6 +88,7 @@ class LocalServer:
                 "PODLATENCY_LOG_LEVEL": "warning",
                 # The designs are compared under the same queueing; shedding is loadtest.overload's.
                 "PODLATENCY_MAX_IN_FLIGHT": "0",
+                "PODLATENCY_VARIANTS": "true",  # the baselines are what it compares against
             }
             | (env or {})
         )

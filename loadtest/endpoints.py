@@ -16,14 +16,30 @@ class Endpoint:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("to-thread", "/variants/to-thread", "ToThreadUser", "seed original: per-pod to_thread + gather"),
     Endpoint(
-        "thread-pool", "/variants/thread-pool", "ThreadPoolUser", "seed solution 1: new pool per request"
+        "to-thread",
+        "/variants/to-thread",
+        "ToThreadUser",
+        "baseline (the post's original): per-pod to_thread + gather",
     ),
     Endpoint(
-        "dedicated-pool", "/variants/dedicated-pool", "DedicatedPoolUser", "seed solution 2: shared pool"
+        "thread-pool",
+        "/variants/thread-pool",
+        "ThreadPoolUser",
+        "baseline (solution 1): new pool per request",
     ),
-    Endpoint("seed-batch", "/variants/batch", "SeedBatchUser", "seed solution 3: one DataFrame per request"),
+    Endpoint(
+        "dedicated-pool",
+        "/variants/dedicated-pool",
+        "DedicatedPoolUser",
+        "baseline (solution 2): shared pool",
+    ),
+    Endpoint(
+        "baseline-batch",
+        "/variants/batch",
+        "BaselineBatchUser",
+        "baseline (solution 3): one DataFrame per request",
+    ),
     Endpoint("v1-predict", "/v1/predict", "V1PredictUser", "ours: float32 matrix, inplace_predict"),
     Endpoint("llmd-bulk-strict", "/predict/bulk/strict", "LlmdBulkStrictUser", "ours via llm-d's bulk API"),
 )

@@ -1,4 +1,4 @@
-"""Locust users, one per endpoint: the seed's four designs, ``/v1/predict`` and llm-d's bulk route.
+"""Locust users, one per endpoint: the four baselines, ``/v1/predict`` and llm-d's bulk route.
 
 Every user sends the same realistic payloads (``LOADTEST_PODS`` pods per request, default 7, a mix of
 idle and queued pods from the synthetic workload) as fast as it can, and validates every answer:
@@ -85,25 +85,25 @@ class PredictorUser(FastHttpUser):
 
 
 class ToThreadUser(PredictorUser):
-    """The seed's original: per-pod ``asyncio.to_thread`` + ``gather``."""
+    """Baseline, the post's original: per-pod ``asyncio.to_thread`` + ``gather``."""
 
     path = "/variants/to-thread"
 
 
 class ThreadPoolUser(PredictorUser):
-    """The seed's solution 1: a new thread pool per request."""
+    """Baseline, the post's solution 1: a new thread pool per request."""
 
     path = "/variants/thread-pool"
 
 
 class DedicatedPoolUser(PredictorUser):
-    """The seed's solution 2: one long-lived pool, ``run_in_executor`` per pod."""
+    """Baseline, the post's solution 2: one long-lived pool, ``run_in_executor`` per pod."""
 
     path = "/variants/dedicated-pool"
 
 
-class SeedBatchUser(PredictorUser):
-    """The seed's solution 3: one DataFrame per request."""
+class BaselineBatchUser(PredictorUser):
+    """Baseline, the post's solution 3: one DataFrame per request."""
 
     path = "/variants/batch"
 

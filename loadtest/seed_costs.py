@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import msgspec
 
+from podlatency.baselines.models import BaselineModel, feature_dict
 from podlatency.bundle import ModelBundle
 from podlatency.predictor import LoadedModel, Predictor
 from podlatency.schema import TARGETS, PodMetrics, feature_matrix
-from podlatency.seed_variants import SeedModel, feature_dict
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import pod_rows
@@ -44,22 +44,22 @@ def costs(bundle: ModelBundle, rows: list[PodMetrics], nthread: int) -> dict[str
     """Median milliseconds of each design for ``rows``, both targets, with ``nthread``."""
     features = [feature_dict(row) for row in rows]
     predictor = Predictor(bundle, "cpu", nthread=nthread)
-    seed = SeedModel(LoadedModel(predictor), nthread=nthread)
+    baseline = BaselineModel(LoadedModel(predictor), nthread=nthread)
     loop = asyncio.new_event_loop()
 
     async def to_thread_gather() -> None:
-        await asyncio.gather(*(asyncio.to_thread(seed.predict_one, row) for row in features))
+        await asyncio.gather(*(asyncio.to_thread(baseline.predict_one, row) for row in features))
 
     def seed_batch() -> None:
-        matrix = seed.frame(features)
+        matrix = baseline.frame(features)
         for target in TARGETS:
-            seed.predict_frame(target, matrix)
+            baseline.predict_frame(target, matrix)
 
     one_row = feature_matrix(rows[:1])
     try:
         return {
             "per-row DataFrame + predict, sequential": median_ms(
-                lambda: [seed.predict_one(r) for r in features]
+                lambda: [baseline.predict_one(r) for r in features]
             ),
             "per-row, asyncio.to_thread + gather": median_ms(
                 lambda: loop.run_until_complete(to_thread_gather())

@@ -10,12 +10,12 @@ What it measures, all on this machine in one run so the figures compare:
    uvicorn and XGBoost, for scale;
 4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99);
 5. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
-   seed's batch design and its original ``to-thread`` design, interleaved at each level, best of two
-   rounds per point;
+   baselines' batch design and the seed post's original ``to-thread`` design, interleaved at each
+   level, best of two rounds per point;
 6. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
 
 The server runs with the embedded default model, on the CPU, with no trace exporter, and with the
-seed variants on (the default; they load pandas) except for one memory reading without them.
+baselines on (``PODLATENCY_VARIANTS``; they load pandas) except for one memory reading without them.
 """
 
 from __future__ import annotations
@@ -265,8 +265,8 @@ def bare_process_rss_mb() -> float:
 SWEEP_ENDPOINTS = (
     ("v1 batching", "batching", "/v1/predict"),
     ("v1 no batching", "no-batching", "/v1/predict"),
-    ("seed batch", "batching", "/variants/batch"),
-    ("seed to-thread", "batching", "/variants/to-thread"),
+    ("baseline batch", "batching", "/variants/batch"),
+    ("baseline to-thread", "batching", "/variants/to-thread"),
 )
 
 
@@ -429,7 +429,7 @@ def run_benchmark(
 def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """The throughput issue's targets, where the sweep measured the levels they name."""
     batched, plain, to_thread = (
-        sweep_results[name] for name in ("v1 batching", "v1 no batching", "seed to-thread")
+        sweep_results[name] for name in ("v1 batching", "v1 no batching", "baseline to-thread")
     )
     targets: dict[str, bool] = {}
     if "1" in batched:

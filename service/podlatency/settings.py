@@ -126,8 +126,10 @@ class Settings:
     log_level: LogLevel = "info"
     """Log level of the server process (debug, info, warning, error)."""
 
-    variants: bool = True
-    """Serve the seed post's four endpoint designs under ``/variants/`` (for load comparisons only)."""
+    variants: bool = False
+    """Serve the baselines (the seed post's four endpoint designs, :mod:`podlatency.baselines`) under
+    ``/variants/``. Off by default, as in the chart: only load comparisons use them, and they import
+    pandas (tens of MB per process); the Locust comparison and ``podlatency bench`` turn them on."""
 
     rollout_configmap: str = ""
     """Kubernetes ConfigMap that declares the model version to serve; empty = follow the model folder."""

@@ -70,7 +70,7 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
     assert set(results["concurrent"]) == {"nthread_1", "nthread_all"}
     assert "end to end, 1 client" in result.stdout
-    assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "seed batch", "seed to-thread"}
+    assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "baseline batch", "baseline to-thread"}
     assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
     assert results["soak_32_clients"]["rss_end_mb"] > 0
 

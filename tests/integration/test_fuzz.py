@@ -30,6 +30,7 @@ def test_no_route_answers_5xx_or_hangs(tmp_path: Path, model_dir: Path, start_se
         PODLATENCY_BATCH_MAX_ROWS="64",
         PODLATENCY_RETRAIN_INTERVAL_S="0",
         PODLATENCY_RETRAIN_MIN_SAMPLES="1000000",
+        PODLATENCY_VARIANTS="true",
     )
     server.wait_for("/readyz", 200)
     command = [

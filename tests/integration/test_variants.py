@@ -1,4 +1,4 @@
-"""The seed's four designs on a real server: same answers as /v1/predict, and switchable off."""
+"""The baselines (the seed post's designs) on a real server: same answers as /v1/predict, off by default."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ VARIANTS = ["to-thread", "thread-pool", "dedicated-pool", "batch"]
 
 def test_variants_predict_what_v1_predicts(model_dir: Path, start_server: Any) -> None:
     """Every variant answers one prediction per pod, in order, equal to /v1/predict within float tolerance."""
-    server = start_server(model_dir)
+    server = start_server(model_dir, PODLATENCY_VARIANTS="true")
     server.wait_for("/readyz", 200)
     rows = [row | {"pod": f"p{index}"} for index, row in enumerate(pod_rows(7, seed=31))]
     ours = server.request("POST", "/v1/predict", {"pods": rows}).json()
@@ -31,7 +31,7 @@ def test_variants_predict_what_v1_predicts(model_dir: Path, start_server: Any) -
 
 def test_variants_validate_like_v1(model_dir: Path, start_server: Any) -> None:
     """A bad body is the same 4xx on every variant as on /v1/predict."""
-    server = start_server(model_dir)
+    server = start_server(model_dir, PODLATENCY_VARIANTS="true")
     server.wait_for("/readyz", 200)
     for variant in VARIANTS:
         answer = server.request("POST", f"/variants/{variant}", {"pods": [{"kv_cache_percentage": 3}]})
@@ -39,9 +39,9 @@ def test_variants_validate_like_v1(model_dir: Path, start_server: Any) -> None:
         assert answer.json()["field"] == "pods[0].kv_cache_percentage"
 
 
-def test_variants_can_be_switched_off(model_dir: Path, start_server: Any) -> None:
-    """PODLATENCY_VARIANTS=false removes the routes (404); /v1/predict still serves."""
-    server = start_server(model_dir, PODLATENCY_VARIANTS="false")
+def test_variants_are_off_by_default(model_dir: Path, start_server: Any) -> None:
+    """Without PODLATENCY_VARIANTS the routes are absent (404); /v1/predict serves."""
+    server = start_server(model_dir)
     server.wait_for("/readyz", 200)
     for variant in VARIANTS:
         assert server.request("POST", f"/variants/{variant}", {"pods": pod_rows(1)}).status == 404

@@ -42,7 +42,8 @@ def exporter() -> InMemorySpanExporter:
 def client(model_dir: Path, exporter: InMemorySpanExporter) -> Iterator[TestClient[Any]]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(Settings(model_dir=model_dir, device="cpu", max_pods=16), tracer_provider=provider)
+    settings = Settings(model_dir=model_dir, device="cpu", max_pods=16, variants=True)
+    app = create_app(settings, tracer_provider=provider)
     with TestClient(app) as test_client:
         wait_ready(test_client)
         yield test_client

@@ -156,14 +156,14 @@ def create_app(
     route_handlers = role_routes(predicts=predicts, trains=trains, batching=settings.batching)
     watcher = ActiveVersionWatcher(service, settings.watch_interval_s)
     if settings.variants and predicts:
-        # Imported only when on: the seed's designs need pandas, which serving does not.
-        from podlatency.seed_variants import SeedModels  # noqa: PLC0415
-        from podlatency.web import routes_variants  # noqa: PLC0415
+        # Imported only when on: the baselines need pandas, which serving does not.
+        from podlatency.baselines import routes as baseline_routes  # noqa: PLC0415
+        from podlatency.baselines.models import BaselineModels  # noqa: PLC0415
 
-        route_handlers += routes_variants.ROUTES
-        state.seed_models = SeedModels(settings.nthread)
+        route_handlers += baseline_routes.ROUTES
+        state.baseline_models = BaselineModels(settings.nthread)
         state.dedicated_pool = ThreadPoolExecutor(
-            routes_variants.DEDICATED_POOL_WORKERS, thread_name_prefix="seed-dedicated-"
+            baseline_routes.DEDICATED_POOL_WORKERS, thread_name_prefix="baseline-dedicated-"
         )
 
     def start(app: Litestar) -> None:

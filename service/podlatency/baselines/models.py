@@ -1,4 +1,4 @@
-"""The seed post's prediction path, reproduced for the load comparison (not for serving).
+"""The baselines' prediction path: the seed post's, reproduced for the load comparison (not for serving).
 
 The post predicted one pod at a time: a one-row pandas DataFrame, then the model's predict. Here the
 model's predict is ``Booster.predict`` on a DMatrix built from that DataFrame, the path XGBoost's
@@ -41,7 +41,7 @@ def feature_dict(row: PodMetrics) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, feature_matrix([row])[0].tolist(), strict=True))
 
 
-class SeedModel:
+class BaselineModel:
     """The post's per-row and per-batch predict over one model version."""
 
     def __init__(self, model: LoadedModel, nthread: int) -> None:
@@ -73,20 +73,20 @@ class SeedModel:
         return np.maximum(predicted * self._scale.get(target, 1.0), 0.0)
 
 
-class SeedModels:
-    """The :class:`SeedModel` of whichever version is in service, rebuilt when it changes."""
+class BaselineModels:
+    """The :class:`BaselineModel` of whichever version is in service, rebuilt when it changes."""
 
     def __init__(self, nthread: int) -> None:
         self._nthread = nthread
-        self._current: SeedModel | None = None
+        self._current: BaselineModel | None = None
         self._lock = threading.Lock()
 
-    def for_model(self, model: LoadedModel) -> SeedModel:
-        """The seed model for ``model``'s version."""
+    def for_model(self, model: LoadedModel) -> BaselineModel:
+        """The baseline model for ``model``'s version."""
         current = self._current
         if current is not None and current.version == model.version:
             return current
         with self._lock:
             if self._current is None or self._current.version != model.version:
-                self._current = SeedModel(model, self._nthread)
+                self._current = BaselineModel(model, self._nthread)
             return self._current

@@ -28,8 +28,8 @@ from litestar.datastructures import State
 from litestar.params import RawBody
 from litestar.types import Scope
 
+from podlatency.baselines.models import BaselineModel, BaselineModels, PodResult, feature_dict
 from podlatency.schema import PredictRequest, decode_predict_request
-from podlatency.seed_variants import PodResult, SeedModel, SeedModels, feature_dict
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
@@ -42,10 +42,10 @@ DEDICATED_POOL_WORKERS = 16
 _BODY = json_body_operation(PredictRequest, "Same body as /v1/predict.")
 
 
-def seed_models_of(state: State) -> SeedModels:
-    """The app's seed models."""
-    seed_models: SeedModels = state.seed_models
-    return seed_models
+def baseline_models_of(state: State) -> BaselineModels:
+    """The app's baseline models."""
+    models: BaselineModels = state.baseline_models
+    return models
 
 
 def dedicated_pool_of(state: State) -> ThreadPoolExecutor:
@@ -54,13 +54,13 @@ def dedicated_pool_of(state: State) -> ThreadPoolExecutor:
     return pool
 
 
-def _prepare(body: bytes, state: State, phases: PhaseRecorder) -> tuple[PredictRequest, SeedModel, str]:
+def _prepare(body: bytes, state: State, phases: PhaseRecorder) -> tuple[PredictRequest, BaselineModel, str]:
     service = service_of(state)
     with phases.phase("decode"):
         request = decode_predict_request(body, service.settings.max_pods)
     model = service.holder.current()
     phases.attributes |= {"podlatency.pods": len(request.pods), "podlatency.model_version": model.version}
-    return request, seed_models_of(state).for_model(model), model.version
+    return request, baseline_models_of(state).for_model(model), model.version
 
 
 def _record_pods(phases: PhaseRecorder, submitted_ns: int, results: Sequence[PodResult]) -> None:
@@ -89,10 +89,10 @@ def _answer(
 async def to_thread(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """The post's original: a task per pod around ``asyncio.to_thread``, then ``gather``."""
     with request_phases(scope, service_of(state)) as phases:
-        request, seed, version = _prepare(body, state, phases)
+        request, baseline, version = _prepare(body, state, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
-        tasks = [asyncio.create_task(asyncio.to_thread(seed.predict_one, row)) for row in rows]
+        tasks = [asyncio.create_task(asyncio.to_thread(baseline.predict_one, row)) for row in rows]
         results = await asyncio.gather(*tasks)
         phases.record("gather", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
@@ -103,11 +103,11 @@ async def to_thread(body: RawBody, scope: Scope, state: State) -> Response[bytes
 def thread_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Solution 1: a sync handler with a fresh ``ThreadPoolExecutor(max_workers=10)`` per request."""
     with request_phases(scope, service_of(state)) as phases:
-        request, seed, version = _prepare(body, state, phases)
+        request, baseline, version = _prepare(body, state, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
         with ThreadPoolExecutor(max_workers=PER_REQUEST_POOL_WORKERS) as executor:
-            results = list(executor.map(seed.predict_one, rows))
+            results = list(executor.map(baseline.predict_one, rows))
         phases.record("pool map", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
         return _answer(request, results, version, scope, phases)
@@ -117,12 +117,12 @@ def thread_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
 async def dedicated_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Solution 2: one long-lived 16-worker pool, ``run_in_executor`` per pod, then ``gather``."""
     with request_phases(scope, service_of(state)) as phases:
-        request, seed, version = _prepare(body, state, phases)
+        request, baseline, version = _prepare(body, state, phases)
         rows = [feature_dict(row) for row in request.pods]
         loop = asyncio.get_running_loop()
         pool = dedicated_pool_of(state)
         submitted_ns = time.time_ns()
-        futures = [loop.run_in_executor(pool, seed.predict_one, row) for row in rows]
+        futures = [loop.run_in_executor(pool, baseline.predict_one, row) for row in rows]
         results = await asyncio.gather(*futures)
         phases.record("gather", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
@@ -133,13 +133,13 @@ async def dedicated_pool(body: RawBody, scope: Scope, state: State) -> Response[
 async def batch(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
     """Solution 3: one DataFrame for all pods, one predict per target, run on the event loop."""
     with request_phases(scope, service_of(state)) as phases:
-        request, seed, version = _prepare(body, state, phases)
+        request, baseline, version = _prepare(body, state, phases)
         with phases.phase("frame"):
-            matrix = seed.frame([feature_dict(row) for row in request.pods])
+            matrix = baseline.frame([feature_dict(row) for row in request.pods])
         predictions = {}
         for target in ("ttft", "tpot"):
             with phases.phase(f"predict {target}"):
-                predictions[target] = seed.predict_frame(target, matrix)
+                predictions[target] = baseline.predict_frame(target, matrix)
         with phases.phase("encode"):
             content = encode_predictions(
                 request.pods,
