@@ -29,8 +29,8 @@ run: $(VENV)/.installed-runtime
 	$(BIN)/podlatency serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check service tests loadtest
-	$(BIN)/ruff format --check service tests loadtest
+	$(BIN)/ruff check service tests loadtest benchmarks
+	$(BIN)/ruff format --check service tests loadtest benchmarks
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -42,7 +42,7 @@ test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-runtime
-	$(BIN)/podlatency bench
+	$(BIN)/python -m benchmarks.bench
 
 # The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
 loadtest: $(VENV)/.installed-dev

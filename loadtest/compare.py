@@ -14,6 +14,7 @@ failure ratio passes ``--max-failure-ratio``. Only loopback targets are allowed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -29,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.servers import LocalServer, ServerFailed, default_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.endpoints import ENDPOINTS, Endpoint
 from loadtest.report import write_report
-from podlatency.bench import die_with_parent, free_port, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -64,62 +65,42 @@ class EndpointResult:
         return self.failures / self.requests if self.requests else 1.0
 
 
-class LocalServer:
-    """A ``podlatency serve`` process with the embedded default model, for runs without ``--host``."""
+class ComparedServer:
+    """``podlatency serve`` with the embedded default model and the baselines, for runs without ``--host``."""
 
     def __init__(self, nthread: int, threads: int, log_path: Path, env: dict[str, str] | None = None) -> None:
-        from podlatency.registry import ModelRegistry  # noqa: PLC0415  (only when we start the server)
-        from podlatency.settings import Settings  # noqa: PLC0415
-        from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle  # noqa: PLC0415
-
-        self._folder = tempfile.TemporaryDirectory(prefix="podlatency-loadtest-")
-        bundle = train_bundle(
-            synthetic_training_set(Settings().default_samples), TrainingOptions(), "default"
-        )
-        ModelRegistry(Path(self._folder.name)).save(bundle)
-        self.port = free_port()
-        env = (
-            os.environ
-            | {
-                "PODLATENCY_MODEL_DIR": self._folder.name,
-                "PODLATENCY_DEVICE": "cpu",
-                "PODLATENCY_NTHREAD": str(nthread),
-                "PODLATENCY_THREADS": str(threads),
-                "PODLATENCY_LOG_LEVEL": "warning",
-                # The designs are compared under the same queueing; shedding is loadtest.overload's.
-                "PODLATENCY_MAX_IN_FLIGHT": "0",
-                "PODLATENCY_VARIANTS": "true",  # the baselines are what it compares against
-            }
-            | (env or {})
-        )
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
-                [sys.executable, "-m", "podlatency", "serve", "--port", str(self.port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,  # noqa: PLW1509  (no other thread runs yet)
-            )
+        self._folder = contextlib.ExitStack()
+        model_dir = self._folder.enter_context(default_model_folder("podlatency-loadtest-"))
+        settings = {
+            "PODLATENCY_MODEL_DIR": str(model_dir),
+            "PODLATENCY_DEVICE": "cpu",
+            "PODLATENCY_NTHREAD": str(nthread),
+            "PODLATENCY_THREADS": str(threads),
+            "PODLATENCY_LOG_LEVEL": "warning",
+            # The designs are compared under the same queueing; shedding is loadtest.overload's.
+            "PODLATENCY_MAX_IN_FLIGHT": "0",
+            "PODLATENCY_VARIANTS": "true",  # the baselines are what it compares against
+        }
+        self._server = LocalServer(settings | (env or {}), log_path=log_path).start()
         try:
-            wait_ready(self.port, self.process)
-        except RuntimeError as error:
-            raise SystemExit(f"loadtest: {error} (see {log_path})") from None
+            self._server.wait_until("/readyz", 200)
+        except ServerFailed as error:
+            self.stop()
+            raise SystemExit(f"loadtest: {str(error).splitlines()[0]} (see {log_path})") from None
 
     @property
     def url(self) -> str:
         """Base URL on loopback."""
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self._server.cpu_seconds()
 
     def stop(self) -> None:
         """Terminate, reap and remove the model folder."""
-        self.process.terminate()
-        self.process.wait(timeout=15)
-        self._folder.cleanup()
+        self._server.stop()
+        self._folder.close()
 
 
 def phase_sums(url: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -181,7 +162,7 @@ def run_endpoint(
     args: argparse.Namespace,
     url: str,
     *,
-    server: LocalServer | None,
+    server: ComparedServer | None,
     workdir: Path,
     label: str,
 ) -> EndpointResult:
@@ -278,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     selected = [endpoint for endpoint in ENDPOINTS if endpoint.name in args.endpoints.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    server = None if args.host else LocalServer(args.nthread, args.threads, args.out / "server.log")
+    server = None if args.host else ComparedServer(args.nthread, args.threads, args.out / "server.log")
     url = args.host.rstrip("/") if args.host else server.url  # type: ignore[union-attr]
     results: list[EndpointResult] = []
     try:

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtest.compare import EndpointResult, LocalServer, read_locust_stats, run_endpoint
+from loadtest.compare import ComparedServer, EndpointResult, read_locust_stats, run_endpoint
 from loadtest.endpoints import Endpoint
 from podlatency.settings import Settings
 
@@ -49,7 +49,7 @@ def run(label: str, users: int, limit: int, args: argparse.Namespace, workdir: P
     folder = workdir / label
     folder.mkdir()
     limit_env = {"PODLATENCY_MAX_IN_FLIGHT": str(limit)}
-    server = LocalServer(1, Settings().threads, folder / "server.log", limit_env)
+    server = ComparedServer(1, Settings().threads, folder / "server.log", limit_env)
     try:
         options = argparse.Namespace(
             users=users, warmup=args.warmup, duration=args.seconds, processes=1, pods=args.pods

@@ -22,7 +22,7 @@ from podlatency.bundle import ModelBundle
 from podlatency.predictor import LoadedModel, Predictor
 from podlatency.schema import TARGETS, PodMetrics, feature_matrix
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.training import TrainingOptions, embedded_default
 from podlatency.workload import pod_rows
 
 REPEATS = 300
@@ -78,7 +78,7 @@ def costs(bundle: ModelBundle, rows: list[PodMetrics], nthread: int) -> dict[str
 
 def main() -> int:
     """Print one line per design and nthread."""
-    bundle = train_bundle(synthetic_training_set(Settings().default_samples), TrainingOptions(), "default")
+    bundle = embedded_default(Settings().default_samples, TrainingOptions())
     rows = [msgspec.convert(row, PodMetrics) for row in pod_rows(7, seed=7)]
     for nthread, label in ((1, "nthread=1"), (0, "nthread=all")):
         for name, value in costs(bundle, rows, nthread).items():

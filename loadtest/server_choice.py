@@ -15,24 +15,13 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podlatency.bench import (
-    LatencySummary,
-    concurrent,
-    cpu_seconds,
-    die_with_parent,
-    free_port,
-    sequential_answers,
-    wait_ready,
-)
-from podlatency.registry import ModelRegistry
-from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from benchmarks.clients import LatencySummary, concurrent, sequential_answers
+from benchmarks.servers import LocalServer, default_model_folder, process_tree_cpu_seconds
+
 from podlatency.workload import pod_rows
 
 
@@ -97,41 +86,28 @@ SET_UPS = (
 
 def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict[str, float]:
     """Start the set-up, measure it, stop it."""
-    port = free_port()
-    env = os.environ | {
+    env = {
         "PODLATENCY_MODEL_DIR": str(model_dir),
         "PODLATENCY_DEVICE": "cpu",
         "PODLATENCY_LOG_LEVEL": "warning",
         "PODLATENCY_MAX_IN_FLIGHT": "0",  # set-ups are compared unshed (see loadtest.overload)
         **set_up.env,
     }
-    process = subprocess.Popen(  # noqa: S603  (our own commands, fixed arguments)
-        set_up.command(port),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,  # noqa: PLW1509  (no client thread runs yet)
-    )
+    server = LocalServer(env, command=set_up.command).start()
     try:
-        wait_ready(port, process)
+        server.wait_until("/readyz", 200)
+        port = server.port
         # The floor answers no phase timings, so only the end-to-end latency is read.
         single = LatencySummary.of([seconds for seconds, _ in sequential_answers(port, body, 1000)]).p50_ms
         concurrent(port, body, 32, 1.0)
-        cpu_before = process_tree_cpu_seconds(process.pid)
+        cpu_before = process_tree_cpu_seconds(server.pid)
         loaded = concurrent(port, body, 32, seconds)
-        cpu_used = process_tree_cpu_seconds(process.pid) - cpu_before
+        cpu_used = process_tree_cpu_seconds(server.pid) - cpu_before
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        server.stop()
     return {"p50_ms_1_client": single, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
             "p99_ms_32": loaded["p99_ms"],
             "server_cpu_us_per_request_32": round(cpu_used / loaded["count"] * 1e6, 1)}  # fmt: skip
-
-
-def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU time used by ``pid`` and its children that are still running (a server's workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,15 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print("granian is not installed: measuring uvicorn set-ups only (pip install granian to compare)")
     body = json.dumps({"pods": pod_rows(7, seed=7)}).encode()
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="podlatency-servers-") as folder:
-        bundle = train_bundle(
-            synthetic_training_set(Settings().default_samples), TrainingOptions(), "default"
-        )
-        ModelRegistry(Path(folder)).save(bundle)
+    with default_model_folder("podlatency-servers-") as folder:
         for set_up in SET_UPS:
             if set_up.server == "granian" and not has_granian:
                 continue
-            figures = measure(set_up, Path(folder), body, args.seconds)
+            figures = measure(set_up, folder, body, args.seconds)
             results[set_up.label] = figures
             print(
                 f"{set_up.label:40s} 1 client p50 {figures['p50_ms_1_client']:.3f} ms | 32 clients "

@@ -6,7 +6,7 @@
 #
 # The device image has Python 3.12 with numpy, cupy, prometheus-client and pytest but no xgboost or
 # msgspec; the wheels travel in .gpu-wheels (about 58 MB: under the 64 MiB carry limit). It writes
-# into $OUT: gpu-results.json (`podlatency gpu-bench`: CPU vs GPU per batch size and the crossover),
+# into $OUT: gpu-results.json (`python -m benchmarks.gpu_bench`: CPU vs GPU per batch size and the crossover),
 # gpu-tests.log (`pytest -m gpu`) and machine.txt. Copy gpu-results.json to docs/gpu/ and set
 # PODLATENCY_GPU_MIN_ROWS (settings.py, values.yaml, README) from its crossover_rows.
 set -euo pipefail
@@ -20,7 +20,7 @@ export PYTHONPATH="$deps:$PWD/service:$PWD"
   "$PYTHON" -c "import sys, xgboost; print(sys.version.split()[0], 'xgboost', xgboost.__version__, xgboost.build_info().get('USE_CUDA'))" || true
 } | tee "$OUT/machine.txt"
 status=0
-timeout 300 "$PYTHON" -m podlatency gpu-bench --out "$OUT" || status=$?
+timeout 300 "$PYTHON" -m benchmarks.gpu_bench --out "$OUT" || status=$?
 timeout 120 "$PYTHON" -m pytest -m gpu -p no:cacheprovider -o addopts="" --timeout 100 -q tests/unit/test_predictor.py \
   2>&1 | tee "$OUT/gpu-tests.log" || status=$?
 exit "$status"

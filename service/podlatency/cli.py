@@ -1,4 +1,4 @@
-"""The ``podlatency`` command: ``serve``, ``train`` and ``bench``."""
+"""The ``podlatency`` command: ``serve`` and ``train`` (benchmarks live in ``benchmarks/``)."""
 
 from __future__ import annotations
 
@@ -58,30 +58,6 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
 
 
-def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = commands.add_parser("bench", help="measure latency, model compute and memory of a real server")
-    bench.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
-    bench.add_argument("--pods", type=int, default=7, help="pods per request")
-    bench.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
-    bench.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
-    bench.add_argument("--levels", default="1,8,32,128", help="client counts of the concurrency sweep")
-    bench.add_argument("--sweep-seconds", type=float, default=3.0, help="length of each sweep point")
-    bench.add_argument(
-        "--sweep-rounds", type=int, default=2, help="interleaved rounds per sweep point; the best is kept"
-    )
-    bench.add_argument("--soak-seconds", type=float, default=120.0, help="32-client memory soak; 0 skips it")
-    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
-
-
-def _add_gpu_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gpu_bench = commands.add_parser(
-        "gpu-bench", help="CPU vs GPU predict time per batch size, and the crossover"
-    )
-    gpu_bench.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="folder for gpu-results.json"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
@@ -89,8 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     _add_train(commands)
-    _add_bench(commands)
-    _add_gpu_bench(commands)
     return parser
 
 
@@ -169,35 +143,11 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    """Run the serving benchmark (see :mod:`podlatency.bench`)."""
-    from podlatency.bench import run_benchmark  # noqa: PLC0415
-
-    return run_benchmark(
-        requests=args.requests,
-        pods=args.pods,
-        concurrency=args.concurrency,
-        concurrent_seconds=args.concurrent_seconds,
-        out=args.out,
-        levels=[int(level) for level in args.levels.split(",")],
-        sweep_seconds=args.sweep_seconds,
-        sweep_rounds=args.sweep_rounds,
-        soak_seconds=args.soak_seconds,
-    )
-
-
-def gpu_bench(args: argparse.Namespace) -> int:
-    """Run the GPU benchmark (see :mod:`podlatency.gpu_bench`)."""
-    from podlatency.gpu_bench import run_gpu_benchmark  # noqa: PLC0415
-
-    return run_gpu_benchmark(args.out)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podlatency`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        handler = {"serve": serve, "train": train, "bench": bench, "gpu-bench": gpu_bench}[args.command]
+        handler = {"serve": serve, "train": train}[args.command]
         return handler(args)
     except PodlatencyError as error:
         print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)

@@ -24,7 +24,7 @@ from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
 from podlatency.settings import Settings
 from podlatency.tracing import PhaseRecorder, SpanWriter
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.training import TrainingOptions, embedded_default
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +155,7 @@ class PredictionService:
         logger.info("no model in %s: training the embedded default", self.registry.model_dir)
         objective = "mean" if self.settings.objective == "auto" else self.settings.objective
         options = TrainingOptions(objective=objective, quantile_alpha=self.settings.quantile_alpha)
-        bundle = train_bundle(
-            synthetic_training_set(self.settings.default_samples), options, source="synthetic-default"
-        )
+        bundle = embedded_default(self.settings.default_samples, options)
         self.registry.save(bundle, activate=True)
         return bundle
 

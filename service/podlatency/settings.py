@@ -65,7 +65,7 @@ class Settings:
     """Where XGBoost predicts: ``cuda`` needs a GPU, ``auto`` uses one when XGBoost can."""
 
     gpu_min_rows: int = 256
-    """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``podlatency gpu-bench`` says)."""
+    """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``benchmarks.gpu_bench`` measures)."""
 
     nthread: int = 1
     """OpenMP threads per XGBoost predict call (0 = all cores). 1 is measured fastest under concurrency."""
@@ -129,7 +129,7 @@ class Settings:
     variants: bool = False
     """Serve the baselines (the seed post's four endpoint designs, :mod:`podlatency.baselines`) under
     ``/variants/``. Off by default, as in the chart: only load comparisons use them, and they import
-    pandas (tens of MB per process); the Locust comparison and ``podlatency bench`` turn them on."""
+    pandas (tens of MB per process); the Locust comparison and ``make bench`` turn them on."""
 
     rollout_configmap: str = ""
     """Kubernetes ConfigMap that declares the model version to serve; empty = follow the model folder."""

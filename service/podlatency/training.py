@@ -244,6 +244,11 @@ def evaluate(observed: FloatArray, predicted: FloatArray, options: TrainingOptio
     return result
 
 
+def embedded_default(samples: int, options: TrainingOptions) -> ModelBundle:
+    """The embedded default model: ``samples`` rows of the synthetic workload, trained as ``options`` say."""
+    return train_bundle(synthetic_training_set(samples), options, source="synthetic-default")
+
+
 def synthetic_training_set(samples: int, seed: int = 0) -> TrainingSet:
     """Rows drawn from the synthetic workload."""
     sample = workload.generate(samples, seed=seed)

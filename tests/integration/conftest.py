@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.servers import LocalServer, ServerFailed
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -41,37 +31,21 @@ class Answer:
         return json.loads(self.body)
 
 
-@dataclass
-class ServerProcess:
-    """One real server on a free loopback port."""
+class ServerProcess(LocalServer):
+    """One real ``podlatency serve`` on a free loopback port, on the CPU, over a test's model folder."""
 
-    model_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, log_dir: Path) -> ServerProcess:
-        self.log_path = log_dir / f"server-{self.port}.log"
-        env = (
-            os.environ | {"PODLATENCY_MODEL_DIR": str(self.model_dir), "PODLATENCY_DEVICE": "cpu"} | self.env
+    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        super().__init__(
+            {"PODLATENCY_MODEL_DIR": str(model_dir), "PODLATENCY_DEVICE": "cpu"} | (env or {}), port=port
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "podlatency", "serve", "--port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.model_dir = model_dir
+
+    def launch(self, log_dir: Path) -> ServerProcess:
+        """Start it, logging into ``log_dir``, and wait until it answers (a model may still be loading)."""
+        self.log_path = log_dir / f"server-{self.port}.log"
+        self.start()
         self.wait_for("/healthz", 200)
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path else ""
 
     def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Answer:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -84,29 +58,12 @@ class ServerProcess:
             return Answer(error.code, dict(error.headers), error.read())
 
     def wait_for(self, path: str, status: int, timeout: float = 60.0) -> Answer:
-        deadline = time.monotonic() + timeout
-        last: Answer | str = "no answer"
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                last = self.request("GET", path)
-                if last.status == status:
-                    return last
-            except OSError as error:
-                last = str(error)
-            time.sleep(0.05)
-        pytest.fail(f"{path} never answered {status} (last: {last}):\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Wait until ``GET path`` answers ``status``, and return that answer (the test fails otherwise)."""
+        try:
+            self.wait_until(path, status, timeout)
+        except ServerFailed as error:
+            pytest.fail(str(error))
+        return self.request("GET", path)
 
 
 @pytest.fixture
@@ -115,7 +72,7 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
     def start(model_dir: Path, *, port: int | None = None, **env: str) -> ServerProcess:
-        server = ServerProcess(model_dir, env=env, port=port or free_port()).start(tmp_path)
+        server = ServerProcess(model_dir, env=env, port=port).launch(tmp_path)
         started.append(server)
         return server
 

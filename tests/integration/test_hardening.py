@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.servers import free_port
 
 from podlatency.workload import pod_rows
-from tests.integration.conftest import Answer, ServerProcess, free_port
+from tests.integration.conftest import Answer, ServerProcess
 
 SAMPLE = pod_rows(1)[0] | {"actual_ttft_ms": 120.0, "actual_tpot_ms": 12.0}
 
@@ -171,7 +172,7 @@ def test_a_rolling_restart_under_load_fails_no_request(tmp_path: Path, model_dir
     """
     servers = [ServerProcess(model_dir, env={"PODLATENCY_VARIANTS": "false"}) for _ in range(2)]
     for server in servers:
-        server.start(tmp_path)
+        server.launch(tmp_path)
     client = RetryingClient(servers)
     body = json.dumps({"pods": pod_rows(7, seed=4)}).encode()
     stop = threading.Event()
@@ -193,7 +194,7 @@ def test_a_rolling_restart_under_load_fails_no_request(tmp_path: Path, model_dir
             assert server.process.wait(timeout=20) in (0, -signal.SIGTERM), server.log()
             assert "Application shutdown complete" in server.log()
             server.port = free_port()  # a new pod gets a new address
-            server.start(tmp_path)
+            server.launch(tmp_path)
             assert client.answered > before
         time.sleep(1.0)
     finally:
@@ -224,7 +225,7 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_spans(
             "PODLATENCY_BATCHING": "false",
             "PODLATENCY_VARIANTS": "true",  # a baseline's per-row design keeps requests in flight
         },
-    ).start(tmp_path)
+    ).launch(tmp_path)
     server.wait_for("/readyz", 200)
     body = {"pods": pod_rows(128, seed=9)}  # the seed's per-row design: slow enough to stay in flight
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -256,13 +257,6 @@ def test_overload_report_shows_shedding_keeps_latency(tmp_path: Path) -> None:
     assert shedding["accepted"]["p99_ms"] < unbounded["accepted"]["p99_ms"] / 2
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model_dir: Path) -> None:
@@ -271,7 +265,7 @@ def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model
     Memory is read after a one-minute warm-up (allocator pools and caches filled) and at the end.
     """
     seconds = int(os.environ.get("PODLATENCY_SOAK_SECONDS", "600"))
-    server = ServerProcess(model_dir, env={"PODLATENCY_LOG_LEVEL": "warning"}).start(tmp_path)
+    server = ServerProcess(model_dir, env={"PODLATENCY_LOG_LEVEL": "warning"}).launch(tmp_path)
     assert server.process is not None
     server.wait_for("/readyz", 200)
     locustfile = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
@@ -283,9 +277,9 @@ def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model
     try:
         locust = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(min(60, seconds / 5))
-        start_mb = rss_mb(server.process.pid)
+        start_mb = server.rss_mb()
         assert locust.wait(timeout=seconds + 120) == 0
-        end_mb = rss_mb(server.process.pid)
+        end_mb = server.rss_mb()
     finally:
         server.stop()
     with (tmp_path / "soak_stats.csv").open() as handle:

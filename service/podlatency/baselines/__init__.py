@@ -3,7 +3,7 @@
 The post served an XGBoost latency model from FastAPI and predicted one pod at a time (a one-row
 pandas DataFrame each) through ``asyncio.to_thread`` + ``gather``, a thread pool per request, a
 dedicated pool, or one DataFrame for the batch. They are served under ``/variants/`` when
-``PODLATENCY_VARIANTS`` is on, so the Locust suite and ``podlatency bench`` can compare them with
+``PODLATENCY_VARIANTS`` is on, so the Locust suite and ``make bench`` can compare them with
 ``/v1/predict``; production routers never need them.
 
 - :mod:`~podlatency.baselines.models` — the post's per-row and DataFrame-batch predict;

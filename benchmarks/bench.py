@@ -1,4 +1,6 @@
-"""``podlatency bench``: serving latency, model compute and memory of a real server, in one run.
+"""``make bench``: serving latency, model compute and memory of a real server, in one run.
+
+    python -m benchmarks.bench [--soak-seconds 120] [--out bench-results]
 
 What it measures, all on this machine in one run so the figures compare:
 
@@ -20,100 +22,33 @@ baselines on (``PODLATENCY_VARIANTS``; they load pandas) except for one memory r
 
 from __future__ import annotations
 
-import ctypes
-import http.client
+import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
+from benchmarks.clients import LatencySummary, concurrent, sequential
+from benchmarks.servers import LocalServer, default_model_folder
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
-from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import pod_rows
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-
-@dataclass(frozen=True)
-class LatencySummary:
-    """Percentiles of one measurement, in milliseconds."""
-
-    count: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-
-    @classmethod
-    def of(cls, seconds: list[float]) -> LatencySummary:
-        """Summarise durations given in seconds."""
-        values = np.asarray(seconds) * 1000.0
-        return cls(
-            count=len(values),
-            p50_ms=round(float(np.percentile(values, 50)), 4),
-            p90_ms=round(float(np.percentile(values, 90)), 4),
-            p99_ms=round(float(np.percentile(values, 99)), 4),
-            mean_ms=round(float(values.mean()), 4),
-        )
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for servers a benchmark starts: SIGTERM them if the benchmark itself dies.
-
-    Without it a benchmark killed from outside (a CI timeout, Ctrl-\\) leaves its servers running.
-    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere it does nothing.
-    """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Wait until the server on ``port`` answers ``/readyz`` with 200; fail if ``process`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not become ready")
-
-
-class BenchServer:
-    """A ``podlatency serve`` subprocess on a free loopback port."""
-
-    def __init__(
-        self, model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True
-    ) -> None:
-        self.port = free_port()
-        env = os.environ | {
+def bench_server(
+    model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True
+) -> LocalServer:
+    """A ready ``podlatency serve`` on the model folder, on the CPU, tracing nothing."""
+    server = LocalServer(
+        {
             "PODLATENCY_MODEL_DIR": str(model_dir),
             "PODLATENCY_DEVICE": "cpu",
             "PODLATENCY_NTHREAD": str(nthread),
@@ -123,114 +58,12 @@ class BenchServer:
             # The sweep measures how each design copes with up to 128 clients, so nothing is shed
             # (shedding is measured on its own: python -m loadtest.overload).
             "PODLATENCY_MAX_IN_FLIGHT": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
         }
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-        env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
-        self.process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
-            [sys.executable, "-m", "podlatency", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509  (started before any client thread)
-        )
-        wait_ready(self.port, self.process)
-
-    def rss_mb(self) -> float:
-        """Resident set size of the server process."""
-        return _rss_mb(self.process.pid)
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far."""
-        return cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        """Terminate and reap."""
-        self.process.terminate()
-        self.process.wait(timeout=15)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process ``pid`` has used so far (Linux ``/proc``)."""
-    # Fields 14 and 15 of /proc/PID/stat, counted after the parenthesised command name.
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def _post(connection: http.client.HTTPConnection, body: bytes, path: str = "/v1/predict") -> dict[str, Any]:
-    connection.request("POST", path, body=body, headers={"content-type": "application/json"})
-    response = connection.getresponse()
-    payload = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"{path} answered {response.status}: {payload[:200]!r}")
-    answer: dict[str, Any] = json.loads(payload)
-    return answer
-
-
-def sequential_answers(port: int, body: bytes, requests: int) -> list[tuple[float, dict[str, Any]]]:
-    """One keep-alive client, after up to 200 warm-up requests: each request's seconds and answer."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    for _ in range(min(200, requests)):
-        _post(connection, body)
-    timed: list[tuple[float, dict[str, Any]]] = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        answer = _post(connection, body)
-        timed.append((time.perf_counter() - started, answer))
-    connection.close()
-    return timed
-
-
-def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, LatencySummary]:
-    """One keep-alive client: end-to-end latency and the server's model-compute phases."""
-    timed = sequential_answers(port, body, requests)
-    model_compute = [
-        (answer["timing_ms"]["predict ttft"] + answer["timing_ms"]["predict tpot"]) / 1000.0
-        for _, answer in timed
-    ]
-    return LatencySummary.of([seconds for seconds, _ in timed]), LatencySummary.of(model_compute)
-
-
-def concurrent(
-    port: int, body: bytes, clients: int, seconds: float, path: str = "/v1/predict"
-) -> dict[str, float]:
-    """``clients`` keep-alive clients for ``seconds``: throughput and latency percentiles."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    stop_at = time.monotonic() + seconds
-    errors: list[BaseException] = []
-
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            while time.monotonic() < stop_at:
-                started = time.perf_counter()
-                _post(connection, body, path)
-                latencies[index].append(time.perf_counter() - started)
-        except (OSError, RuntimeError) as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
-    merged = [value for values in latencies for value in values]
-    if not merged:
-        raise RuntimeError(f"no request to {path} finished within {seconds} s")
-    summary = LatencySummary.of(merged)
-    return {"clients": clients, "rps": round(len(merged) / elapsed, 1), **asdict(summary)}
+    ).start()
+    server.wait_until("/readyz", 200)
+    return server
 
 
 def raw_inplace_predict(model_dir: Path, rows: list[PodMetrics], repeats: int = 3000) -> LatencySummary:
@@ -271,7 +104,7 @@ SWEEP_ENDPOINTS = (
 
 
 def sweep(
-    servers: dict[str, BenchServer], body: bytes, levels: list[int], seconds: float, rounds: int = 2
+    servers: dict[str, LocalServer], body: bytes, levels: list[int], seconds: float, rounds: int = 2
 ) -> dict[str, dict[str, Any]]:
     """Every sweep endpoint at every concurrency level: req/s, p50, p99, and server CPU per request.
 
@@ -303,7 +136,7 @@ def sweep(
     return results
 
 
-def soak(server: BenchServer, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+def soak(server: LocalServer, body: bytes, clients: int, seconds: float) -> dict[str, float]:
     """``clients`` for ``seconds``: resident memory at the start and the end, and the throughput."""
     concurrent(server.port, body, clients, min(2.0, seconds))
     rss_start = server.rss_mb()
@@ -322,8 +155,8 @@ def sweep_and_soak(
     sweep_rounds: int = 2,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """The concurrency sweep on a batching and a non-batching server, then the soak on the first."""
-    batching_server = BenchServer(model_dir, nthread=1)
-    plain_server = BenchServer(model_dir, nthread=1, batching=False)
+    batching_server = bench_server(model_dir, nthread=1)
+    plain_server = bench_server(model_dir, nthread=1, batching=False)
     try:
         servers = {"batching": batching_server, "no-batching": plain_server}
         sweep_results = sweep(servers, body, levels, sweep_seconds, sweep_rounds)
@@ -352,16 +185,11 @@ def run_benchmark(
     rows_json = pod_rows(pods, seed=7)
     body = json.dumps({"pods": rows_json}).encode()
     rows = [msgspec.convert(row, PodMetrics) for row in rows_json]
-    defaults = Settings()
-    with tempfile.TemporaryDirectory(prefix="podlatency-bench-") as folder:
-        model_dir = Path(folder)
-        bundle = train_bundle(
-            synthetic_training_set(defaults.default_samples), TrainingOptions(), source="synthetic-default"
-        )
-        ModelRegistry(model_dir).save(bundle)
-        print(f"model {bundle.version}: {pods}-pod requests, {requests} sequential, {concurrency} concurrent")
+    with default_model_folder() as model_dir:
+        version = ModelRegistry(model_dir).active_version()
+        print(f"model {version}: {pods}-pod requests, {requests} sequential, {concurrency} concurrent")
 
-        server = BenchServer(model_dir, nthread=1)
+        server = bench_server(model_dir, nthread=1)
         try:
             end_to_end, served_compute = sequential(server.port, body, requests)
             rss_after = server.rss_mb()
@@ -370,14 +198,14 @@ def run_benchmark(
             server.stop()
         raw = raw_inplace_predict(model_dir, rows)
 
-        server = BenchServer(model_dir, nthread=0)
+        server = bench_server(model_dir, nthread=0)
         try:
             sequential(server.port, body, 300)
             nthread_all = concurrent(server.port, body, concurrency, concurrent_seconds)
         finally:
             server.stop()
 
-        server = BenchServer(model_dir, nthread=1, variants=False)
+        server = bench_server(model_dir, nthread=1, variants=False)
         try:
             sequential(server.port, body, 300)
             rss_without_variants = server.rss_mb()
@@ -403,7 +231,7 @@ def run_benchmark(
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "model_version": bundle.version,
+        "model_version": version,
         "pods_per_request": pods,
         "end_to_end": asdict(end_to_end),
         "served_model_compute": asdict(served_compute),
@@ -469,3 +297,38 @@ def _print_summary(results: dict[str, Any]) -> None:
     lines += [f"target {name}: {'met' if met else 'MISSED'}" for name, met in results["targets"].items()]
     print("\n".join(lines))
     sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench",
+        description="Serving latency, model compute and memory of a real server.",
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
+    parser.add_argument("--pods", type=int, default=7, help="pods per request")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
+    parser.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
+    parser.add_argument("--levels", default="1,8,32,128", help="client counts of the concurrency sweep")
+    parser.add_argument("--sweep-seconds", type=float, default=3.0, help="length of each sweep point")
+    parser.add_argument(
+        "--sweep-rounds", type=int, default=2, help="interleaved rounds per sweep point; the best is kept"
+    )
+    parser.add_argument("--soak-seconds", type=float, default=120.0, help="32-client memory soak; 0 skips it")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json")
+    args = parser.parse_args(argv)
+    return run_benchmark(
+        requests=args.requests,
+        pods=args.pods,
+        concurrency=args.concurrency,
+        concurrent_seconds=args.concurrent_seconds,
+        out=args.out,
+        levels=[int(level) for level in args.levels.split(",")],
+        sweep_seconds=args.sweep_seconds,
+        sweep_rounds=args.sweep_rounds,
+        soak_seconds=args.soak_seconds,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

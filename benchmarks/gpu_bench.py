@@ -1,4 +1,4 @@
-"""``podlatency gpu-bench``: CPU against GPU predict time per batch size, and the crossover.
+"""``python -m benchmarks.gpu_bench``: CPU against GPU predict time per batch size, and the crossover.
 
 For batch sizes 1, 7, 64, 512 and 4096 rows of the embedded default model it times one
 ``inplace_predict`` per target (both targets, the way a request is served) on the CPU with one
@@ -10,6 +10,7 @@ stays well under five minutes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -19,7 +20,7 @@ from typing import Any
 
 from podlatency.predictor import Predictor, cuda_usable
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.training import TrainingOptions, embedded_default
 from podlatency.workload import generate
 
 BATCH_SIZES = (1, 7, 64, 512, 4096)
@@ -43,9 +44,9 @@ def median_ms(predictor: Predictor, rows: int) -> float:
 def run_gpu_benchmark(out: Path) -> int:
     """Measure, print a table, write ``gpu-results.json``; 2 when there is no usable GPU."""
     if not cuda_usable():
-        print("podlatency gpu-bench: XGBoost sees no usable GPU here; nothing to measure")
+        print("gpu_bench: XGBoost sees no usable GPU here; nothing to measure")
         return 2
-    bundle = train_bundle(synthetic_training_set(Settings().default_samples), TrainingOptions(), "default")
+    bundle = embedded_default(Settings().default_samples, TrainingOptions())
     setups = {
         "cpu_nthread_1": Predictor(bundle, "cpu", nthread=1),
         "cpu_nthread_all": Predictor(bundle, "cpu", nthread=0),
@@ -83,3 +84,16 @@ def run_gpu_benchmark(out: Path) -> int:
         print(f"crossover: the GPU is faster from {crossover} rows; set PODLATENCY_GPU_MIN_ROWS={crossover}")
     print(f"wrote {out / 'gpu-results.json'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the GPU benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_bench", description="CPU vs GPU predict time"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for gpu-results.json")
+    return run_gpu_benchmark(parser.parse_args(argv).out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The benchmarks (``benchmarks/``) run as a user runs them, against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podlatency.predictor import cuda_usable
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository root, as ``make bench`` runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ,
+        cwd=REPOSITORY,
+        check=False,
+    )
+
+
+def test_bench_writes_its_results(tmp_path: Path) -> None:
+    """A short benchmark run measures real servers and writes every figure to results.json."""
+    result = run_module(
+        "benchmarks.bench", "--requests", "100", "--concurrency", "2", "--concurrent-seconds", "0.5",
+        "--levels", "1,4", "--sweep-seconds", "0.5", "--soak-seconds", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    # Exit status 1 means a target was missed (a loaded machine); the figures are still measured.
+    assert result.returncode in {0, 1}, result.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["end_to_end"]["count"] == 100
+    assert results["raw_inplace_predict"]["p50_ms"] > 0
+    assert results["server_rss_mb"] > results["server_rss_mb_without_variants"] > 0
+    assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
+    assert set(results["concurrent"]) == {"nthread_1", "nthread_all"}
+    assert "end to end, 1 client" in result.stdout
+    assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "baseline batch", "baseline to-thread"}
+    assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
+    assert results["soak_32_clients"]["rss_end_mb"] > 0
+
+
+@pytest.mark.skipif(cuda_usable(), reason="a GPU is present: the benchmark would run for real")
+def test_gpu_bench_without_gpu_says_so(tmp_path: Path) -> None:
+    """The GPU benchmark on a machine without a GPU exits 2 with a plain message and writes nothing."""
+    result = run_module("benchmarks.gpu_bench", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "no usable GPU" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU on this machine")
+def test_gpu_bench_measures_the_crossover(tmp_path: Path) -> None:
+    """On a GPU, the GPU benchmark times every batch size on CPU and GPU and writes the crossover."""
+    result = run_module("benchmarks.gpu_bench", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "gpu-results.json").read_text())
+    assert set(results["median_ms_both_targets"]) == {"1", "7", "64", "512", "4096"}
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux-only")
+def test_killed_bench_takes_its_server_down(tmp_path: Path) -> None:
+    """When the benchmark is killed outright, the server it started goes down too."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench", "--requests", "100000", "--out", str(tmp_path)],
+        cwd=REPOSITORY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (servers := _children(bench.pid)):
+            assert time.monotonic() < deadline, "the bench never started a server"
+            time.sleep(0.2)
+        time.sleep(2)  # let the server get going
+        bench.kill()
+        bench.wait()
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in servers):
+            assert time.monotonic() < deadline, "the server outlived its benchmark"
+            time.sleep(0.2)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return "gone"
+    return next(line for line in status.splitlines() if line.startswith("State:"))
