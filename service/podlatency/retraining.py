@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -139,6 +139,7 @@ def candidate_scores(trained: TrainedTarget, rows: TargetRows, options: Training
     return evaluate(rows.observed_ms, np.maximum(predicted, 0.0), options)
 
 
+@runtime_checkable  # routes take it as a Litestar dependency, which checks its type
 class Publisher(Protocol):
     """Where a retrained model goes."""
 

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from podlatency.bundle import ModelBundle
+from podlatency.runtime import Runtime
 from podlatency.settings import Settings
 from podlatency.web.app import create_app
 from podlatency.web.batched import INLINE_BODY_BYTES
@@ -39,12 +40,15 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def client(model_dir: Path, exporter: InMemorySpanExporter) -> Iterator[TestClient[Any]]:
+def runtime(model_dir: Path, exporter: InMemorySpanExporter) -> Runtime:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = Settings(model_dir=model_dir, device="cpu", max_pods=16, variants=True)
-    app = create_app(settings, tracer_provider=provider)
-    with TestClient(app) as test_client:
+    return Runtime(Settings(model_dir=model_dir, device="cpu", max_pods=16, variants=True), provider)
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient[Any]]:
+    with TestClient(create_app(runtime)) as test_client:
         wait_ready(test_client)
         yield test_client
 
@@ -70,12 +74,12 @@ def test_predict_returns_one_prediction_per_pod_in_order(client: TestClient[Any]
 
 
 def test_phase_spans_are_children_of_the_server_span(
-    client: TestClient[Any], exporter: InMemorySpanExporter
+    client: TestClient[Any], exporter: InMemorySpanExporter, runtime: Runtime
 ) -> None:
     """One server span per predict request, with one child span per phase carrying pods, model and device."""
     exporter.clear()
     assert client.post("/v1/predict", json={"pods": pod_rows(3)}).status_code == 200
-    assert client.app.state.service.span_writer.flush()
+    assert runtime.service.span_writer.flush()
     spans = exporter.get_finished_spans()
     servers = [span for span in spans if span.kind == SpanKind.SERVER]
     assert len(servers) == 1
@@ -92,14 +96,14 @@ def test_phase_spans_are_children_of_the_server_span(
 
 
 def test_server_span_continues_the_callers_trace(
-    client: TestClient[Any], exporter: InMemorySpanExporter
+    client: TestClient[Any], exporter: InMemorySpanExporter, runtime: Runtime
 ) -> None:
     """A request carrying W3C `traceparent` gets its server span in the caller's trace, under its span."""
     exporter.clear()
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
     assert client.post("/v1/predict", json={"pods": pod_rows(2)}, headers=headers).status_code == 200
-    assert client.app.state.service.span_writer.flush()
+    assert runtime.service.span_writer.flush()
     server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
     assert server.name == "POST /v1/predict"
     assert format(server.context.trace_id, "032x") == trace_id
@@ -128,7 +132,7 @@ def test_server_errors_mark_the_server_span(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(Settings(model_dir=tmp_path, device="cpu"), tracer_provider=provider, load_model=False)
+    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), provider), load_model=False)
     with TestClient(app) as test_client:
         assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
     server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
@@ -144,7 +148,7 @@ def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> Non
     event loop do).
     """
     settings = Settings(model_dir=model_dir, device="cpu", threads=2, batching=False)
-    app = create_app(settings, tracer_provider=TracerProvider())
+    app = create_app(Runtime(settings, TracerProvider()))
     with TestClient(app) as test_client:
         wait_ready(test_client)
         with ThreadPoolExecutor(8) as callers:
@@ -163,12 +167,14 @@ def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> Non
     assert 1 <= len(handler_threads) <= 2, handler_threads
 
 
-def test_health_routes_are_not_traced(client: TestClient[Any], exporter: InMemorySpanExporter) -> None:
+def test_health_routes_are_not_traced(
+    client: TestClient[Any], exporter: InMemorySpanExporter, runtime: Runtime
+) -> None:
     """Probes and scrapes leave no spans."""
     exporter.clear()
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path).status_code == 200
-    assert client.app.state.service.span_writer.flush()
+    assert runtime.service.span_writer.flush()
     assert exporter.get_finished_spans() == ()
 
 
@@ -216,9 +222,7 @@ def test_openapi_documents_the_request_bodies(client: TestClient[Any]) -> None:
 
 def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
     """Before a model is loaded, readiness and predictions answer 503 with Retry-After and the reason."""
-    app = create_app(
-        Settings(model_dir=tmp_path, device="cpu"), tracer_provider=TracerProvider(), load_model=False
-    )
+    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), TracerProvider()), load_model=False)
     with TestClient(app) as test_client:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
@@ -229,12 +233,12 @@ def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("variant", ["to-thread", "thread-pool", "dedicated-pool"])
 def test_variant_traces_show_queue_wait_per_pod(
-    client: TestClient[Any], exporter: InMemorySpanExporter, variant: str
+    client: TestClient[Any], exporter: InMemorySpanExporter, variant: str, runtime: Runtime
 ) -> None:
     """Executor-based variants record, per pod, its wait in the executor queue and its run."""
     exporter.clear()
     assert client.post(f"/variants/{variant}", json={"pods": pod_rows(5)}).status_code == 200
-    assert client.app.state.service.span_writer.flush()
+    assert runtime.service.span_writer.flush()
     spans = exporter.get_finished_spans()
     for name in ("queue wait", "predict_one"):
         indices = sorted(
@@ -249,7 +253,8 @@ def test_variant_traces_show_queue_wait_per_pod(
 def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Path) -> None:
     """Valid samples get 202 and are kept; a request with one bad row gets 422 and keeps nothing."""
     shutil.copytree(model_dir, tmp_path / "models")
-    app = create_app(Settings(model_dir=tmp_path / "models", device="cpu"), tracer_provider=TracerProvider())
+    runtime = Runtime(Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider())
+    app = create_app(runtime)
     row = {**pod_rows(1, seed=4)[0], "actual_ttft_ms": 120.0, "actual_tpot_ms": 11.0}
     with TestClient(app) as test_client:
         response = test_client.post("/v1/samples", json={"samples": [row, row, row]})
@@ -265,7 +270,7 @@ def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Pat
             "kept": {"ttft": 1, "tpot": 1},
             "unobserved": 0,
         }
-        counts = app.state.samples.counts()
+        counts = runtime.samples.counts()
     assert counts["ttft_training"] + counts["ttft_holdout"] == 4
     assert counts["tpot_training"] + counts["tpot_holdout"] == 4
     folder = tmp_path / "models" / "samples"
@@ -308,7 +313,7 @@ def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
     when it does not decode).
     """
     settings = Settings(model_dir=model_dir, device="cpu", threads=1, max_pods=1024)
-    app = create_app(settings, tracer_provider=TracerProvider())
+    app = create_app(Runtime(settings, TracerProvider()))
     with TestClient(app) as test_client:
         wait_ready(test_client)
         body = {"pods": pod_rows(3, seed=1)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,3 +91,21 @@ class BaselineModels:
             if self._current is None or self._current.version != model.version:
                 self._current = BaselineModel(model, self._nthread)
             return self._current
+
+
+DEDICATED_POOL_WORKERS = 16
+"""Threads of the dedicated-pool design's long-lived pool (the post's solution 2)."""
+
+
+class Baselines:
+    """What the baseline routes share: the post's models of the version in service, and the dedicated pool."""
+
+    def __init__(self, nthread: int) -> None:
+        self.models = BaselineModels(nthread)
+        self.dedicated_pool = ThreadPoolExecutor(
+            DEDICATED_POOL_WORKERS, thread_name_prefix="baseline-dedicated-"
+        )
+
+    def close(self) -> None:
+        """Let the dedicated pool finish its work and end its threads."""
+        self.dedicated_pool.shutdown(wait=True)

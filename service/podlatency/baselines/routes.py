@@ -24,43 +24,32 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from litestar import Response, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
-from podlatency.baselines.models import BaselineModel, BaselineModels, PodResult, feature_dict
+from podlatency.baselines.models import BaselineModel, Baselines, PodResult, feature_dict
+from podlatency.dataplane import PredictionService
 from podlatency.schema import PredictRequest, decode_predict_request
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import request_phases
-from podlatency.web.routes_v1 import encode_predictions, service_of
+from podlatency.web.routes_v1 import encode_predictions
 
 PER_REQUEST_POOL_WORKERS = 10
-DEDICATED_POOL_WORKERS = 16
 
 _BODY = json_body_operation(PredictRequest, "Same body as /v1/predict.")
 
 
-def baseline_models_of(state: State) -> BaselineModels:
-    """The app's baseline models."""
-    models: BaselineModels = state.baseline_models
-    return models
-
-
-def dedicated_pool_of(state: State) -> ThreadPoolExecutor:
-    """The long-lived pool of the dedicated-pool design."""
-    pool: ThreadPoolExecutor = state.dedicated_pool
-    return pool
-
-
-def _prepare(body: bytes, state: State, phases: PhaseRecorder) -> tuple[PredictRequest, BaselineModel, str]:
-    service = service_of(state)
+def _prepare(
+    body: bytes, service: PredictionService, baselines: Baselines, phases: PhaseRecorder
+) -> tuple[PredictRequest, BaselineModel, str]:
     with phases.phase("decode"):
         request = decode_predict_request(body, service.settings.max_pods)
     model = service.holder.current()
     phases.attributes |= {"podlatency.pods": len(request.pods), "podlatency.model_version": model.version}
-    return request, baseline_models_of(state).for_model(model), model.version
+    return request, baselines.models.for_model(model), model.version
 
 
 def _record_pods(phases: PhaseRecorder, submitted_ns: int, results: Sequence[PodResult]) -> None:
@@ -86,10 +75,15 @@ def _answer(
 
 
 @post("/variants/to-thread", status_code=200, operation_class=_BODY)
-async def to_thread(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+async def to_thread(
+    body: RawBody,
+    scope: Scope,
+    service: NamedDependency[PredictionService],
+    baselines: NamedDependency[Baselines],
+) -> Response[bytes]:
     """The post's original: a task per pod around ``asyncio.to_thread``, then ``gather``."""
-    with request_phases(scope, service_of(state)) as phases:
-        request, baseline, version = _prepare(body, state, phases)
+    with request_phases(scope, service) as phases:
+        request, baseline, version = _prepare(body, service, baselines, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
         tasks = [asyncio.create_task(asyncio.to_thread(baseline.predict_one, row)) for row in rows]
@@ -100,10 +94,15 @@ async def to_thread(body: RawBody, scope: Scope, state: State) -> Response[bytes
 
 
 @post("/variants/thread-pool", sync_to_thread=True, status_code=200, operation_class=_BODY)
-def thread_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def thread_pool(
+    body: RawBody,
+    scope: Scope,
+    service: NamedDependency[PredictionService],
+    baselines: NamedDependency[Baselines],
+) -> Response[bytes]:
     """Solution 1: a sync handler with a fresh ``ThreadPoolExecutor(max_workers=10)`` per request."""
-    with request_phases(scope, service_of(state)) as phases:
-        request, baseline, version = _prepare(body, state, phases)
+    with request_phases(scope, service) as phases:
+        request, baseline, version = _prepare(body, service, baselines, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
         with ThreadPoolExecutor(max_workers=PER_REQUEST_POOL_WORKERS) as executor:
@@ -114,13 +113,18 @@ def thread_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
 
 
 @post("/variants/dedicated-pool", status_code=200, operation_class=_BODY)
-async def dedicated_pool(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+async def dedicated_pool(
+    body: RawBody,
+    scope: Scope,
+    service: NamedDependency[PredictionService],
+    baselines: NamedDependency[Baselines],
+) -> Response[bytes]:
     """Solution 2: one long-lived 16-worker pool, ``run_in_executor`` per pod, then ``gather``."""
-    with request_phases(scope, service_of(state)) as phases:
-        request, baseline, version = _prepare(body, state, phases)
+    with request_phases(scope, service) as phases:
+        request, baseline, version = _prepare(body, service, baselines, phases)
         rows = [feature_dict(row) for row in request.pods]
         loop = asyncio.get_running_loop()
-        pool = dedicated_pool_of(state)
+        pool = baselines.dedicated_pool
         submitted_ns = time.time_ns()
         futures = [loop.run_in_executor(pool, baseline.predict_one, row) for row in rows]
         results = await asyncio.gather(*futures)
@@ -130,10 +134,15 @@ async def dedicated_pool(body: RawBody, scope: Scope, state: State) -> Response[
 
 
 @post("/variants/batch", status_code=200, operation_class=_BODY)
-async def batch(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+async def batch(
+    body: RawBody,
+    scope: Scope,
+    service: NamedDependency[PredictionService],
+    baselines: NamedDependency[Baselines],
+) -> Response[bytes]:
     """Solution 3: one DataFrame for all pods, one predict per target, run on the event loop."""
-    with request_phases(scope, service_of(state)) as phases:
-        request, baseline, version = _prepare(body, state, phases)
+    with request_phases(scope, service) as phases:
+        request, baseline, version = _prepare(body, service, baselines, phases)
         with phases.phase("frame"):
             matrix = baseline.frame([feature_dict(row) for row in request.pods])
         predictions = {}

@@ -66,9 +66,10 @@ def answer_here[RowT: PodMetrics](
 
 
 def answer_from_batch[RowT: PodMetrics](
-    service: PredictionService, codec: Codec[RowT], body: bytes, scope: Scope, loop: asyncio.AbstractEventLoop
+    service: PredictionService, codec: Codec[RowT], body: bytes, scope: Scope
 ) -> BatchedPrediction[RowT]:
     """Queue the rows for a batch (a sync handler on the event loop); the answer goes out when it is done."""
+    loop = asyncio.get_running_loop()  # the handler runs on it (sync_to_thread=False)
     return BatchedPrediction(service, codec, body, new_recorder(scope, service), arrival_ns(scope), loop)
 
 

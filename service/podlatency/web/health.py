@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from litestar import get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 
-from podlatency.web.routes_v1 import service_of
+from podlatency.dataplane import PredictionService
 
 
 @get("/healthz", sync_to_thread=False)
@@ -15,7 +15,7 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz", sync_to_thread=False)
-def readyz(state: State) -> dict[str, str]:
+def readyz(service: NamedDependency[PredictionService]) -> dict[str, str]:
     """200 once a model is in service; 503 (with the reason) until then."""
-    model = service_of(state).holder.current()
+    model = service.holder.current()
     return {"status": "ready", "model_version": model.version}

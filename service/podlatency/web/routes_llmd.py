@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from litestar import Response, get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
@@ -27,7 +27,6 @@ from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms, request_phases
-from podlatency.web.routes_v1 import service_of
 
 
 def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
@@ -90,27 +89,33 @@ BULK_STRICT_BODY = json_body_operation(
 
 
 @post("/predict", sync_to_thread=True, status_code=200, operation_class=ONE_ROW_BODY)
-def predict_one(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_one(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/predict``: one row in, one prediction out (batching off)."""
-    return answer_here(service_of(state), ONE_ROW, body, scope)
+    return answer_here(service, ONE_ROW, body, scope)
 
 
 @post("/predict", sync_to_thread=False, status_code=200, operation_class=ONE_ROW_BODY)
-def predict_one_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_one_batched(
+    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
+) -> Response[bytes]:
     """llm-d ``/predict``: one row in, one prediction out, queued from the event loop (batching on)."""
-    return answer_from_batch(service_of(state), ONE_ROW, body, scope, state.loop)
+    return answer_from_batch(service, ONE_ROW, body, scope)
 
 
 @post("/predict/bulk/strict", sync_to_thread=True, status_code=200, operation_class=BULK_STRICT_BODY)
-def predict_bulk_strict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_bulk_strict(
+    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
+) -> Response[bytes]:
     """llm-d ``/predict/bulk/strict``: all rows or none (422 naming the first invalid row); batching off."""
-    return answer_here(service_of(state), BULK_STRICT, body, scope)
+    return answer_here(service, BULK_STRICT, body, scope)
 
 
 @post("/predict/bulk/strict", sync_to_thread=False, status_code=200, operation_class=BULK_STRICT_BODY)
-def predict_bulk_strict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_bulk_strict_batched(
+    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
+) -> Response[bytes]:
     """llm-d ``/predict/bulk/strict``, queued from the event loop (batching on)."""
-    return answer_from_batch(service_of(state), BULK_STRICT, body, scope, state.loop)
+    return answer_from_batch(service, BULK_STRICT, body, scope)
 
 
 @post(
@@ -122,12 +127,11 @@ def predict_bulk_strict_batched(body: RawBody, scope: Scope, state: State) -> Re
         "1-10,000 rows; an invalid body is a 422, rows that fail to predict are listed.",
     ),
 )
-def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_bulk(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/predict/bulk``: one batch; ``errors`` lists rows that could not be predicted.
 
     As in llm-d, a body that fails validation is a 422 for the whole request.
     """
-    service = service_of(state)
     with request_phases(scope, service) as phases:
         with phases.phase("decode"):
             rows = _decode_bulk(body)
@@ -160,9 +164,8 @@ def predict_bulk(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
 
 
 @get("/status", sync_to_thread=False)
-def status(state: State) -> llmd.StatusResponse:
+def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
     """llm-d ``/status``: readiness and the model in service (the router polls it every 60 s)."""
-    service = service_of(state)
     model = service.holder.current_or_none()
     stored = service.registry.active_version() is not None
     return llmd.StatusResponse(
@@ -188,9 +191,8 @@ def objective_of(service: PredictionService, bundle: ModelBundle | None) -> str:
 
 
 @get("/", sync_to_thread=False)
-def root(state: State) -> llmd.RootResponse:
+def root(service: NamedDependency[PredictionService]) -> llmd.RootResponse:
     """What this server is: llm-d's self-description, plus the roles this process serves."""
-    service = service_of(state)
     model = service.holder.current_or_none()
     bundle = model.bundle if model else None
     objective = objective_of(service, bundle)
@@ -213,9 +215,8 @@ def root(state: State) -> llmd.RootResponse:
 
 
 @post("/reload", sync_to_thread=True, status_code=200, guards=[require_token])
-def reload(state: State) -> llmd.ReloadResponse:
+def reload(service: NamedDependency[PredictionService]) -> llmd.ReloadResponse:
     """llm-d ``/reload``: load the model folder's active version (the current one serves on failure)."""
-    service = service_of(state)
     loaded = service.reload()
     return llmd.ReloadResponse(
         synced=False,

@@ -17,25 +17,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Response, get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import MODEL_TYPE, reported_quantile
+from podlatency.dataplane import MODEL_TYPE, PredictionService, reported_quantile
 from podlatency.errors import NotFound, Unsupported
 from podlatency.registry import ModelRegistry
 from podlatency.schema import TARGETS
 from podlatency.web.errors import JSON
 from podlatency.web.routes_llmd import objective_of
-from podlatency.web.routes_v1 import service_of
 
 LLMD_MODEL_NAMES = ("ttft", "tpot", "ttft_scaler", "tpot_scaler", "ttft_gated", "tpot_gated")
 """Every model file llm-d's training server lists; podlatency has only the two boosters."""
-
-
-def _registry(state: State) -> ModelRegistry:
-    return service_of(state).registry
 
 
 def _file_info(registry: ModelRegistry, name: str) -> dict[str, Any]:
@@ -63,9 +58,9 @@ def _stored_file(registry: ModelRegistry, name: str) -> dict[str, Any]:
 
 
 @get("/v1/models", sync_to_thread=True)
-def list_versions(state: State) -> dict[str, Any]:
+def list_versions(service: NamedDependency[PredictionService]) -> dict[str, Any]:
     """Every stored version's metadata and archive SHA-256, oldest first, and which one is active."""
-    registry = _registry(state)
+    registry = service.registry
     return {
         "active": registry.active_version(),
         "versions": [
@@ -76,9 +71,9 @@ def list_versions(state: State) -> dict[str, Any]:
 
 
 @get("/v1/models/{version:str}/bundle", sync_to_thread=True)
-def bundle_archive(state: State, version: FromPath[str]) -> Response[bytes]:
+def bundle_archive(service: NamedDependency[PredictionService], version: FromPath[str]) -> Response[bytes]:
     """A stored version's bundle archive: what predictors download and verify during a rollout."""
-    registry = _registry(state)
+    registry = service.registry
     if version not in registry.versions():
         raise NotFound(f"no stored model version {version!r}", field="version")
     archive = registry.archive(version)
@@ -94,9 +89,8 @@ def bundle_archive(state: State, version: FromPath[str]) -> Response[bytes]:
 
 
 @get("/models/list", sync_to_thread=True)
-def llmd_list(state: State) -> dict[str, Any]:
+def llmd_list(service: NamedDependency[PredictionService]) -> dict[str, Any]:
     """llm-d ``/models/list``: every name llm-d lists; the scalers and gated ensembles never exist here."""
-    service = service_of(state)
     models = {}
     for name in LLMD_MODEL_NAMES:
         info = _stored_file(service.registry, name)
@@ -111,9 +105,8 @@ def llmd_list(state: State) -> dict[str, Any]:
 
 
 @get("/model/download/info", sync_to_thread=False)
-def llmd_download_info(state: State) -> llmd.ModelDownloadInfo:
+def llmd_download_info(service: NamedDependency[PredictionService]) -> llmd.ModelDownloadInfo:
     """llm-d ``/model/download/info``: the model kind and where its trees are (the router polls it)."""
-    service = service_of(state)
     model = service.holder.current_or_none()
     bundle = model.bundle if model else None
     return llmd.ModelDownloadInfo(
@@ -136,29 +129,29 @@ def tree_dump(bundle: ModelBundle, target: str) -> bytes:
     return b"[" + b",".join(tree.encode() for tree in named.get_dump(dump_format="json")) + b"]"
 
 
-def _trees(state: State, target: str) -> Response[bytes]:
-    model = service_of(state).holder.current()
+def _trees(service: PredictionService, target: str) -> Response[bytes]:
+    model = service.holder.current()
     return Response(
         tree_dump(model.bundle, target), media_type=JSON, headers={"X-Model-Version": model.version}
     )
 
 
 @get("/model/ttft/xgb/json", sync_to_thread=True)
-def ttft_trees(state: State) -> Response[bytes]:
+def ttft_trees(service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/model/ttft/xgb/json``: the TTFT booster's trees (the router fetches them every 60 s)."""
-    return _trees(state, "ttft")
+    return _trees(service, "ttft")
 
 
 @get("/model/tpot/xgb/json", sync_to_thread=True)
-def tpot_trees(state: State) -> Response[bytes]:
+def tpot_trees(service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/model/tpot/xgb/json``: the TPOT booster's trees."""
-    return _trees(state, "tpot")
+    return _trees(service, "tpot")
 
 
 @get("/model/export", sync_to_thread=False)
-def llmd_export(state: State) -> None:
+def llmd_export(service: NamedDependency[PredictionService]) -> None:
     """llm-d ``/model/export`` ships pickled files; podlatency never pickles, so it answers 501."""
-    version = service_of(state).registry.active_version() or "{version}"
+    version = service.registry.active_version() or "{version}"
     raise Unsupported(
         "podlatency never pickles models, so it has no joblib export; download a version's bundle "
         f"archive (XGBoost UBJSON and JSON metadata) from /v1/models/{version}/bundle instead",
@@ -167,15 +160,15 @@ def llmd_export(state: State) -> None:
 
 
 @get("/model/{name:str}/info", sync_to_thread=True)
-def llmd_info(state: State, name: FromPath[str]) -> dict[str, Any]:
+def llmd_info(service: NamedDependency[PredictionService], name: FromPath[str]) -> dict[str, Any]:
     """llm-d ``/model/{name}/info`` (plus our version and sha256)."""
-    return _file_info(_registry(state), name)
+    return _file_info(service.registry, name)
 
 
 @get("/model/{name:str}/download", sync_to_thread=True)
-def llmd_download(state: State, name: FromPath[str]) -> Response[bytes]:
+def llmd_download(service: NamedDependency[PredictionService], name: FromPath[str]) -> Response[bytes]:
     """llm-d ``/model/{name}/download``: the active version's booster file."""
-    registry = _registry(state)
+    registry = service.registry
     info = _file_info(registry, name)
     if not info["exists"]:
         raise NotFound(f"no stored {name} model yet", field="name")

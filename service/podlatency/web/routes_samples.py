@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 from litestar import get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import RawBody
 
 from podlatency import llmd_schema as llmd
+from podlatency.dataplane import PredictionService
 from podlatency.errors import NotLeader
 from podlatency.metrics import service_metrics
 from podlatency.retraining import Publisher, Retrainer
@@ -26,16 +27,13 @@ from podlatency.samples import AddResult, SamplesRequest, SampleStore, TrainingD
 from podlatency.schema import TARGETS, decode_json
 from podlatency.web.guards import require_token, require_token_unless_router_samples
 from podlatency.web.openapi import json_body_operation
-from podlatency.web.routes_v1 import service_of
 
 
-def samples_of(state: State) -> SampleStore:
-    """The app's sample store, when this process is the trainer that takes samples now."""
-    publisher: Publisher = state.publisher
+def accepting(samples: SampleStore, publisher: Publisher) -> SampleStore:
+    """The sample store, when this process is the trainer that takes samples now."""
     if not publisher.leads():
         raise NotLeader("this trainer is on standby; send samples to the leader (the trainer Service)")
-    store: SampleStore = state.samples
-    return store
+    return samples
 
 
 @post(
@@ -47,10 +45,12 @@ def samples_of(state: State) -> SampleStore:
         SamplesRequest, "1-10,000 observed samples; any invalid row refuses all."
     ),
 )
-def add_samples(body: RawBody, state: State) -> dict[str, Any]:
+def add_samples(
+    body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
+) -> dict[str, Any]:
     """Keep observed samples for retraining (each target the rows it was observed on)."""
     request = decode_json(body, SamplesRequest)
-    store = samples_of(state)
+    store = accepting(samples, publisher)
     return _added(store.add(request.samples)) | {"held": store.counts()}
 
 
@@ -65,17 +65,21 @@ def _added(result: AddResult) -> dict[str, Any]:
     guards=[require_token_unless_router_samples],
     operation_class=json_body_operation(TrainingDataBulkRequest, "llm-d's training entries."),
 )
-def add_training_data_bulk(body: RawBody, state: State) -> dict[str, object]:
+def add_training_data_bulk(
+    body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
+) -> dict[str, object]:
     """llm-d ``/add_training_data_bulk``: the same, with llm-d's field name and answer."""
     request = decode_json(body, TrainingDataBulkRequest, lax=True)
-    result = samples_of(state).add(request.entries)
+    result = accepting(samples, publisher).add(request.entries)
     return {"message": f"Accepted {result.accepted} training samples."} | _added(result)
 
 
 @get("/data/status", sync_to_thread=True)
-def data_status(state: State) -> dict[str, Any]:
+def data_status(
+    samples: NamedDependency[SampleStore], service: NamedDependency[PredictionService]
+) -> dict[str, Any]:
     """llm-d ``/data/status``: rows kept per target, per regime, and held out."""
-    store: SampleStore = state.samples
+    store = samples
     counts = store.counts()
     training = {f"{target}_samples": counts[f"{target}_training"] for target in TARGETS}
     test = {f"{target}_samples": counts[f"{target}_holdout"] for target in TARGETS}
@@ -90,7 +94,7 @@ def data_status(state: State) -> dict[str, Any]:
             for target, regimes in store.bucket_counts().items()
         },
         "ensemble": {"ensemble_mode": False, "ensemble_active": False},
-        "model_ready": service_of(state).holder.ready,
+        "model_ready": service.holder.ready,
         "samples_seen": store.seen,
     }
 
@@ -104,10 +108,14 @@ def data_status(state: State) -> dict[str, Any]:
         llmd.FlushRequest, "What to forget; an empty body forgets everything."
     ),
 )
-def flush(body: RawBody, state: State) -> llmd.FlushResponse:
+def flush(
+    body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
+) -> llmd.FlushResponse:
     """llm-d ``/flush``: forget kept training rows, held-out rows and training metrics (on disk too)."""
     request = decode_json(body, llmd.FlushRequest) if body.strip() else llmd.FlushRequest()
-    flushed = samples_of(state).flush(training=request.flush_training_data, holdout=request.flush_test_data)
+    flushed = accepting(samples, publisher).flush(
+        training=request.flush_training_data, holdout=request.flush_test_data
+    )
     if request.flush_metrics:
         service_metrics().holdout_error.clear()
     parts = [
@@ -132,7 +140,6 @@ def flush(body: RawBody, state: State) -> llmd.FlushResponse:
 
 
 @post("/v1/retrain", sync_to_thread=True, status_code=200, guards=[require_token])
-def retrain(state: State) -> dict[str, object]:
+def retrain(retrainer: NamedDependency[Retrainer]) -> dict[str, object]:
     """Retrain from the observed samples now; the candidate is published only if it is not worse."""
-    retrainer: Retrainer = state.retrainer
     return msgspec.to_builtins(retrainer.run_once())  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 from litestar import Response, get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
@@ -19,12 +19,6 @@ from podlatency.tracing import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms
-
-
-def service_of(state: State) -> PredictionService:
-    """The app's prediction service."""
-    service: PredictionService = state.service
-    return service
 
 
 @functools.cache
@@ -49,21 +43,21 @@ V1_ANSWER = "One prediction per pod, in request order, with model version and ph
 
 
 @post(V1_PATH, sync_to_thread=True, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
-def predict(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod in the request with one call per target (batching off)."""
-    service = service_of(state)
     return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
 @post(V1_PATH, sync_to_thread=False, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
-def predict_batched(body: RawBody, scope: Scope, state: State) -> Response[bytes]:
+def predict_batched(
+    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
+) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod, in one call per target shared with concurrent requests.
 
     With batching on (the default) this is the handler: it runs on the event loop and only queues
     the rows; the answer is sent when their batch is done (:mod:`podlatency.web.batched`).
     """
-    service = service_of(state)
-    return answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope, state.loop)
+    return answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope)
 
 
 def encode_predictions(
@@ -91,9 +85,8 @@ def encode_predictions(
 
 
 @get("/v1/model", sync_to_thread=False)
-def model_info(state: State) -> dict[str, object]:
+def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]:
     """Metadata of the model in service: among it the features it knows, and those it was trained without."""
-    service = service_of(state)
     loaded = service.holder.current()
     return loaded.bundle.metadata() | {
         "features_ignored": loaded.bundle.ignored_features(),

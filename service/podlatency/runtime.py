@@ -1,0 +1,139 @@
+"""One podlatency process: its components, built once from its settings, and the order they start and stop.
+
+The HTTP layer (:func:`podlatency.web.app.create_app`) only wires routes onto a runtime that is handed
+in; nothing here imports a web framework.
+
+What a process runs depends on its role (``PODLATENCY_ROLE``): predictors serve predictions and follow
+the model folder (:class:`~podlatency.watcher.ActiveVersionWatcher`) or, in a cluster, the rollout
+ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrain
+(:class:`~podlatency.retraining.Retrainer`); ``both`` does all of it.
+
+Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
+the embedded default in the background), then the watcher; in a cluster the declared version, then the
+rollout loops. Stop order: the loops, the baselines' pool, then the span writer and, when this runtime
+made it, the tracer provider (which flushes the spans still queued).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from podlatency.dataplane import PredictionService
+from podlatency.metrics import service_metrics
+from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
+from podlatency.samples import SampleStore
+from podlatency.settings import Settings
+from podlatency.tracing import TRACER_NAME, build_tracer_provider
+from podlatency.training import TrainingOptions
+from podlatency.watcher import ActiveVersionWatcher
+
+if TYPE_CHECKING:
+    from podlatency.baselines.models import Baselines
+    from podlatency.cluster.rollout import ClusterRollout
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The components of one process. ``tracer_provider`` is injectable (tests read spans from memory)."""
+
+    def __init__(self, settings: Settings, tracer_provider: TracerProvider | None = None) -> None:
+        self.settings = settings
+        self._owns_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or build_tracer_provider()
+        self.predicts = settings.role in ("both", "predictor")
+        self.trains = settings.role in ("both", "trainer")
+        self.service = PredictionService(settings, self.tracer_provider.get_tracer(TRACER_NAME))
+        self.samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
+        self.cluster: ClusterRollout | None = None
+        if settings.rollout_configmap:
+            # Imported only in a cluster: the kubernetes client is not needed on a model folder.
+            from podlatency.cluster.rollout import ClusterRollout  # noqa: PLC0415
+
+            self.cluster = ClusterRollout(settings, self.service, self.samples if self.trains else None)
+        self.publisher: Publisher = self.cluster or FolderPublisher(self.service)
+        self.retrainer = Retrainer(
+            self.service,
+            self.samples,
+            RetrainPolicy(
+                interval_s=settings.retrain_interval_s,
+                min_new_samples=settings.retrain_min_samples,
+                tolerance=settings.retrain_tolerance,
+                keep_versions=settings.keep_versions,
+            ),
+            TrainingOptions(quantile_alpha=settings.quantile_alpha),
+            self.publisher,
+            objective=settings.objective,
+        )
+        self.watcher = ActiveVersionWatcher(self.service, settings.watch_interval_s)
+        self.baselines: Baselines | None = None
+        if settings.variants and self.predicts:
+            # Imported only when on: the baselines need pandas, which serving does not.
+            from podlatency.baselines.models import Baselines  # noqa: PLC0415
+
+            self.baselines = Baselines(settings.nthread)
+
+    def start(self, *, load_model: bool = True) -> None:
+        """Start the background loops and put a model in service (see the module's start order)."""
+        if self.trains and self.settings.retrain_interval_s > 0:
+            self.retrainer.start()
+        if load_model:
+            self._bring_up_model()
+        if self.cluster is None and self.settings.watch_interval_s > 0:
+            self.watcher.start()
+
+    def _bring_up_model(self) -> None:
+        """Put a model in service: a stored one at once, else the embedded default in the background.
+
+        A stored model loads in a fraction of a second, so no worker of several answers 503 while its
+        siblings are ready; the embedded default trains while probes answer 503. In a cluster, in the
+        background: the declared version (downloaded if need be), else the embedded default; then the
+        rollout loops start.
+        """
+        service, cluster = self.service, self.cluster
+        if cluster is not None:
+
+            def follow_cluster() -> None:
+                if not cluster.sync_once():
+                    service.bootstrap()
+                cluster.start()
+
+            threading.Thread(target=follow_cluster, name="podlatency-model-loader", daemon=True).start()
+        elif service.registry.active_version() is not None:
+            service.bootstrap()
+        else:
+            threading.Thread(target=service.bootstrap, name="podlatency-model-loader", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop everything :meth:`start` started, and flush the spans still queued."""
+        self.retrainer.stop()
+        self.watcher.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.baselines is not None:
+            self.baselines.close()
+        self.service.span_writer.close()
+        if self._owns_provider:
+            self.tracer_provider.shutdown()  # flushes spans still in the batch processor
+
+
+def freeze_startup_heap() -> int:
+    """Take the objects that exist now (imported modules, the app) out of the cyclic collector's sight.
+
+    A full collection walks every tracked object: in a serving process that is ~130,000 objects that
+    live as long as the process, and each walk holds the GIL for tens of milliseconds, every few
+    seconds under load (every request in flight waits it out). Frozen, a full collection walks only
+    what was made since. Reference counting still frees frozen objects; only cycles among them are
+    never collected, and those are start-up objects that live as long as the process anyway. Returns
+    how many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    service_metrics().gc_frozen_objects.set(frozen)
+    return frozen
