@@ -1,7 +1,7 @@
 """Load shedding under overload, measured with Locust: accepted requests keep their latency.
 
-    python -m loadtest.overload                     # about 2 minutes; writes docs/overload/
-    python -m loadtest.overload --seconds 5 --out /tmp/overload
+    python -m loadtest.overload                        # about 2 minutes; writes loadtest-results/overload/
+    python -m loadtest.overload --out docs/overload    # the report the docs quote
 
 One server process with the embedded default model. First the capacity: ``--capacity-users``
 closed-loop Locust users (no wait) against ``/v1/predict`` with no in-flight limit. Then
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=4.0, help="ramp-up seconds before measuring")
     parser.add_argument("--pods", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path("docs/overload"))
+    parser.add_argument("--out", type=Path, default=Path("loadtest-results/overload"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="podlatency-overload-") as scratch:
         workdir = Path(scratch)

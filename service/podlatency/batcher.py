@@ -1,7 +1,7 @@
 """Coalesces concurrent requests' rows into one predict call per target.
 
-The fixed cost of one ``inplace_predict`` call (~0.08 ms on CPU, far more for a GPU launch) dwarfs the
-per-row cost (a microsecond or two), so under concurrency it pays to predict many requests' rows at once.
+The fixed cost of one ``inplace_predict`` call (far more for a GPU launch) dwarfs the per-row cost, so
+under concurrency it pays to predict many requests' rows at once.
 
 How it works, with no timer:
 

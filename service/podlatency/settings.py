@@ -1,6 +1,6 @@
 """The one settings object: built once from ``PODLATENCY_*`` environment variables, then passed down.
 
-Each field documents itself; ``podlatency serve --help`` and the README's configuration table list the same
+Each field documents itself; ``podlatency serve --help`` and docs/configuration.md list the same
 names. Command-line flags override the environment (see :mod:`podlatency.cli`).
 """
 
@@ -52,10 +52,9 @@ class Settings:
     threads: int = 16
     """Worker threads that run the sync handlers in each process.
 
-    Batched ``/v1/predict`` needs none (it queues its rows from the event loop). The llm-d routes
-    wait on these threads for their batch: a waiting thread costs nothing but memory, and more of
-    them make bigger batches (16 served 12-14% more than 8 at 32 clients on 2 cores, measured when
-    ``/v1/predict`` still waited there; README, Performance).
+    The batched routes need none (they queue their rows from the event loop); ``/predict/bulk``, the
+    baselines and every route with batching off run on these: a waiting thread costs nothing but
+    memory, and more of them make bigger batches (docs/performance.md).
     """
 
     model_dir: Path = field(default_factory=default_model_dir)
@@ -68,7 +67,7 @@ class Settings:
     """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``benchmarks.gpu_bench`` measures)."""
 
     nthread: int = 1
-    """OpenMP threads per XGBoost predict call (0 = all cores). 1 is measured fastest under concurrency."""
+    """OpenMP threads per XGBoost predict call (0 = all cores); 1 is fastest under concurrency."""
 
     max_pods: int = 1024
     """Most pods one ``/v1/predict`` request may carry."""

@@ -9,15 +9,13 @@ samples a trainer keeps (:mod:`podlatency.samples`).
 therefore trains, holds out and is evaluated on its own rows: those where its actual is above 0.
 
 **Quantile models are calibrated.** A booster fitted with the quantile objective covers its own
-training rows at the quantile, but fresh rows less often: its leaves fit their rows' noise (measured
-on 2,160 single-regime rows: 0.91 in-sample, 0.84 on fresh rows, for p90). So each target's
+training rows at the quantile, but fresh rows less often: its leaves fit their rows' noise, most on
+small data (docs/llm-d-router.md). So each target's
 predictions are scaled by the factor that makes them cover the held-out rows at the quantile (split
 conformal calibration on the ratio actual / predicted), and the booster is then refitted on all the
 target's rows (the factor found for fewer rows is, if anything, conservative for more). The metrics
 reported are cross-fitted (each half of the held-out rows is scored with the factor found on the
-other half), so they are honest. On the issue's single-regime data set (3,000 requests, latency
-growing with tokens in flight, Gaussian noise) this holds coverage within 0.05 of p90 in every
-quarter of the tokens-in-flight range (``tests/unit/test_training.py``).
+other half), so they are honest.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Schemathesis generates valid and invalid requests for each operation (its covera
 stateful phases); the check is that nothing answers 5xx and nothing hangs. ``GET /model/export`` is
 left out: its one answer is a designed 501 (llm-d ships pickles there; podlatency never pickles),
 tested in ``test_llmd_router_contract.py``. The number of cases run
-is printed (``pytest -rA`` shows it) and quoted in the README.
+is printed (``pytest -rA`` shows it) and quoted in docs/reliability.md.
 """
 
 from __future__ import annotations

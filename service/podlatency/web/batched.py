@@ -11,12 +11,12 @@ queues them on the batcher, which takes microseconds for the few pods a router s
 result is handed to the event loop, where the answer is encoded (by the route's :class:`Codec`) and
 sent.
 
-Bodies over :data:`INLINE_BODY_BYTES` are decoded and framed on a worker thread instead (a 1,024-pod
-body takes about 0.6 ms), so a big request does not hold up the event loop.
+Bodies over :data:`INLINE_BODY_BYTES` are decoded and framed on a worker thread instead, so a big
+request does not hold up the event loop.
 
-Measured against a sync handler that runs on a worker thread and blocks until its batch is done
-(README, Performance): no executor hop and no thread wake-up per request, and a batch is no longer
-capped by the number of handler threads; 1.4x the throughput at 32 clients on 2 cores.
+Why not a sync handler on a worker thread that blocks until its batch is done: that costs an executor
+hop and a thread wake-up per request, and caps a batch at the number of handler threads
+(docs/performance.md measures the difference).
 """
 
 from __future__ import annotations

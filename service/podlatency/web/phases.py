@@ -9,9 +9,8 @@ Neither can be timed from inside the handler's own work, so the moments are note
 spans recorded with explicit timestamps.
 
 It replaces OpenTelemetry's generic ASGI instrumentation (what Litestar's OpenTelemetry plugin wraps),
-which cost about 65 microseconds of event-loop time per request even when nothing is sampled, a
-tenth of a 7-pod prediction's server time (README, Performance). This one asks the sampler first and
-builds attributes only for spans that are recorded.
+which costs event-loop time on every request even when nothing is sampled. This one asks the sampler
+first and builds attributes only for spans that are recorded.
 """
 
 from __future__ import annotations
@@ -128,7 +127,7 @@ class EdgeMiddleware(ASGIMiddleware):
 
     One middleware rather than three (Litestar's Prometheus middleware, a span middleware and a
     limiter): each layer costs event-loop time on every request, and the event loop is what a
-    batching server runs out of first (README, Performance).
+    batching server runs out of first (docs/performance.md).
     """
 
     scopes = (ScopeType.HTTP,)
