@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 LOADTEST_ARGS ?=
 
-.PHONY: run test test-slow lint typecheck bench loadtest gpu-wheels clean
+.PHONY: run test test-slow lint typecheck bench loadtest gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	@py="$(PYTHON_FOR_VENV)"; test -n "$$py" || exit 1; \
@@ -48,7 +48,16 @@ bench: $(VENV)/.installed-runtime
 loadtest: $(VENV)/.installed-dev
 	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
 
-# Wheels the device machine lacks (it has no network), for scripts/gpu-check.sh: Python 3.12, manylinux.
+# On a machine with an NVIDIA GPU: the CPU/GPU crossover and the GPU tests, written to $(GPU_OUT)/.
+GPU_OUT ?= gpu-results
+gpu-check: $(VENV)/.installed-dev
+	mkdir -p $(GPU_OUT)
+	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $(GPU_OUT)/machine.txt || true
+	$(BIN)/python -m benchmarks.gpu_bench --out $(GPU_OUT)
+	set -o pipefail; $(BIN)/pytest -m gpu -q tests/unit/test_predictor.py tests/integration/test_benchmarks.py 2>&1 | tee $(GPU_OUT)/gpu-tests.log
+
+# For a GPU machine without network access (scripts/gpu-check.sh runs what gpu-check runs, from these
+# wheels): the ones such a machine may lack, for Python 3.12, manylinux.
 gpu-wheels: | $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels xgboost msgspec

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of the throughput issue, in one call on a device machine (NVIDIA GPU, no network).
+# `make gpu-check` for a GPU machine without network access: the CPU/GPU crossover
+# (`python -m benchmarks.gpu_bench`) and the GPU tests (`pytest -m gpu`), from wheels fetched beforehand.
 #
-# Prepare here (once per session):   make gpu-wheels        # xgboost + msgspec wheels into .gpu-wheels/
-# Run there (device tool):           run(command="bash scripts/gpu-check.sh", carry=[".gpu-wheels"], timeout_s=420)
+# Prepare where there is network:   make gpu-wheels        # xgboost + msgspec wheels into .gpu-wheels/
+# Run on the GPU machine:           bash scripts/gpu-check.sh   (with .gpu-wheels copied beside it)
 #
-# The device image has Python 3.12 with numpy, cupy, prometheus-client and pytest but no xgboost or
-# msgspec; the wheels travel in .gpu-wheels (about 58 MB: under the 64 MiB carry limit). It writes
-# into $OUT: gpu-results.json (`python -m benchmarks.gpu_bench`: CPU vs GPU per batch size and the crossover),
-# gpu-tests.log (`pytest -m gpu`) and machine.txt. Copy gpu-results.json to docs/gpu/ and set
-# PODLATENCY_GPU_MIN_ROWS (settings.py, values.yaml, README) from its crossover_rows.
+# It expects Python 3.12 with numpy, cupy, prometheus-client and pytest, and writes into $OUT:
+# gpu-results.json (the crossover: set PODLATENCY_GPU_MIN_ROWS from crossover_rows), gpu-tests.log and
+# machine.txt.
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 PYTHON=${PYTHON:-python3}
