@@ -94,12 +94,12 @@ def predict_one(body: RawBody, scope: Scope, service: NamedDependency[Prediction
     return answer_here(service, ONE_ROW, body, scope)
 
 
-@post("/predict", sync_to_thread=False, status_code=200, operation_class=ONE_ROW_BODY)
-def predict_one_batched(
+@post("/predict", status_code=200, operation_class=ONE_ROW_BODY)
+async def predict_one_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
     """llm-d ``/predict``: one row in, one prediction out, queued from the event loop (batching on)."""
-    return answer_from_batch(service, ONE_ROW, body, scope)
+    return await answer_from_batch(service, ONE_ROW, body, scope)
 
 
 @post("/predict/bulk/strict", sync_to_thread=True, status_code=200, operation_class=BULK_STRICT_BODY)
@@ -110,12 +110,12 @@ def predict_bulk_strict(
     return answer_here(service, BULK_STRICT, body, scope)
 
 
-@post("/predict/bulk/strict", sync_to_thread=False, status_code=200, operation_class=BULK_STRICT_BODY)
-def predict_bulk_strict_batched(
+@post("/predict/bulk/strict", status_code=200, operation_class=BULK_STRICT_BODY)
+async def predict_bulk_strict_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
     """llm-d ``/predict/bulk/strict``, queued from the event loop (batching on)."""
-    return answer_from_batch(service, BULK_STRICT, body, scope)
+    return await answer_from_batch(service, BULK_STRICT, body, scope)
 
 
 @post(

@@ -48,8 +48,8 @@ def predict(body: RawBody, scope: Scope, service: NamedDependency[PredictionServ
     return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
-@post(V1_PATH, sync_to_thread=False, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
-def predict_batched(
+@post(V1_PATH, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
+async def predict_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod, in one call per target shared with concurrent requests.
@@ -57,7 +57,7 @@ def predict_batched(
     With batching on (the default) this is the handler: it runs on the event loop and only queues
     the rows; the answer is sent when their batch is done (:mod:`podlatency.web.batched`).
     """
-    return answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope)
+    return await answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope)
 
 
 def encode_predictions(
