@@ -22,8 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from podlatency.bundle import ModelBundle
+from podlatency.registry import ModelRegistry
 from podlatency.runtime import Runtime
 from podlatency.settings import Settings
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.web.app import create_app
 from podlatency.web.batched import INLINE_BODY_BYTES
 from podlatency.workload import generate, pod_rows
@@ -229,6 +231,18 @@ def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
         assert ready.headers["retry-after"] == "1"
         assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
         assert test_client.get("/status").json()["is_ready"] is False
+
+
+def test_status_names_the_stored_objective_before_the_model_is_loaded(tmp_path: Path) -> None:
+    """With the objective setting at auto, /status reports the stored model's objective while it loads."""
+    p90 = train_bundle(
+        synthetic_training_set(1_000, seed=3), TrainingOptions(objective="quantile", rounds=5), "t"
+    )
+    ModelRegistry(tmp_path).save(p90)
+    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), TracerProvider()), load_model=False)
+    with TestClient(app) as test_client:
+        status = test_client.get("/status").json()
+    assert (status["is_ready"], status["objective_type"], status["quantile"]) == (False, "quantile", 0.9)
 
 
 @pytest.mark.parametrize("variant", ["to-thread", "thread-pool", "dedicated-pool"])

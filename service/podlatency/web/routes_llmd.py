@@ -7,6 +7,7 @@ batching on, ``/predict`` and ``/predict/bulk/strict`` queue their rows from the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -19,7 +20,7 @@ from litestar.types import Scope
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import MODEL_TYPE, Predictions, PredictionService, reported_quantile
-from podlatency.errors import PodlatencyError, Unavailable
+from podlatency.errors import ModelLoadError, PodlatencyError, Unavailable
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
@@ -184,10 +185,19 @@ def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
 
 
 def objective_of(service: PredictionService, bundle: ModelBundle | None) -> str:
-    """The objective of the model in service; before one is, the one it will have."""
+    """The objective of the model in service; before one is, the one it will have.
+
+    That is the setting's, or with ``auto`` the stored active version's (``mean`` for the embedded default).
+    """
     if bundle is not None:
         return bundle.objective
-    return "mean" if service.settings.objective == "auto" else service.settings.objective
+    if service.settings.objective != "auto":
+        return service.settings.objective
+    version = service.registry.active_version()
+    if version is not None:
+        with contextlib.suppress(ModelLoadError):
+            return str(service.registry.metadata(version).get("objective", "mean"))
+    return "mean"
 
 
 @get("/", sync_to_thread=False)
