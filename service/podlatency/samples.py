@@ -218,24 +218,25 @@ class SampleStore:
             self._replay()
         self._publish_counts()
 
-    def _keep(self, sample: AnySample, into: _Split | None = None) -> _Split | None:
-        """Keep a row in the split it belongs to (``into``, or by count); ``None`` when not observed."""
+    def _split_for(self, seen: int) -> _Split:
+        """Where the ``seen``-th row of a target goes: every ``holdout_every``-th is held out."""
+        return self._holdout if seen % self.holdout_every == 0 else self._train
+
+    def _keep(self, sample: AnySample, into: _Split | None = None) -> None:
+        """Keep an observed row in ``into`` (else where its count says); an unobserved one is dropped."""
         targets = observed_targets(sample)
         if not targets:
-            return None
+            return
         self._seen += 1
         first = targets[0]
         self._seen_by_target[first] += 1
-        if into is None:
-            into = self._holdout if self._seen_by_target[first] % self.holdout_every == 0 else self._train
-        into.keep(sample, targets)
-        return into
+        (into or self._split_for(self._seen_by_target[first])).keep(sample, targets)
 
     def add(self, samples: Sequence[AnySample]) -> AddResult:
         """Persist, then keep, every observed sample (all of them or, on a write error, none)."""
         with self._lock:
             seen_before = dict(self._seen_by_target)
-            placed: dict[int, list[AnySample]] = {id(self._train): [], id(self._holdout): []}
+            placed: dict[_Split, list[AnySample]] = {self._train: [], self._holdout: []}
             kept = dict.fromkeys(TARGETS, 0)
             unobserved = 0
             for sample in samples:
@@ -245,16 +246,14 @@ class SampleStore:
                     continue
                 first = targets[0]
                 seen_before[first] += 1
-                split = self._holdout if seen_before[first] % self.holdout_every == 0 else self._train
-                placed[id(split)].append(sample)
+                placed[self._split_for(seen_before[first])].append(sample)
                 for target in targets:
                     kept[target] += 1
-            for split in (self._train, self._holdout):
-                rows = placed[id(split)]
+            for split, rows in placed.items():
                 if rows:
                     split.append(b"".join(msgspec.json.encode(sample) + b"\n" for sample in rows), len(rows))
-            for split in (self._train, self._holdout):
-                for sample in placed[id(split)]:
+            for split, rows in placed.items():
+                for sample in rows:
                     self._keep(sample, into=split)
                 if split.lines_on_disk > 2 * split.budget * len(TARGETS):
                     split.rewrite()
