@@ -85,8 +85,9 @@ class ComparedServer:
         try:
             self._server.wait_until("/readyz", 200)
         except ServerFailed as error:
+            log_tail = self._server.log()[-2000:]
             self.stop()
-            raise SystemExit(f"loadtest: {str(error).splitlines()[0]} (see {log_path})") from None
+            raise SystemExit(f"loadtest: {str(error).splitlines()[0]}\n{log_tail}") from None
 
     @property
     def url(self) -> str:
@@ -259,19 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     selected = [endpoint for endpoint in ENDPOINTS if endpoint.name in args.endpoints.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    server = None if args.host else ComparedServer(args.nthread, args.threads, args.out / "server.log")
-    url = args.host.rstrip("/") if args.host else server.url  # type: ignore[union-attr]
     results: list[EndpointResult] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="locust-") as folder:
+    with tempfile.TemporaryDirectory(prefix="loadtest-") as folder:
+        workdir = Path(folder)
+        server = None if args.host else ComparedServer(args.nthread, args.threads, workdir / "server.log")
+        url = args.host.rstrip("/") if args.host else server.url  # type: ignore[union-attr]
+        try:
             for index, endpoint in enumerate(selected, start=1):
                 label = f"[{index}/{len(selected)}]"
-                results.append(
-                    run_endpoint(endpoint, args, url, server=server, workdir=Path(folder), label=label)
-                )
-    finally:
-        if server is not None:
-            server.stop()
+                results.append(run_endpoint(endpoint, args, url, server=server, workdir=workdir, label=label))
+        finally:
+            if server is not None:
+                server.stop()
     summary: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {
