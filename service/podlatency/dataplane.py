@@ -17,6 +17,7 @@ from opentelemetry.trace import Tracer
 
 from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
+from podlatency.compiled import Compiler
 from podlatency.errors import ModelLoadError, PodlatencyError
 from podlatency.metrics import model_metrics, service_metrics
 from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
@@ -43,13 +44,21 @@ class Predictions:
 class PredictionService:
     """Serves the active model of one model folder."""
 
-    def __init__(self, settings: Settings, tracer: Tracer, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tracer: Tracer,
+        registry: ModelRegistry | None = None,
+        compiler: Compiler | None = None,
+    ) -> None:
         self.settings = settings
         self.tracer = tracer
         self.registry = registry or ModelRegistry(settings.model_dir)
         self.holder = ModelHolder()
         self.span_writer = SpanWriter()
         self.device = resolve_device(settings.device)
+        self.compiler = compiler
+        """Brings each model in service to compiled trees in the background (None: XGBoost only)."""
 
     def phase_recorder(self, route: str) -> PhaseRecorder:
         """A recorder for one request's phases on ``route``, tagged with the device."""
@@ -139,9 +148,34 @@ class PredictionService:
         active_model.clear()
         active_model.labels(device=self.device, objective=bundle.objective, version=bundle.version).set(1)
         publish_model_metrics(bundle, self.settings.quantile_alpha)
+        self._publish_engines(loaded)
         if previous is None or previous.version != bundle.version:
             logger.info("serving model %s (%s, %s)", bundle.version, bundle.objective, self.device)
+        self._compile(loaded)
         return loaded
+
+    def _compile(self, loaded: LoadedModel) -> None:
+        """Start bringing ``loaded`` to compiled trees; its engine metric follows when it switches."""
+        bundle_folder = self.registry.bundle_dir(loaded.version)
+        if self.compiler is None or not bundle_folder.is_dir():
+            return
+        self.compiler.prune(set(self.registry.versions()))
+        switched = self.compiler.start(loaded.predictor, bundle_folder)
+        switched.add_done_callback(lambda _: self._publish_engines(loaded))
+
+    def _publish_engines(self, loaded: LoadedModel) -> None:
+        """``podlatency_predict_engine`` for the model in service (a replaced model's switch is not news)."""
+        if self.holder.current_or_none() is not loaded:
+            return
+        gauge = service_metrics().predict_engine
+        gauge.clear()
+        for engine, min_rows in loaded.predictor.engines().items():
+            gauge.labels(engine=engine, min_rows=str(min_rows)).set(1)
+
+    def close(self) -> None:
+        """Stop a compile in progress (the process is stopping)."""
+        if self.compiler is not None:
+            self.compiler.close()
 
     def reload(self) -> LoadedModel:
         """Load the folder's active version; on any fault the current model keeps serving."""

@@ -19,7 +19,8 @@ The hierarchy::
     ├── InvalidRollout (500)           the rollout ConfigMap declares a version it does not say how to fetch
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
     ├── SettingsError (500)            the configuration cannot be used
-    └── DeviceUnavailable (500)        ``cuda`` was asked for and there is no usable GPU
+    ├── DeviceUnavailable (500)        ``cuda`` was asked for and there is no usable GPU
+    └── CompileFailed (500)            a model could not be compiled; XGBoost keeps serving it (never sent)
 
 The HTTP layer maps them to responses in one place (:mod:`podlatency.web.errors`); the core never
 imports a web framework.
@@ -164,3 +165,12 @@ class DeviceUnavailable(PodlatencyError):
 
     status_code = 500
     code = "device_unavailable"
+
+
+class CompileFailed(PodlatencyError):
+    """A model could not be brought to the compiled engine (no compiler, a failed compile, other outputs).
+
+    Never answered to a request: XGBoost keeps serving the model, and the reason is logged.
+    """
+
+    code = "compile_failed"

@@ -83,6 +83,8 @@ class StatusResponse(msgspec.Struct, frozen=True):
     ensemble_active: bool
     model_version: str | None
     device: str
+    engine: str | None
+    """Which engine predicts a router's few rows: compiled, xgboost or xgboost-gpu (null while none)."""
     not_ready_reason: str | None
 
 

@@ -49,6 +49,9 @@ class ServiceMetrics:
     leader: Gauge
     gc_frozen_objects: Gauge
     training_samples: Gauge
+    predict_engine: Gauge
+    compiles: Counter
+    compile_seconds: Gauge
 
 
 @functools.cache
@@ -124,6 +127,23 @@ def service_metrics() -> ServiceMetrics:
             "Observed samples kept for training, by target (model) and regime (bucket 0-35 = "
             "queue_bucket x cache_bucket x prefix_bucket).",
             ["model", "bucket", "queue_bucket", "cache_bucket", "prefix_bucket"],
+            multiprocess_mode="livemax",
+        ),
+        predict_engine=Gauge(
+            "podlatency_predict_engine",
+            "Which engine predicts calls of at least min_rows rows (compiled, xgboost, xgboost-gpu): 1 "
+            "for each in use by the model in service.",
+            ["engine", "min_rows"],
+            multiprocess_mode="livemax",
+        ),
+        compiles=Counter(
+            "podlatency_model_compiles",
+            "Models brought to the compiled engine, by outcome (compiled, cached, failed, mismatch).",
+            ["outcome"],
+        ),
+        compile_seconds=Gauge(
+            "podlatency_model_compile_seconds",
+            "Wall time of the last model compile (the compiler runs at the lowest CPU priority).",
             multiprocess_mode="livemax",
         ),
     )

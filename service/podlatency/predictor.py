@@ -1,8 +1,11 @@
-"""Batched prediction: one float32 matrix, one ``inplace_predict`` per target, on CPU or GPU.
+"""Batched prediction: one float32 matrix, one predict call per target, on CPU or GPU.
 
-``inplace_predict`` skips the DMatrix that ``predict`` builds per call; on a float32 C-contiguous numpy
-matrix it reads the rows where they are. On ``cuda`` the matrix is copied to the device first (with cupy
-when it is installed) so XGBoost does not fall back to a DMatrix on the host.
+Three engines: compiled trees on the CPU (:mod:`podlatency.compiled`, once a model's compile has
+been checked), else XGBoost's ``inplace_predict`` on the CPU, and XGBoost on the GPU for calls big
+enough to pay for it. ``inplace_predict`` skips the DMatrix that ``predict`` builds per call; on a
+float32 C-contiguous numpy matrix it reads the rows where they are. On ``cuda`` the matrix is copied
+to the device first (with cupy when it is installed) so XGBoost does not fall back to a DMatrix on
+the host.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import xgboost as xgb
 
 from podlatency.batcher import MicroBatcher
 from podlatency.bundle import ModelBundle
+from podlatency.compiled import (
+    ENGINE_COMPILED,
+    ENGINE_XGBOOST,
+    ENGINE_XGBOOST_GPU,
+    CompiledModel,
+    check_matrix,
+)
 from podlatency.errors import DeviceUnavailable, ModelNotReady
 from podlatency.schema import FEATURE_NAMES
 
@@ -95,6 +105,36 @@ class Predictor:
         if device == "cuda":
             self._boosters["cuda"] = self._copies("cuda")
         self._cupy = _cupy() if device == "cuda" else None
+        self._compiled: CompiledModel | None = None
+
+    def use_compiled(self, compiled: CompiledModel) -> None:
+        """Predict CPU calls with compiled trees from now on (calls in flight finish on XGBoost)."""
+        self._compiled = compiled
+
+    def engine_for(self, rows: int) -> str:
+        """Which engine predicts a call of ``rows`` rows."""
+        if self.device_for(rows) == "cuda":
+            return ENGINE_XGBOOST_GPU
+        return ENGINE_COMPILED if self._compiled is not None else ENGINE_XGBOOST
+
+    def engines(self) -> dict[str, int]:
+        """Each engine in use and the fewest rows it predicts (the GPU takes calls from ``gpu_min_rows``)."""
+        engines = {self.engine_for(1): 1}
+        if "cuda" in self._boosters and self.gpu_min_rows > 1:
+            engines[ENGINE_XGBOOST_GPU] = self.gpu_min_rows
+        return engines
+
+    def compiled_and_xgboost(
+        self, compiled: CompiledModel
+    ) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
+        """Raw outputs of ``compiled`` and of XGBoost on the CPU, on the same check matrix."""
+        matrix = check_matrix(self.bundle.boosters, self._columns)
+        candidate, _ = compiled.predict_timed(matrix)
+        reference = {
+            target: np.asarray(booster.inplace_predict(matrix, validate_features=False)).reshape(-1)
+            for target, booster in self._boosters["cpu"].items()
+        }
+        return candidate, reference
 
     def _copies(self, device: str) -> dict[str, xgb.Booster]:
         copies = {target: booster.copy() for target, booster in self.bundle.boosters.items()}
@@ -120,7 +160,11 @@ class Predictor:
         result = self._boosters[device][target].inplace_predict(on_device, validate_features=False)
         if device == "cuda" and self._cupy is not None:
             result = self._cupy.asnumpy(result)
-        predicted = np.asarray(result, dtype=np.float64).reshape(-1)
+        return self._finish(target, result)
+
+    def _finish(self, target: str, raw: Any) -> npt.NDArray[np.float64]:
+        """A booster's raw output as latencies: float64, conformal scale applied, clipped at 0 ms."""
+        predicted = np.asarray(raw, dtype=np.float64).reshape(-1)
         scale = self._scale.get(target)
         if scale is not None:
             predicted *= scale
@@ -130,7 +174,7 @@ class Predictor:
         return matrix if self._columns is None else np.ascontiguousarray(matrix[:, self._columns])
 
     def predict_target(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
-        """One ``inplace_predict`` call for all rows, clipped at 0 ms."""
+        """One XGBoost ``inplace_predict`` call for all rows, clipped at 0 ms (evaluation, benchmarks)."""
         device = self.device_for(len(matrix))
         return self._predict(target, self._on_device(self._model_columns(matrix), device), device)
 
@@ -139,6 +183,10 @@ class Predictor:
     ) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, tuple[int, int]]]:
         """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns)."""
         device = self.device_for(len(matrix))
+        compiled = self._compiled  # read once: a switch lands between calls, never inside one
+        if compiled is not None and device == "cpu":
+            raw, compiled_times = compiled.predict_timed(self._model_columns(matrix))
+            return {target: self._finish(target, raw[target]) for target in self.targets}, compiled_times
         on_device = self._on_device(self._model_columns(matrix), device)
         by_target: dict[str, npt.NDArray[np.float64]] = {}
         times: dict[str, tuple[int, int]] = {}

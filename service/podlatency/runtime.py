@@ -10,8 +10,8 @@ ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrai
 
 Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
 the embedded default in the background), then the watcher; in a cluster the declared version, then the
-rollout loops. Stop order: the loops, the baselines' pool, then the span writer and, when this runtime
-made it, the tracer provider (which flushes the spans still queued).
+rollout loops. Stop order: the loops, the baselines' pool, a compile in progress, then the span writer
+and, when this runtime made it, the tracer provider (which flushes the spans still queued).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from podlatency.compiled import Compiler
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
 from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
@@ -48,7 +49,11 @@ class Runtime:
         self.tracer_provider = tracer_provider or build_tracer_provider()
         self.predicts = settings.role in ("both", "predictor")
         self.trains = settings.role in ("both", "trainer")
-        self.service = PredictionService(settings, self.tracer_provider.get_tracer(TRACER_NAME))
+        compiler = None
+        if self.predicts and settings.engine == "auto":
+            compiler = Compiler(settings.compiled_folder, settings.compiler)
+        tracer = self.tracer_provider.get_tracer(TRACER_NAME)
+        self.service = PredictionService(settings, tracer, compiler=compiler)
         self.samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
         self.cluster: ClusterRollout | None = None
         if settings.rollout_configmap:
@@ -117,6 +122,7 @@ class Runtime:
             self.cluster.stop()
         if self.baselines is not None:
             self.baselines.close()
+        self.service.close()
         self.service.span_writer.close()
         if self._owns_provider:
             self.tracer_provider.shutdown()  # flushes spans still in the batch processor

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ ENV_PREFIX = "PODLATENCY_"
 Device = Literal["auto", "cpu", "cuda"]
 Objective = Literal["auto", "mean", "quantile"]
 Role = Literal["both", "predictor", "trainer"]
+Engine = Literal["auto", "xgboost"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -68,6 +70,17 @@ class Settings:
 
     nthread: int = 1
     """OpenMP threads per XGBoost predict call (0 = all cores); 1 is fastest under concurrency."""
+
+    engine: Engine = "auto"
+    """CPU predict engine: ``auto`` compiles each model to native code in the background and switches
+    to it once its outputs equal XGBoost's (XGBoost serves until then, and whenever compiling fails);
+    ``xgboost`` never compiles."""
+
+    compiler: str = "gcc"
+    """C compiler for compiled trees (a gcc or clang command or path)."""
+
+    compiled_dir: str = ""
+    """Where compiled models are cached, per version and platform (empty: ``compiled/`` in the model dir)."""
 
     max_pods: int = 1024
     """Most pods one ``/v1/predict`` request may carry."""
@@ -169,6 +182,11 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def compiled_folder(self) -> Path:
+        """Where compiled models are cached (``PODLATENCY_COMPILED_DIR``, else inside the model folder)."""
+        return Path(self.compiled_dir).expanduser() if self.compiled_dir else self.model_dir / "compiled"
+
     def validate(self) -> None:
         """Refuse values no process could run with, naming the variable."""
         checks: list[tuple[bool, str, str]] = [
@@ -192,6 +210,12 @@ class Settings:
             (self.keep_versions >= 1, "keep_versions", "must be >= 1"),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
+            (self.engine in get_args(Engine), "engine", f"must be one of {get_args(Engine)}"),
+            (
+                re.fullmatch(r"[A-Za-z0-9_./+-]+", self.compiler) is not None,
+                "compiler",
+                "must be a command name or path (letters, digits and _./+-)",
+            ),
             (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),
             (self.log_level in get_args(LogLevel), "log_level", f"must be one of {get_args(LogLevel)}"),
             (self.watch_timeout_s >= 1, "watch_timeout_s", "must be >= 1"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -57,6 +59,17 @@ class ServerProcess(LocalServer):
         except urllib.error.HTTPError as error:
             return Answer(error.code, dict(error.headers), error.read())
 
+    def wait_for_engine(self, engine: str = "compiled", timeout: float = 180.0) -> Answer:
+        """Wait until ``/v1/model`` names ``engine`` (a compile runs in the background after start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.request("GET", "/v1/model")
+            if answer.status == 200 and answer.json()["engine"] == engine:
+                return answer
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server still predicts with {answer.body[:300]!r}, not {engine}")
+            time.sleep(0.2)
+
     def wait_for(self, path: str, status: int, timeout: float = 60.0) -> Answer:
         """Wait until ``GET path`` answers ``status``, and return that answer (the test fails otherwise)."""
         try:
@@ -64,6 +77,23 @@ class ServerProcess(LocalServer):
         except ServerFailed as error:
             pytest.fail(str(error))
         return self.request("GET", path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compiled_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One compiled-model cache for every server of the session (``PODLATENCY_COMPILED_DIR``).
+
+    The embedded default is the same version in every model folder, so it is compiled once, by the
+    first server that lives long enough, and the others load it as a restarted pod would.
+    """
+    folder = tmp_path_factory.mktemp("compiled")
+    previous = os.environ.get("PODLATENCY_COMPILED_DIR")
+    os.environ["PODLATENCY_COMPILED_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["PODLATENCY_COMPILED_DIR"]
+    else:
+        os.environ["PODLATENCY_COMPILED_DIR"] = previous
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def exporter() -> InMemorySpanExporter:
 def runtime(model_dir: Path, exporter: InMemorySpanExporter) -> Runtime:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Runtime(Settings(model_dir=model_dir, device="cpu", max_pods=16, variants=True), provider)
+    return Runtime(cpu_settings(model_dir, max_pods=16, variants=True), provider)
 
 
 @pytest.fixture
@@ -53,6 +53,11 @@ def client(runtime: Runtime) -> Iterator[TestClient[Any]]:
     with TestClient(create_app(runtime)) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+def cpu_settings(model_dir: Path, **overrides: Any) -> Settings:
+    """On the CPU with XGBoost: answers compared exactly come from one engine (compiling is tested below)."""
+    return Settings(model_dir=model_dir, device="cpu", engine="xgboost", **overrides)
 
 
 def wait_ready(test_client: TestClient[Any]) -> None:
@@ -134,7 +139,7 @@ def test_server_errors_mark_the_server_span(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), provider), load_model=False)
+    app = create_app(Runtime(cpu_settings(tmp_path), provider), load_model=False)
     with TestClient(app) as test_client:
         assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
     server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
@@ -149,7 +154,7 @@ def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> Non
     With batching off ``/v1/predict`` runs there (with it on, only bodies too big to decode on the
     event loop do).
     """
-    settings = Settings(model_dir=model_dir, device="cpu", threads=2, batching=False)
+    settings = cpu_settings(model_dir, threads=2, batching=False)
     app = create_app(Runtime(settings, TracerProvider()))
     with TestClient(app) as test_client:
         wait_ready(test_client)
@@ -224,7 +229,10 @@ def test_openapi_documents_the_request_bodies(client: TestClient[Any]) -> None:
 
 def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
     """Before a model is loaded, readiness and predictions answer 503 with Retry-After and the reason."""
-    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), TracerProvider()), load_model=False)
+    app = create_app(
+        Runtime(cpu_settings(tmp_path), TracerProvider()),
+        load_model=False,
+    )
     with TestClient(app) as test_client:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
@@ -239,7 +247,10 @@ def test_status_names_the_stored_objective_before_the_model_is_loaded(tmp_path: 
         synthetic_training_set(1_000, seed=3), TrainingOptions(objective="quantile", rounds=5), "t"
     )
     ModelRegistry(tmp_path).save(p90)
-    app = create_app(Runtime(Settings(model_dir=tmp_path, device="cpu"), TracerProvider()), load_model=False)
+    app = create_app(
+        Runtime(cpu_settings(tmp_path), TracerProvider()),
+        load_model=False,
+    )
     with TestClient(app) as test_client:
         status = test_client.get("/status").json()
     assert (status["is_ready"], status["objective_type"], status["quantile"]) == (False, "quantile", 0.9)
@@ -267,7 +278,7 @@ def test_variant_traces_show_queue_wait_per_pod(
 def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Path) -> None:
     """Valid samples get 202 and are kept; a request with one bad row gets 422 and keeps nothing."""
     shutil.copytree(model_dir, tmp_path / "models")
-    runtime = Runtime(Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider())
+    runtime = Runtime(cpu_settings(tmp_path / "models"), TracerProvider())
     app = create_app(runtime)
     row = {**pod_rows(1, seed=4)[0], "actual_ttft_ms": 120.0, "actual_tpot_ms": 11.0}
     with TestClient(app) as test_client:
@@ -326,7 +337,7 @@ def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
     big to decode on the event loop is decoded on that thread once it is free (and still answers 4xx
     when it does not decode).
     """
-    settings = Settings(model_dir=model_dir, device="cpu", threads=1, max_pods=1024)
+    settings = cpu_settings(model_dir, threads=1, max_pods=1024)
     app = create_app(Runtime(settings, TracerProvider()))
     with TestClient(app) as test_client:
         wait_ready(test_client)
@@ -353,3 +364,33 @@ def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
         assert len(answer.json()["predictions"]) == 400
         broken = test_client.post("/v1/predict", json={"pods": [*big[:-1], {"pod": "x"}]})
         assert broken.status_code == 422, broken.text
+
+
+def test_compiled_trees_take_over_and_a_lone_request_is_predicted_where_it_is(
+    tmp_path: Path, small_bundle: ModelBundle
+) -> None:
+    """With the default engine the model is compiled in the background.
+
+    /v1/model, /status and the metrics then say ``compiled``, and a lone request is predicted on the
+    event loop, not handed to the batch thread.
+    """
+    folder = tmp_path / "models"
+    ModelRegistry(folder).save(small_bundle)
+    runtime = Runtime(Settings(model_dir=folder, device="cpu"), TracerProvider())
+    with TestClient(create_app(runtime)) as test_client:
+        wait_ready(test_client)
+        deadline = time.monotonic() + 120
+        while test_client.get("/v1/model").json()["engine"] != "compiled":
+            assert time.monotonic() < deadline, "the model was never compiled"
+            time.sleep(0.1)
+        assert test_client.get("/v1/model").json()["engines"] == {"compiled": 1}
+        assert test_client.get("/status").json()["engine"] == "compiled"
+        metrics = test_client.get("/metrics").text
+        assert 'podlatency_predict_engine{engine="compiled",min_rows="1"} 1.0' in metrics
+        assert 'podlatency_model_compiles_total{outcome="compiled"} 1.0' in metrics
+
+        answer = test_client.post("/v1/predict", json={"pods": pod_rows(7, seed=2)})
+        assert answer.status_code == 200
+        batcher = runtime.service.holder.current().batcher
+        assert batcher is not None
+        assert batcher._relief is None, "a lone request never needed the batch thread"

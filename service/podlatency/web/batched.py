@@ -10,6 +10,11 @@ microseconds for the few pods a router sends, then awaits their batch's future. 
 batcher's own thread, which resolves the future with ``loop.call_soon_threadsafe``; the answer is then
 encoded (by the route's :class:`Codec`) and returned like any other.
 
+A request that is alone (no other prediction request in progress, after one turn of the loop) and
+finds the batcher idle is predicted right there on the event loop: with nothing to batch with, a
+hand-off to the batch thread and back would only add two thread wake-ups to its latency. Concurrent
+requests are batched as above.
+
 Bodies over :data:`INLINE_BODY_BYTES` are decoded and framed on a worker thread instead, so a big
 request does not hold up the event loop.
 
@@ -21,6 +26,7 @@ hop and a thread wake-up per request, and caps a batch at the number of handler 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +40,7 @@ from podlatency.predictor import LoadedModel
 from podlatency.schema import PodMetrics
 from podlatency.tracing import PhaseRecorder
 from podlatency.web.errors import JSON
-from podlatency.web.phases import HANDLER_DONE_KEY, arrival_ns, new_recorder, request_phases
+from podlatency.web.phases import HANDLER_DONE_KEY, alone, arrival_ns, new_recorder, request_phases
 
 INLINE_BODY_BYTES = 32 * 1024
 """Bodies up to this size (about 128 pods) are decoded and framed on the event loop."""
@@ -66,13 +72,17 @@ async def answer_from_batch[RowT: PodMetrics](
 ) -> Response[bytes]:
     """Queue the rows for a batch, await it on the event loop, then encode the answer (an async handler)."""
     loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
     phases = new_recorder(scope, service)
     arrived_ns = arrival_ns(scope)
     result: asyncio.Future[BatchOutcome] = loop.create_future()
 
     def deliver(outcome: BatchOutcome | None, error: BaseException | None) -> None:
-        """From the batch's thread: hand the outcome to the event loop."""
-        loop.call_soon_threadsafe(_settle, result, outcome, error)
+        """From the thread that ran the batch: hand the outcome to the event loop."""
+        if threading.get_ident() == loop_thread:  # predicted right here on the loop
+            _settle(result, outcome, error)
+        else:
+            loop.call_soon_threadsafe(_settle, result, outcome, error)
 
     def queue(may_lead: bool) -> tuple[Sequence[RowT], LoadedModel]:
         # ``dispatch``: from arrival until the rows are handled here (on the loop, or a worker thread).
@@ -84,7 +94,14 @@ async def answer_from_batch[RowT: PodMetrics](
         return rows, service.predict_later(rows, phases, deliver, may_lead=may_lead)
 
     if len(body) <= INLINE_BODY_BYTES:
-        rows, model = queue(False)  # on the event loop: the batch runs on the batcher's thread
+        # On the event loop: alone, it predicts here when the batcher is idle; else on the batch thread.
+        lead_here = alone(scope)
+        if lead_here:
+            # Requests that arrived with this one have tasks that have not run yet: one turn of the
+            # loop lets them count themselves in, so under load nothing is predicted on the loop.
+            await asyncio.sleep(0)
+            lead_here = alone(scope)
+        rows, model = queue(lead_here)
     else:
         rows, model = await loop.run_in_executor(None, queue, True)
     by_target = service.record_batch(await result, phases)

@@ -39,6 +39,7 @@ from podlatency.web.errors import send_error
 ARRIVED_KEY = "podlatency.arrived_ns"
 HANDLER_DONE_KEY = "podlatency.handler_done_ns"
 RECORDER_KEY = "podlatency.phases"
+EDGE_KEY = "podlatency.edge"
 
 UNTRACED_PATHS = re.compile(r"^/healthz$|^/readyz$|^/metrics$|^/schema")
 """Probes, scrapes and the schema: no spans."""
@@ -149,11 +150,12 @@ class EdgeMiddleware(ASGIMiddleware):
         counted.in_progress.inc()
         status = 500  # until a response starts
         try:
-            if scope["path"].startswith(PREDICTION_PATHS) and self.max_in_flight:
-                if self.in_flight >= self.max_in_flight:
+            if scope["path"].startswith(PREDICTION_PATHS):
+                if self.max_in_flight and self.in_flight >= self.max_in_flight:
                     status = Overloaded.status_code
                     await self._shed(send)
                     return
+                state[EDGE_KEY] = self  # the handler asks whether its request is alone (``alone``)
                 self.in_flight += 1
                 in_flight_gauge = service_metrics().requests_in_flight
                 in_flight_gauge.inc()
@@ -254,6 +256,12 @@ async def _run_noting_status(scope: Scope, receive: Receive, send: Send, next_ap
 
     await next_app(scope, receive, send_noting_status)
     return status
+
+
+def alone(scope: Scope) -> bool:
+    """Whether this is the only prediction request in progress in the process (counted on the loop)."""
+    edge: EdgeMiddleware | None = scope.get("state", {}).get(EDGE_KEY)
+    return edge is not None and edge.in_flight <= 1
 
 
 def arrival_ns(scope: Scope) -> int:

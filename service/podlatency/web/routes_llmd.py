@@ -180,6 +180,7 @@ def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
         ensemble_active=False,
         model_version=model.version if model else None,
         device=service.device,
+        engine=model.predictor.engine_for(1) if model else None,
         not_ready_reason=None if model else service.holder.not_ready_reason,
     )
 

@@ -86,10 +86,16 @@ def encode_predictions(
 
 @get("/v1/model", sync_to_thread=False)
 def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]:
-    """Metadata of the model in service: among it the features it knows, and those it was trained without."""
+    """Metadata of the model in service, and which engine predicts.
+
+    Among it the features it knows and those it was trained without; ``engine`` is the engine for a
+    router's few rows, ``engines`` each engine in use with the fewest rows it takes.
+    """
     loaded = service.holder.current()
     return loaded.bundle.metadata() | {
         "features_ignored": loaded.bundle.ignored_features(),
         "loaded_at": loaded.loaded_at.isoformat(),
         "device": service.device,
+        "engine": loaded.predictor.engine_for(1),
+        "engines": loaded.predictor.engines(),
     }

@@ -1,0 +1,149 @@
+"""Compiled trees (treelite + tl2cgen + gcc, for real): XGBoost's outputs, cached, checked or refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from podlatency.bundle import ModelBundle
+from podlatency.compiled import (
+    ENGINE_COMPILED,
+    ENGINE_XGBOOST,
+    MANIFEST_FILE,
+    Compiler,
+    check_matrix,
+    outputs_agree,
+)
+from podlatency.errors import CompileFailed
+from podlatency.predictor import Predictor
+from podlatency.registry import ModelRegistry
+from podlatency.schema import FEATURE_NAMES, MAX_COUNT, add_derived_columns
+from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+
+
+@pytest.fixture(scope="module")
+def quantile_bundle() -> ModelBundle:
+    options = TrainingOptions(rounds=40, objective="quantile", quantile_alpha=0.9)
+    return train_bundle(synthetic_training_set(4_000, seed=5), options, source="test")
+
+
+def stored(bundle: ModelBundle, folder: Path) -> Path:
+    registry = ModelRegistry(folder)
+    registry.save(bundle)
+    return registry.bundle_dir(bundle.version)
+
+
+def rows_at_every_bound(count: int = 64, seed: int = 3) -> np.ndarray:
+    """Random rows, then each raw feature alone at its lowest and its highest value."""
+    rng = np.random.default_rng(seed)
+    raw = len(FEATURE_NAMES) - 2
+    fractions = ("kv_cache_percentage", "prefix_cache_score")
+    highest = [1.0 if name in fractions else MAX_COUNT for name in FEATURE_NAMES]
+    highest[FEATURE_NAMES.index("pod_type_code")] = 2.0
+    base = np.zeros((count, len(FEATURE_NAMES)), dtype=np.float32)
+    base[:, :raw] = rng.uniform(0.0, 1.0, (count, raw)) * np.minimum(highest[:raw], 4096)
+    rows = [base]
+    for column in range(raw):
+        for value in (0.0, highest[column]):
+            row = base[:1].copy()
+            row[0, column] = value
+            rows.append(row)
+    matrix = np.concatenate(rows)
+    encoder_in = FEATURE_NAMES.index("encoder_input_size")
+    matched = FEATURE_NAMES.index("encoder_matched_size")
+    matrix[:, matched] = np.minimum(matrix[:, matched], matrix[:, encoder_in])
+    add_derived_columns(matrix)
+    return np.ascontiguousarray(matrix)
+
+
+@pytest.mark.parametrize("objective", ["mean", "quantile"])
+def test_compiled_predictions_equal_xgboost_at_every_bound(
+    objective: str, small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """Both objectives: compiled outputs equal XGBoost's within float32 tolerance.
+
+    On random rows, each feature at its bounds and every split threshold; served predictions (scaled,
+    clipped) agree the same way.
+    """
+    bundle = small_bundle if objective == "mean" else quantile_bundle
+    assert bundle.objective == objective
+    compiler = Compiler(tmp_path / "compiled")
+    predictor = Predictor(bundle, "cpu", nthread=1)
+    compiled, outcome = compiler.load_or_compile(bundle.boosters, bundle.version, stored(bundle, tmp_path))
+    assert outcome == "compiled"
+    assert outputs_agree(*predictor.compiled_and_xgboost(compiled)) is None
+
+    matrix = rows_at_every_bound()
+    on_xgboost = predictor.predict_all(matrix)
+    predictor.use_compiled(compiled)
+    assert predictor.engine_for(7) == ENGINE_COMPILED
+    on_compiled = predictor.predict_all(matrix)
+    for target in bundle.boosters:
+        np.testing.assert_allclose(on_compiled[target], on_xgboost[target], rtol=1e-5, atol=1e-3)
+    compiler.close()
+
+
+def test_the_check_matrix_holds_zeros_the_largest_values_and_thresholds(small_bundle: ModelBundle) -> None:
+    matrix = check_matrix(small_bundle.boosters, None)
+    assert matrix.dtype == np.float32
+    assert matrix.flags["C_CONTIGUOUS"]
+    assert (matrix == 0).all(axis=1).any(), "a row of zeros"
+    assert matrix[:, FEATURE_NAMES.index("input_token_length")].max() == MAX_COUNT
+    assert len(matrix) > 514, "threshold rows follow the random ones"
+
+
+def test_a_restart_reuses_the_cache_and_a_tampered_library_is_compiled_again(
+    small_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    bundle_folder = stored(small_bundle, tmp_path)
+    folder = tmp_path / "compiled"
+    first = Compiler(folder)
+    _, outcome = first.load_or_compile(small_bundle.boosters, small_bundle.version, bundle_folder)
+    assert outcome == "compiled"
+    library = first.library_folder(small_bundle.version) / "ttft.so"
+    assert (library.parent / MANIFEST_FILE).is_file()
+
+    _, outcome = Compiler(folder).load_or_compile(small_bundle.boosters, small_bundle.version, bundle_folder)
+    assert outcome == "cached", "a restarted process loads what was compiled"
+
+    # Replaced, as a copy or an attacker would; rewriting it in place would also corrupt the copy
+    # this process has loaded.
+    tampered = library.read_bytes() + b"tampered"
+    library.unlink()
+    library.write_bytes(tampered)
+    again = Compiler(folder)
+    compiled, outcome = again.load_or_compile(small_bundle.boosters, small_bundle.version, bundle_folder)
+    assert outcome == "compiled", "a library whose hash differs from its manifest is not loaded"
+    assert not library.read_bytes().endswith(b"tampered")
+    assert outputs_agree(*Predictor(small_bundle, "cpu", 1).compiled_and_xgboost(compiled)) is None
+
+
+def test_without_a_compiler_xgboost_keeps_serving(small_bundle: ModelBundle, tmp_path: Path) -> None:
+    compiler = Compiler(tmp_path / "compiled", compiler="podlatency-no-such-compiler")
+    predictor = Predictor(small_bundle, "cpu", nthread=1)
+    with pytest.raises(CompileFailed, match="compiling failed"):
+        compiler.load_or_compile(small_bundle.boosters, small_bundle.version, stored(small_bundle, tmp_path))
+    engine = compiler.start(predictor, stored(small_bundle, tmp_path)).result(timeout=120)
+    assert engine == ENGINE_XGBOOST == predictor.engine_for(7)
+    assert predictor.predict_all(rows_at_every_bound())["ttft"].shape == (64 + 2 * 11,)
+
+
+def test_a_library_that_predicts_otherwise_is_refused(
+    small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """A cached library with a valid manifest but another model's trees: the check refuses it."""
+    folder = tmp_path / "compiled"
+    compiler = Compiler(folder)
+    quantile_folder = stored(quantile_bundle, tmp_path)
+    compiler.load_or_compile(quantile_bundle.boosters, quantile_bundle.version, quantile_folder)
+    impostor = compiler.library_folder(small_bundle.version)
+    impostor.parent.mkdir(parents=True)
+    shutil.copytree(compiler.library_folder(quantile_bundle.version), impostor)
+
+    predictor = Predictor(small_bundle, "cpu", nthread=1)
+    engine = compiler.start(predictor, stored(small_bundle, tmp_path)).result(timeout=120)
+    assert engine == ENGINE_XGBOOST, "outputs that differ from XGBoost's are never served"
+    assert not impostor.exists(), "and the library is removed, so the next start compiles afresh"
