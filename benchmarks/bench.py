@@ -1,23 +1,24 @@
-"""``make bench``: serving latency, model compute and memory of a real server, in one run.
+"""``make bench``: serving latency, model compute and memory of real servers, in one run.
 
     python -m benchmarks.bench [--soak-seconds 120] [--out bench-results]
 
 What it measures, all on this machine in one run so the figures compare:
 
-1. end-to-end latency of a 7-pod ``/v1/predict`` from one keep-alive client (p50, p90, p99);
-2. the server's own model compute for those requests (its ``predict ttft`` + ``predict tpot`` phases)
-   against raw ``inplace_predict`` of the same matrix in this process: the ratio shows what serving adds
-   around the model call;
-3. resident memory of the serving process, and of a bare process that only imports Litestar,
-   uvicorn and XGBoost, for scale;
-4. XGBoost ``nthread`` = 1 versus all cores under concurrent clients (throughput and p99);
-5. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
+1. podlatency (compiled trees, the default; and XGBoost, the previous engine) against the naive server
+   a user would write after the seed post (:mod:`benchmarks.versus_naive`): 1-client p50 of a 7-pod
+   ``/v1/predict``, and throughput at 16 keep-alive clients, as ratios to the naive server's;
+2. the server's own model compute (its ``predict ttft`` + ``predict tpot`` phases) against raw predict
+   of the same matrix in this process, compiled and with XGBoost;
+3. resident memory of the serving process with and without the baselines, and of a bare process that
+   only imports Litestar, uvicorn and XGBoost, for scale;
+4. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
    baselines' batch design and the seed post's original ``to-thread`` design, interleaved at each
    level, best of two rounds per point;
-6. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
+5. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
 
-The server runs with the embedded default model, on the CPU, with no trace exporter, and with the
+podlatency runs with the embedded default model, on the CPU, with no trace exporter, and with the
 baselines on (``PODLATENCY_VARIANTS``; they load pandas) except for one memory reading without them.
+Its servers wait until the compiled engine serves (the compile is cached in the model folder).
 """
 
 from __future__ import annotations
@@ -28,29 +29,34 @@ import os
 import platform
 import subprocess
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from benchmarks.clients import LatencySummary, concurrent, sequential
+from benchmarks.clients import concurrent, sequential
 from benchmarks.servers import LocalServer, default_model_folder
-from podlatency.predictor import Predictor
+from benchmarks.versus_naive import (
+    head_to_head,
+    naive_server,
+    raw_predict,
+    summary_lines,
+    versus_naive_targets,
+)
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
 from podlatency.workload import pod_rows
 
 
 def bench_server(
-    model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True
+    model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True, engine: str = "auto"
 ) -> LocalServer:
-    """A ready ``podlatency serve`` on the model folder, on the CPU, tracing nothing."""
+    """A ready ``podlatency serve`` on the model folder, on the CPU, tracing nothing, on its engine."""
     server = LocalServer(
         {
             "PODLATENCY_MODEL_DIR": str(model_dir),
             "PODLATENCY_DEVICE": "cpu",
+            "PODLATENCY_ENGINE": engine,
             "PODLATENCY_NTHREAD": str(nthread),
             "PODLATENCY_LOG_LEVEL": "warning",
             "PODLATENCY_VARIANTS": "true" if variants else "false",
@@ -63,24 +69,8 @@ def bench_server(
         }
     ).start()
     server.wait_until("/readyz", 200)
+    server.wait_for_engine("compiled" if engine == "auto" else "xgboost")
     return server
-
-
-def raw_inplace_predict(model_dir: Path, rows: list[PodMetrics], repeats: int = 3000) -> LatencySummary:
-    """Both targets' ``inplace_predict`` on the request's matrix, in this process, nthread=1."""
-    bundle = ModelRegistry(model_dir).load_active()
-    assert bundle is not None  # noqa: S101  (trained just before)
-    predictor = Predictor(bundle, "cpu", nthread=1)
-    matrix = feature_matrix(rows)
-    for _ in range(200):
-        predictor.predict_all(matrix)
-    durations: list[float] = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for target in predictor.targets:
-            predictor.predict_target(target, matrix)
-        durations.append(time.perf_counter() - started)
-    return LatencySummary.of(durations)
 
 
 def bare_process_rss_mb() -> float:
@@ -172,7 +162,6 @@ def sweep_and_soak(
 def run_benchmark(
     requests: int,
     pods: int,
-    concurrency: int,
     concurrent_seconds: float,
     out: Path,
     *,
@@ -184,26 +173,22 @@ def run_benchmark(
     """Run every measurement, print a summary, write ``results.json``; 0 when all targets are met."""
     rows_json = pod_rows(pods, seed=7)
     body = json.dumps({"pods": rows_json}).encode()
-    rows = [msgspec.convert(row, PodMetrics) for row in rows_json]
+    matrix = feature_matrix([msgspec.convert(row, PodMetrics) for row in rows_json])
     with default_model_folder() as model_dir:
         version = ModelRegistry(model_dir).active_version()
-        print(f"model {version}: {pods}-pod requests, {requests} sequential, {concurrency} concurrent")
-
-        server = bench_server(model_dir, nthread=1)
+        print(f"model {version}: {pods}-pod requests, {requests} sequential, 16 concurrent", flush=True)
+        raw = raw_predict(model_dir, matrix)  # compiles the model once; the servers load that compile
+        servers = {
+            "naive": naive_server(model_dir),
+            "podlatency xgboost": bench_server(model_dir, nthread=1, engine="xgboost"),
+            "podlatency compiled": bench_server(model_dir, nthread=1),
+        }
         try:
-            end_to_end, served_compute = sequential(server.port, body, requests)
-            rss_after = server.rss_mb()
-            nthread_one = concurrent(server.port, body, concurrency, concurrent_seconds)
+            head = head_to_head(servers, body, requests, clients=16, seconds=concurrent_seconds, rounds=2)
+            rss_after = servers["podlatency compiled"].rss_mb()
         finally:
-            server.stop()
-        raw = raw_inplace_predict(model_dir, rows)
-
-        server = bench_server(model_dir, nthread=0)
-        try:
-            sequential(server.port, body, 300)
-            nthread_all = concurrent(server.port, body, concurrency, concurrent_seconds)
-        finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
 
         server = bench_server(model_dir, nthread=1, variants=False)
         try:
@@ -218,13 +203,12 @@ def run_benchmark(
         )
     bare_rss = bare_process_rss_mb()
 
-    compute_ratio = served_compute.p50_ms / raw.p50_ms
-    targets = {
-        "end_to_end_p50_ms<=1.5": end_to_end.p50_ms <= 1.5,
-        "served_compute_within_1.5x_raw": compute_ratio <= 1.5,
-        "server_rss_mb<=250": rss_after <= 250,
-    }
+    served_compute_ms = head["podlatency compiled"]["served_model_compute"]["p50_ms"]
+    compute_ratio = served_compute_ms / raw["compiled"]["p50_ms"]
+    targets = versus_naive_targets(head, raw) | {"server_rss_mb<=250": rss_after <= 250}
     targets |= batching_targets(sweep_results)
+    if soak_results:
+        targets["soak_rss_growth_mb<=5"] = soak_results["rss_end_mb"] - soak_results["rss_start_mb"] <= 5
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -233,14 +217,15 @@ def run_benchmark(
         },
         "model_version": version,
         "pods_per_request": pods,
-        "end_to_end": asdict(end_to_end),
-        "served_model_compute": asdict(served_compute),
-        "raw_inplace_predict": asdict(raw),
-        "served_compute_over_raw_p50": round(compute_ratio, 3),
+        "head_to_head": head,
+        "raw_predict": raw,
+        "served_compute_over_raw_compiled_p50": round(compute_ratio, 3),
+        "served_compute_over_raw_compiled_cold_p50": round(
+            served_compute_ms / raw["compiled_cold_caches"]["p50_ms"], 3
+        ),
         "server_rss_mb": rss_after,
         "server_rss_mb_without_variants": rss_without_variants,
         "bare_litestar_xgboost_rss_mb": bare_rss,
-        "concurrent": {"nthread_1": nthread_one, "nthread_all": nthread_all},
         "sweep_seconds_per_round": sweep_seconds,
         "sweep_rounds": sweep_rounds,
         "sweep": sweep_results,
@@ -260,8 +245,6 @@ def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool
         sweep_results[name] for name in ("v1 batching", "v1 no batching", "baseline to-thread")
     )
     targets: dict[str, bool] = {}
-    if "1" in batched:
-        targets["1_client_p50_ms<=1.0"] = batched["1"]["p50_ms"] <= 1.0
     if "32" in batched:
         targets["32_clients_batching_rps>=2x_no_batching"] = batched["32"]["rps"] >= 2 * plain["32"]["rps"]
         targets["32_clients_batching_p99_ms<=20"] = batched["32"]["p99_ms"] <= 20
@@ -270,23 +253,14 @@ def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool
 
 
 def _print_summary(results: dict[str, Any]) -> None:
-    e2e, served, raw = results["end_to_end"], results["served_model_compute"], results["raw_inplace_predict"]
-    one, every = results["concurrent"]["nthread_1"], results["concurrent"]["nthread_all"]
-    ratio = results["served_compute_over_raw_p50"]
-    lines = [
-        f"end to end, 1 client:      p50 {e2e['p50_ms']:.3f} ms  p90 {e2e['p90_ms']:.3f}  "
-        f"p99 {e2e['p99_ms']:.3f}",
-        f"model compute in server:   p50 {served['p50_ms']:.3f} ms",
-        f"raw inplace_predict x2:    p50 {raw['p50_ms']:.3f} ms  (served/raw = {ratio})",
+    lines = summary_lines(results["head_to_head"], results["raw_predict"])
+    lines += [
+        f"served / raw compiled model compute: {results['served_compute_over_raw_compiled_p50']} "
+        f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']})",
         f"server RSS: {results['server_rss_mb']} MB, {results['server_rss_mb_without_variants']} MB with "
         "PODLATENCY_VARIANTS=false",
         f"bare Litestar + XGBoost process RSS: {results['bare_litestar_xgboost_rss_mb']} MB",
     ]
-    for label, row in (("nthread=1  ", one), ("nthread=all", every)):
-        lines.append(
-            f"{row['clients']} clients, {label}: {row['rps']} req/s  p50 {row['p50_ms']:.2f} ms  "
-            f"p99 {row['p99_ms']:.2f}"
-        )
     soak_figures = results["soak_32_clients"]
     if soak_figures:
         lines.append(
@@ -307,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
     parser.add_argument("--pods", type=int, default=7, help="pods per request")
-    parser.add_argument("--concurrency", type=int, default=8, help="clients for the nthread comparison")
-    parser.add_argument("--concurrent-seconds", type=float, default=5.0, help="length of each concurrent run")
+    parser.add_argument(
+        "--concurrent-seconds",
+        type=float,
+        default=5.0,
+        help="length of each 16-client round against the naive server",
+    )
     parser.add_argument("--levels", default="1,8,32,128", help="client counts of the concurrency sweep")
     parser.add_argument("--sweep-seconds", type=float, default=3.0, help="length of each sweep point")
     parser.add_argument(
@@ -320,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_benchmark(
         requests=args.requests,
         pods=args.pods,
-        concurrency=args.concurrency,
         concurrent_seconds=args.concurrent_seconds,
         out=args.out,
         levels=[int(level) for level in args.levels.split(",")],

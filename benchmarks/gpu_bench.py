@@ -1,11 +1,12 @@
-"""``python -m benchmarks.gpu_bench``: CPU against GPU predict time per batch size, and the crossover.
+"""``python -m benchmarks.gpu_bench``: the three predict engines per batch size, and the crossover.
 
-For batch sizes 1, 7, 64, 512 and 4096 rows of the embedded default model it times one
-``inplace_predict`` per target (both targets, the way a request is served) on the CPU with one
-thread, on the CPU with all cores, and on the GPU including the copies to and from the device.
-The crossover is the smallest batch size from which the GPU is faster than the better CPU setting;
-set ``PODLATENCY_GPU_MIN_ROWS`` to it. Each point runs for at most half a second, so the whole run
-stays well under five minutes.
+For batch sizes 1, 7, 64, 512 and 4096 rows of the embedded default model it times one predict call
+per target (both targets, the way a request is served) with compiled trees on the CPU, XGBoost
+``inplace_predict`` on the CPU with one thread and with all cores, and XGBoost on the GPU including
+the copies to and from the device. The crossover is the smallest batch size from which the GPU is
+faster than every CPU engine; set ``PODLATENCY_GPU_MIN_ROWS`` to it (smaller calls then go to the
+compiled trees). Each point runs for at most half a second; compiling the model takes a few seconds
+more, so the whole run stays well under five minutes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from podlatency.compiled import Compiler
 from podlatency.predictor import Predictor, cuda_usable
+from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, embedded_default
 from podlatency.workload import generate
@@ -47,26 +51,36 @@ def run_gpu_benchmark(out: Path) -> int:
         print("gpu_bench: XGBoost sees no usable GPU here; nothing to measure")
         return 2
     bundle = embedded_default(Settings().default_samples, TrainingOptions())
+    compiled_trees = Predictor(bundle, "cpu", nthread=1)
+    with tempfile.TemporaryDirectory(prefix="podlatency-gpu-bench-") as folder:
+        registry = ModelRegistry(Path(folder))
+        registry.save(bundle)
+        compiled, _ = Compiler(Path(folder) / "compiled").load_or_compile(
+            bundle.boosters, bundle.version, registry.bundle_dir(bundle.version)
+        )
+    compiled_trees.use_compiled(compiled)
     setups = {
+        "compiled": compiled_trees,
         "cpu_nthread_1": Predictor(bundle, "cpu", nthread=1),
         "cpu_nthread_all": Predictor(bundle, "cpu", nthread=0),
         "gpu": Predictor(bundle, "cuda", nthread=1, gpu_min_rows=0),
     }
     table: dict[str, dict[str, float]] = {str(rows): {} for rows in BATCH_SIZES}
-    print(f"{'rows':>6} {'cpu nthread=1':>14} {'cpu all cores':>14} {'gpu':>10}   (ms, both targets)")
+    print(f"{'rows':>6} {'compiled':>10} {'xgb 1 thread':>13} {'xgb all cores':>14} {'xgb gpu':>10}   (ms)")
     for rows in BATCH_SIZES:
         for name, predictor in setups.items():
             table[str(rows)][name] = median_ms(predictor, rows)
         point = table[str(rows)]
         print(
-            f"{rows:6d} {point['cpu_nthread_1']:14.4f} {point['cpu_nthread_all']:14.4f} {point['gpu']:10.4f}"
+            f"{rows:6d} {point['compiled']:10.4f} {point['cpu_nthread_1']:13.4f} "
+            f"{point['cpu_nthread_all']:14.4f} {point['gpu']:10.4f}"
         )
     crossover = next(
         (
             rows
             for rows in BATCH_SIZES
             if table[str(rows)]["gpu"]
-            < min(table[str(rows)]["cpu_nthread_1"], table[str(rows)]["cpu_nthread_all"])
+            < min(value for name, value in table[str(rows)].items() if name != "gpu")
         ),
         None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import json
 import os
 import signal
 import socket
@@ -154,6 +155,24 @@ class LocalServer:
                 return
             time.sleep(0.05)
         raise ServerFailed(f"{path} never answered {status} (last: {last})\n{self.log()}")
+
+    def wait_for_engine(self, engine: str = "compiled", timeout: float = 300.0) -> None:
+        """Wait until ``/v1/model`` names ``engine``: a model is compiled in the background after start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                connection.request("GET", "/v1/model")
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200 and json.loads(body).get("engine") == engine:
+                    return
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            time.sleep(0.2)
+        raise ServerFailed(f"the server never predicted with {engine}\n{self.log()}")
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process has used so far."""

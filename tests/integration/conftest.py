@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -58,17 +57,6 @@ class ServerProcess(LocalServer):
                 return Answer(response.status, dict(response.headers), response.read())
         except urllib.error.HTTPError as error:
             return Answer(error.code, dict(error.headers), error.read())
-
-    def wait_for_engine(self, engine: str = "compiled", timeout: float = 180.0) -> Answer:
-        """Wait until ``/v1/model`` names ``engine`` (a compile runs in the background after start)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = self.request("GET", "/v1/model")
-            if answer.status == 200 and answer.json()["engine"] == engine:
-                return answer
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server still predicts with {answer.body[:300]!r}, not {engine}")
-            time.sleep(0.2)
 
     def wait_for(self, path: str, status: int, timeout: float = 60.0) -> Answer:
         """Wait until ``GET path`` answers ``status``, and return that answer (the test fails otherwise)."""
