@@ -57,10 +57,12 @@ gpu-check: $(VENV)/.installed-dev
 	set -o pipefail; $(BIN)/pytest -m gpu -q tests/unit/test_predictor.py tests/integration/test_benchmarks.py 2>&1 | tee $(GPU_OUT)/gpu-tests.log
 
 # For a GPU machine without network access (scripts/gpu-check.sh runs what gpu-check runs, from these
-# wheels): the ones such a machine may lack, for Python 3.12, manylinux.
+# wheels): the ones such a machine may lack, for Python 3.12, manylinux (treelite and tl2cgen compile the
+# trees gpu_bench compares; it needs gcc).
 gpu-wheels: | $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels xgboost msgspec
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels \
+		xgboost msgspec treelite tl2cgen scipy packaging
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

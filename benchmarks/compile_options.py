@@ -4,7 +4,7 @@
 
 Compiles the embedded default model's TTFT booster with each candidate (gcc optimisation level,
 translation units, parallel compiler processes) and reports the compile's wall time, CPU time, peak
-memory of the compiler, and the library's predict time for 7 and 98 rows. ``podlatency.compiled``
+memory of the compiler, and the library's predict time for 7 and 98 rows. ``podlatency.compiler``
 uses the choice this measured (docs/performance.md): a rollout compiles in the background, so its
 CPU and memory are what serving gives up.
 """

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from podlatency.compiled import Compiler
+from podlatency.compiler import Compiler
 from podlatency.predictor import Predictor, cuda_usable
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings

@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.clients import LatencySummary, concurrent, sequential, sequential_answers
 from benchmarks.servers import LocalServer
-from podlatency.compiled import Compiler
+from podlatency.compiler import Compiler
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
 

@@ -84,6 +84,7 @@ class ComparedServer:
         self._server = LocalServer(settings | (env or {}), log_path=log_path).start()
         try:
             self._server.wait_until("/readyz", 200)
+            self._server.wait_for_engine("compiled")  # measured as it serves once it has compiled
         except ServerFailed as error:
             log_tail = self._server.log()[-2000:]
             self.stop()

@@ -40,6 +40,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "BaselineBatchUser",
         "baseline (solution 3): one DataFrame per request",
     ),
-    Endpoint("v1-predict", "/v1/predict", "V1PredictUser", "ours: float32 matrix, inplace_predict"),
+    Endpoint("v1-predict", "/v1/predict", "V1PredictUser", "ours: float32 matrix, compiled trees, batched"),
     Endpoint("llmd-bulk-strict", "/predict/bulk/strict", "LlmdBulkStrictUser", "ours via llm-d's bulk API"),
 )

@@ -96,6 +96,8 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
     server = LocalServer(env, command=set_up.command).start()
     try:
         server.wait_until("/readyz", 200)
+        if set_up.server != "floor":
+            server.wait_for_engine("compiled")  # measured as it serves once it has compiled
         port = server.port
         # The floor answers no phase timings, so only the end-to-end latency is read.
         single = LatencySummary.of([seconds for seconds, _ in sequential_answers(port, body, 1000)]).p50_ms

@@ -2,10 +2,10 @@
 # `make gpu-check` for a GPU machine without network access: the CPU/GPU crossover
 # (`python -m benchmarks.gpu_bench`) and the GPU tests (`pytest -m gpu`), from wheels fetched beforehand.
 #
-# Prepare where there is network:   make gpu-wheels        # xgboost + msgspec wheels into .gpu-wheels/
+# Prepare where there is network:   make gpu-wheels        # xgboost, msgspec, treelite, tl2cgen wheels
 # Run on the GPU machine:           bash scripts/gpu-check.sh   (with .gpu-wheels copied beside it)
 #
-# It expects Python 3.12 with numpy, cupy, prometheus-client and pytest, and writes into $OUT:
+# It expects Python 3.12 with numpy, cupy, prometheus-client and pytest, and gcc, and writes into $OUT:
 # gpu-results.json (the crossover: set PODLATENCY_GPU_MIN_ROWS from crossover_rows), gpu-tests.log and
 # machine.txt.
 set -euo pipefail

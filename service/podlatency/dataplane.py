@@ -17,7 +17,7 @@ from opentelemetry.trace import Tracer
 
 from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
-from podlatency.compiled import Compiler
+from podlatency.compiler import Compiler
 from podlatency.errors import ModelLoadError, PodlatencyError
 from podlatency.metrics import model_metrics, service_metrics
 from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_device

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from podlatency.compiled import Compiler
+from podlatency.compiler import Compiler
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
 from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from podlatency.bundle import ModelBundle
-from podlatency.compiled import (
-    ENGINE_COMPILED,
-    ENGINE_XGBOOST,
-    MANIFEST_FILE,
-    Compiler,
-    check_matrix,
-    outputs_agree,
-)
+from podlatency.compiled import ENGINE_COMPILED, ENGINE_XGBOOST, check_matrix, outputs_agree
+from podlatency.compiler import MANIFEST_FILE, Compiler
 from podlatency.errors import CompileFailed
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
