@@ -70,6 +70,10 @@ class CompiledModel:
         self._predictors = {
             target: tl2cgen.Predictor(str(path), nthread=1) for target, path in libraries.items()
         }
+        for target, predictor in self._predictors.items():
+            # The binding below writes one float per row: a model of one target and one class.
+            if predictor.num_target != 1 or list(predictor.num_class) != [1]:
+                raise ValueError(f"{target}: a compiled model must have one output per row")
         # tl2cgen allows one predict call at a time per library; the batcher makes one at a time anyway.
         self._lock = threading.Lock()
         held = ctypes.PyDLL(_LIB._name)  # the same library, called without releasing the GIL
