@@ -8,11 +8,9 @@ reads its CPU time and memory from ``/proc``, and stops it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,11 +20,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Self
 
+from podlatency.processes import die_with_parent
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
 from podlatency.training import TrainingOptions, embedded_default
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ServerFailed(RuntimeError):
@@ -38,16 +35,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for servers we start: SIGTERM them if the process that started them dies.
-
-    Without it a benchmark killed from outside (a CI timeout, Ctrl-\\) leaves its servers running.
-    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere it does nothing.
-    """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from podlatency.compiled import CompiledModel, outputs_agree, platform_key
 from podlatency.errors import CompileFailed
 from podlatency.metrics import service_metrics
+from podlatency.processes import die_with_parent
 
 if TYPE_CHECKING:
     from podlatency.predictor import Predictor
@@ -155,7 +157,7 @@ class Compiler:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its compilers are stopped with it (close)
-                preexec_fn=_lowest_priority,  # noqa: PLW1509  (no lock is taken in between)
+                preexec_fn=_compile_child_setup,  # noqa: PLW1509  (no lock is taken in between)
             )
             try:
                 output, _ = child.communicate(timeout=COMPILE_TIMEOUT_S)
@@ -186,8 +188,10 @@ class Compiler:
         return {target: folder / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
 
 
-def _lowest_priority() -> None:
+def _compile_child_setup() -> None:
+    """In the compile child: the lowest CPU priority, and death with the process it compiles for."""
     os.nice(19)
+    die_with_parent(signal.SIGKILL)
 
 
 def _sha256(path: Path) -> str:

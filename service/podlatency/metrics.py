@@ -52,6 +52,7 @@ class ServiceMetrics:
     predict_engine: Gauge
     compiles: Counter
     compile_seconds: Gauge
+    spans_dropped: Counter
 
 
 @functools.cache
@@ -145,6 +146,10 @@ def service_metrics() -> ServiceMetrics:
             "podlatency_model_compile_seconds",
             "Wall time of the last model compile (the compiler runs at the lowest CPU priority).",
             multiprocess_mode="livemax",
+        ),
+        spans_dropped=Counter(
+            "podlatency_spans_dropped",
+            "Sampled requests whose phase spans were not recorded: the span writer's queue was full.",
         ),
     )
 

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from podlatency.metrics import phase_histogram
+from podlatency.metrics import phase_histogram, service_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,15 @@ class PhaseRecorder:
             span.end(end_time=end_ns)
 
 
+DROP_LOG_INTERVAL_S = 60.0
+
+
 class SpanWriter:
     """One background thread that turns submitted recorders into spans and metric samples.
 
     Its queue is bounded: past ``max_pending`` recorders it drops rather than grow without limit
-    when the process is saturated, and counts what it dropped.
+    when the process is saturated (or the exporter stalls), counts what it dropped in
+    ``podlatency_spans_dropped_total`` and says so in the log at most once a minute.
     """
 
     def __init__(self, max_pending: int = 10_000) -> None:
@@ -164,14 +168,29 @@ class SpanWriter:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.dropped = 0
+        self._dropped_logged = 0
+        self._drop_logged_at = -DROP_LOG_INTERVAL_S
 
     def submit(self, recorder: PhaseRecorder) -> None:
         """Queue a finished request's phases."""
         if self._queue.qsize() >= self._max_pending:
-            self.dropped += 1
+            self._drop()
             return
         self._ensure_started()
         self._queue.put(recorder)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        service_metrics().spans_dropped.inc()
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            logger.warning(
+                "span writer queue full (%d requests pending): %d requests' spans dropped since the "
+                "last report (podlatency_spans_dropped_total)",
+                self._max_pending,
+                self.dropped - self._dropped_logged,
+            )
+            self._drop_logged_at, self._dropped_logged = now, self.dropped
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything submitted so far has been emitted."""

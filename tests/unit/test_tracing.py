@@ -53,3 +53,20 @@ def test_unsampled_requests_get_metrics_but_no_spans() -> None:
     writer.close()
     assert exporter.get_finished_spans() == ()
     assert histogram._sum.get() - before == pytest.approx(0.002999)
+
+
+def test_a_full_span_writer_drops_counts_and_logs_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Past its queue limit the writer drops sampled requests' spans, counts each, and logs once a minute."""
+    tracer = TracerProvider().get_tracer("t")  # samples every request
+    writer = SpanWriter(max_pending=0)  # full from the start
+    counter = service_metrics().spans_dropped
+    before = counter._value.get()
+    with caplog.at_level("WARNING", logger="podlatency.tracing"), tracer.start_as_current_span("request"):
+        for _ in range(5):
+            recorder = PhaseRecorder(tracer, writer, "/dropped-test")
+            recorder.record("decode", 1_000, 2_000)
+            recorder.submit()
+    assert writer.dropped == 5
+    assert counter._value.get() - before == 5
+    warnings = [record for record in caplog.records if "span writer queue full" in record.message]
+    assert len(warnings) == 1, "logged at most once a minute"
