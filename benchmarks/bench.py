@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.clients import concurrent, sequential
-from benchmarks.servers import LocalServer, default_model_folder
+from benchmarks.servers import LocalServer, default_model_folder, loaded_point
 from benchmarks.versus_naive import (
     head_to_head,
     naive_server,
@@ -107,11 +107,7 @@ def sweep(
     for clients in levels:
         for _ in range(rounds):
             for name, server, path in SWEEP_ENDPOINTS:
-                cpu_before = servers[server].cpu_seconds()
-                figures = concurrent(servers[server].port, body, clients, seconds, path)
-                cpu_used = servers[server].cpu_seconds() - cpu_before
-                point = {key: figures[key] for key in ("rps", "p50_ms", "p99_ms", "count")}
-                point["server_cpu_us_per_request"] = round(cpu_used / figures["count"] * 1e6, 1)
+                point = loaded_point(servers[server], body, clients, seconds, path)
                 best = results[name].get(str(clients))
                 if best is None or point["rps"] > best["rps"]:
                     results[name][str(clients)] = point

@@ -18,8 +18,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
+from benchmarks.clients import concurrent
 from podlatency.processes import die_with_parent
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
@@ -187,3 +188,15 @@ def default_model_folder(prefix: str = "podlatency-bench-") -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         ModelRegistry(Path(folder)).save(embedded_default(Settings().default_samples, TrainingOptions()))
         yield Path(folder)
+
+
+def loaded_point(
+    server: LocalServer, body: bytes, clients: int, seconds: float, path: str = "/v1/predict"
+) -> dict[str, Any]:
+    """``clients`` keep-alive clients for ``seconds``: req/s, p50, p99, count and server CPU per request."""
+    cpu_before = server.cpu_seconds()
+    figures = concurrent(server.port, body, clients, seconds, path)
+    cpu_used = server.cpu_seconds() - cpu_before
+    point: dict[str, Any] = {key: figures[key] for key in ("rps", "p50_ms", "p99_ms", "count")}
+    point["server_cpu_us_per_request"] = round(cpu_used / figures["count"] * 1e6, 1)
+    return point

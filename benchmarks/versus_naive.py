@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.clients import LatencySummary, concurrent, sequential, sequential_answers
-from benchmarks.servers import LocalServer
+from benchmarks.clients import LatencySummary, sequential, sequential_answers
+from benchmarks.servers import LocalServer, loaded_point
 from podlatency.compiler import Compiler
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
@@ -95,12 +95,7 @@ def head_to_head(
             results[name] = {"one_client": asdict(one_client), "served_model_compute": asdict(compute)}
     for _ in range(rounds):
         for name in CONTENDERS:
-            server = servers[name]
-            cpu_before = server.cpu_seconds()
-            figures = concurrent(server.port, body, clients, seconds)
-            cpu_used = server.cpu_seconds() - cpu_before
-            point = {key: figures[key] for key in ("rps", "p50_ms", "p99_ms", "count")}
-            point["server_cpu_us_per_request"] = round(cpu_used / figures["count"] * 1e6, 1)
+            point = loaded_point(servers[name], body, clients, seconds)
             best = results[name].get("concurrent")
             if best is None or point["rps"] > best["rps"]:
                 results[name]["concurrent"] = point | {"clients": clients}

@@ -21,7 +21,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,41 +104,39 @@ class CompiledModel:
 
         The matrix is handed to the libraries once; that hand-over is timed with the first target.
         """
-        if len(matrix) > HELD_GIL_MAX_ROWS:
-            return self._predict_releasing_gil(matrix)
-        by_target: dict[str, npt.NDArray[np.float32]] = {}
-        times: dict[str, tuple[int, int]] = {}
-        rows = np.ascontiguousarray(matrix, dtype=np.float32)
-        handle = ctypes.c_void_p()
         with self._lock:
             started_ns = time.time_ns()
+            if len(matrix) > HELD_GIL_MAX_ROWS:
+                dmatrix = self._dmatrix(matrix, dtype="float32")
+                return self._each_target(started_ns, lambda predictor: predictor.predict(dmatrix).reshape(-1))
+            rows = np.ascontiguousarray(matrix, dtype=np.float32)
+            handle = ctypes.c_void_p()
             _checked(self._create(rows.ctypes.data, b"float32", rows.shape[0], rows.shape[1],
                                   self._missing.ctypes.data, ctypes.byref(handle)))  # fmt: skip
             try:
-                for target, predictor in self._predictors.items():
-                    out = np.zeros(len(rows), dtype=np.float32)  # one target, one class: a value per row
-                    _checked(self._predict_batch(predictor.handle, handle, 0, 0, out.ctypes.data))
-                    by_target[target] = out
-                    ended_ns = time.time_ns()
-                    times[target] = (started_ns, ended_ns)
-                    started_ns = ended_ns
+                return self._each_target(
+                    started_ns, lambda predictor: self._held(predictor, handle, len(matrix))
+                )
             finally:
                 self._free(handle)
-        return by_target, times
 
-    def _predict_releasing_gil(
-        self, matrix: FloatMatrix
+    def _held(self, predictor: Any, handle: ctypes.c_void_p, rows: int) -> npt.NDArray[np.float32]:
+        """One target's outputs through the GIL-keeping binding: one target, one class, a value per row."""
+        out = np.zeros(rows, dtype=np.float32)
+        _checked(self._predict_batch(predictor.handle, handle, 0, 0, out.ctypes.data))
+        return out
+
+    def _each_target(
+        self, started_ns: int, predict: Callable[[Any], npt.NDArray[np.float32]]
     ) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, tuple[int, int]]]:
+        """``predict`` for every target in turn, each call timed from the end of the one before."""
         by_target: dict[str, npt.NDArray[np.float32]] = {}
         times: dict[str, tuple[int, int]] = {}
-        with self._lock:
-            started_ns = time.time_ns()
-            rows = self._dmatrix(matrix, dtype="float32")
-            for target, predictor in self._predictors.items():
-                by_target[target] = predictor.predict(rows).reshape(-1)
-                ended_ns = time.time_ns()
-                times[target] = (started_ns, ended_ns)
-                started_ns = ended_ns
+        for target, predictor in self._predictors.items():
+            by_target[target] = predict(predictor)
+            ended_ns = time.time_ns()
+            times[target] = (started_ns, ended_ns)
+            started_ns = ended_ns
         return by_target, times
 
 
