@@ -36,6 +36,7 @@ import msgspec
 
 from benchmarks.clients import concurrent, sequential
 from benchmarks.servers import LocalServer, default_model_folder, loaded_point
+from benchmarks.tracing_cost import tracing_cost, tracing_lines
 from benchmarks.versus_naive import (
     head_to_head,
     naive_server,
@@ -49,9 +50,18 @@ from podlatency.workload import pod_rows
 
 
 def bench_server(
-    model_dir: Path, nthread: int, *, variants: bool = True, batching: bool = True, engine: str = "auto"
+    model_dir: Path,
+    nthread: int,
+    *,
+    variants: bool = True,
+    batching: bool = True,
+    engine: str = "auto",
+    tracing: dict[str, str] | None = None,
 ) -> LocalServer:
-    """A ready ``podlatency serve`` on the model folder, on the CPU, tracing nothing, on its engine."""
+    """A ready ``podlatency serve`` on the model folder, on the CPU, on its engine.
+
+    It traces nothing unless ``tracing`` sets the ``OTEL_*`` variables.
+    """
     server = LocalServer(
         {
             "PODLATENCY_MODEL_DIR": str(model_dir),
@@ -67,6 +77,7 @@ def bench_server(
             "OTEL_EXPORTER_OTLP_ENDPOINT": "",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
         }
+        | (tracing or {})
     ).start()
     server.wait_until("/readyz", 200)
     server.wait_for_engine("compiled" if engine == "auto" else "xgboost")
@@ -173,7 +184,7 @@ def run_benchmark(
     with default_model_folder() as model_dir:
         version = ModelRegistry(model_dir).active_version()
         print(f"model {version}: {pods}-pod requests, {requests} sequential, 16 concurrent", flush=True)
-        raw = raw_predict(model_dir, matrix)  # compiles the model once; the servers load that compile
+        raw = raw_predict(model_dir, matrix, body)  # compiles the model once; the servers load that compile
         servers = {
             "naive": naive_server(model_dir),
             "podlatency xgboost": bench_server(model_dir, nthread=1, engine="xgboost"),
@@ -193,6 +204,15 @@ def run_benchmark(
         finally:
             server.stop()
 
+        print("tracing off, at the defaults, and on every request:", flush=True)
+        tracing = tracing_cost(
+            lambda env: bench_server(model_dir, nthread=1, variants=False, tracing=env),
+            body,
+            clients=16,
+            seconds=concurrent_seconds,
+            rounds=2,
+        )
+
         print(f"concurrency sweep, best of {sweep_rounds} interleaved rounds of {sweep_seconds:g} s:")
         sweep_results, soak_results = sweep_and_soak(
             model_dir, body, levels, sweep_seconds, soak_seconds, sweep_rounds=sweep_rounds
@@ -202,6 +222,7 @@ def run_benchmark(
     served_compute_ms = head["podlatency compiled"]["served_model_compute"]["p50_ms"]
     compute_ratio = served_compute_ms / raw["compiled"]["p50_ms"]
     targets = versus_naive_targets(head, raw) | {"server_rss_mb<=250": rss_after <= 250}
+    targets["16_clients_tracing_defaults_rps>=0.9x_off"] = tracing["defaults"]["rps_over_off"] >= 0.9
     targets |= batching_targets(sweep_results)
     if soak_results:
         targets["soak_rss_growth_mb<=5"] = soak_results["rss_end_mb"] - soak_results["rss_start_mb"] <= 5
@@ -219,6 +240,10 @@ def run_benchmark(
         "served_compute_over_raw_compiled_cold_p50": round(
             served_compute_ms / raw["compiled_cold_caches"]["p50_ms"], 3
         ),
+        "served_compute_over_raw_compiled_server_like_p50": round(
+            served_compute_ms / raw["compiled_server_like"]["p50_ms"], 3
+        ),
+        "tracing": tracing,
         "server_rss_mb": rss_after,
         "server_rss_mb_without_variants": rss_without_variants,
         "bare_litestar_xgboost_rss_mb": bare_rss,
@@ -250,9 +275,11 @@ def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool
 
 def _print_summary(results: dict[str, Any]) -> None:
     lines = summary_lines(results["head_to_head"], results["raw_predict"])
+    lines += tracing_lines(results["tracing"])
     lines += [
         f"served / raw compiled model compute: {results['served_compute_over_raw_compiled_p50']} "
-        f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']})",
+        f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']}; server-like: "
+        f"{results['served_compute_over_raw_compiled_server_like_p50']})",
         f"server RSS: {results['server_rss_mb']} MB, {results['server_rss_mb_without_variants']} MB with "
         "PODLATENCY_VARIANTS=false",
         f"bare Litestar + XGBoost process RSS: {results['bare_litestar_xgboost_rss_mb']} MB",

@@ -1,11 +1,12 @@
-"""Measure the serving set-ups the defaults were chosen by: server, processes, nthread, batching, tracing.
+"""Measure the serving set-ups the defaults were chosen by: server, processes, nthread, batching.
 
     pip install granian            # optional: without it only uvicorn set-ups are measured
     python -m loadtest.server_choice
 
 Each set-up serves the embedded default model; one keep-alive client measures the 1-client p50, then
 32 concurrent clients run for a few seconds (req/s, p50, p99). All on this machine in one run, so the
-figures compare; the clients share the machine's cores with the server.
+figures compare; the clients share the machine's cores with the server. What tracing costs is
+measured by ``make bench`` (:mod:`benchmarks.tracing_cost`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,6 @@ SET_UPS = (
     SetUp("uvicorn", 1),
     SetUp("uvicorn", 1, {"PODLATENCY_NTHREAD": "0"}),
     SetUp("uvicorn", 1, {"PODLATENCY_BATCHING": "false"}),
-    # Every request's spans recorded (no exporter, so they are dropped): what tracing itself costs.
-    SetUp("uvicorn", 1, {"OTEL_TRACES_SAMPLER": "always_on"}),
     SetUp("uvicorn", 2),
     SetUp("uvicorn", 2, {"PODLATENCY_BATCHING": "false"}),
     SetUp("granian", 1),

@@ -103,12 +103,9 @@ def serve(args: argparse.Namespace) -> int:
 
 def _ensure_model(settings: Settings) -> None:
     """Train the embedded default once, before several workers start, so none serves later than another."""
-    from opentelemetry import trace  # noqa: PLC0415
-
     from podlatency.dataplane import PredictionService  # noqa: PLC0415
-    from podlatency.tracing import TRACER_NAME  # noqa: PLC0415
 
-    service = PredictionService(settings, trace.get_tracer(TRACER_NAME))
+    service = PredictionService(settings)
     if service.registry.active_version() is None:
         service.train_default()
 

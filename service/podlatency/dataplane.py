@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from opentelemetry.trace import Tracer
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
@@ -24,7 +24,8 @@ from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_de
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
 from podlatency.settings import Settings
-from podlatency.tracing import PhaseRecorder, SpanWriter
+from podlatency.spans import PhaseRecorder
+from podlatency.tracing import Tracing
 from podlatency.training import TrainingOptions, embedded_default
 
 logger = logging.getLogger(__name__)
@@ -47,22 +48,24 @@ class PredictionService:
     def __init__(
         self,
         settings: Settings,
-        tracer: Tracer,
+        tracing: Tracing | None = None,
         registry: ModelRegistry | None = None,
         compiler: Compiler | None = None,
     ) -> None:
         self.settings = settings
-        self.tracer = tracer
+        self.tracing = tracing or Tracing.to(None, sampler=ALWAYS_OFF)
+        """Tracers, span writer and slow thresholds (by default: nothing recorded)."""
         self.registry = registry or ModelRegistry(settings.model_dir)
         self.holder = ModelHolder()
-        self.span_writer = SpanWriter()
         self.device = resolve_device(settings.device)
         self.compiler = compiler
         """Brings each model in service to compiled trees in the background (None: XGBoost only)."""
 
     def phase_recorder(self, route: str) -> PhaseRecorder:
         """A recorder for one request's phases on ``route``, tagged with the device."""
-        return PhaseRecorder(self.tracer, self.span_writer, route, {"podlatency.device": self.device})
+        return PhaseRecorder(
+            self.tracing.head, self.tracing.writer, route, {"podlatency.device": self.device}
+        )
 
     def predict(self, rows: Sequence[PodMetrics], phases: PhaseRecorder) -> Predictions:
         """All rows in one matrix, one ``inplace_predict`` per target.

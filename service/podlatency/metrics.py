@@ -149,7 +149,9 @@ def service_metrics() -> ServiceMetrics:
         ),
         spans_dropped=Counter(
             "podlatency_spans_dropped",
-            "Sampled requests whose phase spans were not recorded: the span writer's queue was full.",
+            "Spans of kept traces that were not exported, by reason (writer_full, export_queue_full, "
+            "collector_failing, export_failed).",
+            ["reason"],
         ),
     )
 
@@ -262,8 +264,12 @@ class RouteMetrics:
     in_progress: Gauge
     _by_status: dict[int, tuple[Counter, Histogram, Counter | None]] = field(default_factory=dict)
 
-    def answered(self, status: int, seconds: float) -> None:
-        """Count a request answered with ``status`` after ``seconds``."""
+    def answered(self, status: int, seconds: float, trace_id: str | None = None) -> None:
+        """Count a request answered with ``status`` after ``seconds``.
+
+        A request whose trace was kept leaves its ``trace_id`` as the duration's exemplar (shown when
+        ``/metrics`` is scraped as OpenMetrics), so a latency panel links to the trace.
+        """
         children = self._by_status.get(status)
         if children is None:
             metrics = request_metrics()
@@ -276,7 +282,7 @@ class RouteMetrics:
             self._by_status[status] = children
         total, duration, errors = children
         total.inc()
-        duration.observe(seconds)
+        duration.observe(seconds, {"trace_id": trace_id} if trace_id is not None else None)
         if errors is not None:
             errors.inc()
 

@@ -10,8 +10,8 @@ ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrai
 
 Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
 the embedded default in the background), then the watcher; in a cluster the declared version, then the
-rollout loops. Stop order: the loops, the baselines' pool, a compile in progress, then the span writer
-and, when this runtime made it, the tracer provider (which flushes the spans still queued).
+rollout loops. Stop order: the loops, the baselines' pool, a compile in progress, then tracing (the span
+writer, then the exporter, which flushes the spans still queued).
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.trace import TracerProvider
-
 from podlatency.compiler import Compiler
 from podlatency.dataplane import PredictionService
+from podlatency.keeping import slow_thresholds
 from podlatency.metrics import service_metrics
 from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings
-from podlatency.tracing import TRACER_NAME, build_tracer_provider
+from podlatency.tracing import Tracing
 from podlatency.training import TrainingOptions
 from podlatency.watcher import ActiveVersionWatcher
 
@@ -41,19 +40,17 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    """The components of one process. ``tracer_provider`` is injectable (tests read spans from memory)."""
+    """The components of one process. ``tracing`` is injectable (tests read spans from memory)."""
 
-    def __init__(self, settings: Settings, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
-        self._owns_provider = tracer_provider is None
-        self.tracer_provider = tracer_provider or build_tracer_provider()
+        self.tracing = tracing or Tracing.from_env(slow_thresholds(settings.trace_slow_ms))
         self.predicts = settings.role in ("both", "predictor")
         self.trains = settings.role in ("both", "trainer")
         compiler = None
         if self.predicts and settings.engine == "auto":
             compiler = Compiler(settings.compiled_folder, settings.compiler)
-        tracer = self.tracer_provider.get_tracer(TRACER_NAME)
-        self.service = PredictionService(settings, tracer, compiler=compiler)
+        self.service = PredictionService(settings, self.tracing, compiler=compiler)
         self.samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
         self.cluster: ClusterRollout | None = None
         if settings.rollout_configmap:
@@ -123,9 +120,7 @@ class Runtime:
         if self.baselines is not None:
             self.baselines.close()
         self.service.close()
-        self.service.span_writer.close()
-        if self._owns_provider:
-            self.tracer_provider.shutdown()  # flushes spans still in the batch processor
+        self.tracing.close()  # makes the spans still queued, and flushes the exporter
 
 
 def freeze_startup_heap() -> int:

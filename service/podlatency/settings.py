@@ -135,6 +135,11 @@ class Settings:
     """Quantile trained for when ``objective`` is ``quantile`` (llm-d's ``/status`` reports it for mean
     models too)."""
 
+    trace_slow_ms: str = "auto"
+    """Server time above which a request's trace is kept even when the head sampler passed it over:
+    ``auto`` (each route's rolling p99 over about the last minute), a number of milliseconds, or
+    ``off``. Failed requests (5xx, shed) are always kept; only with an OTLP endpoint set."""
+
     log_level: LogLevel = "info"
     """Log level of the server process (debug, info, warning, error)."""
 
@@ -216,6 +221,7 @@ class Settings:
                 "compiler",
                 "must be a command name or path (letters, digits and _./+-)",
             ),
+            (_slow_ms_valid(self.trace_slow_ms), "trace_slow_ms", "must be auto, off or milliseconds > 0"),
             (self.objective in get_args(Objective), "objective", f"must be one of {get_args(Objective)}"),
             (self.log_level in get_args(LogLevel), "log_level", f"must be one of {get_args(LogLevel)}"),
             (self.watch_timeout_s >= 1, "watch_timeout_s", "must be >= 1"),
@@ -229,6 +235,17 @@ class Settings:
             if not ok:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
         check_lease_timings(self.lease_duration_s, self.lease_renew_deadline_s, self.lease_retry_period_s)
+
+
+def _slow_ms_valid(value: str) -> bool:
+    """``auto``, ``off`` or a positive finite number of milliseconds."""
+    if value.strip().lower() in ("auto", "off"):
+        return True
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        return False
+    return 0.0 < milliseconds < float("inf")
 
 
 def check_lease_timings(duration_s: int, renew_deadline_s: int, retry_period_s: int) -> None:

@@ -1,37 +1,44 @@
-"""OpenTelemetry set-up and the per-phase spans of a request.
+"""OpenTelemetry set-up: which requests are traced, and where their spans go.
 
 Configuration follows the standard ``OTEL_*`` variables: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) turns on the OTLP/HTTP exporter behind a BatchSpanProcessor;
-``OTEL_SERVICE_NAME`` names the service (default ``podlatency``); ``OTEL_TRACES_SAMPLER`` and its
-argument choose how many requests are traced. With no endpoint, no span is recorded at all (unless a
-sampler is set explicitly). Tests pass their own tracer provider instead.
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) turns on the OTLP/HTTP exporter behind a batch span processor
+that drops (counted) rather than overflow (:mod:`podlatency.export`);
+``OTEL_SERVICE_NAME`` names the service (default ``podlatency``). With no endpoint no span is
+recorded at all: spans would go nowhere. Tests hand in their own span processor.
+
+A trace is kept for one of three reasons (:mod:`podlatency.keeping`):
+
+- **head-sampled**: ``OTEL_TRACES_SAMPLER`` (and ``OTEL_TRACES_SAMPLER_ARG``) chose it when it
+  arrived. Every sampler is parent-based here: a caller's ``traceparent`` with the sampled flag is
+  always followed, so a router that traces its scheduling decision sees our phases. With no sampler
+  set the head share is 1% (``parentbased_traceidratio``, 0.01): recording every request's spans
+  costs a large share of the throughput (docs/performance.md);
+- **slow** or **error**, decided once the request is answered. Those spans are made afterwards by
+  a second tracer that records every span it is asked for, into the same span processor.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Tracer
 from opentelemetry.util.types import AttributeValue
 
-from podlatency.metrics import phase_histogram, service_metrics
-
-logger = logging.getLogger(__name__)
+from podlatency.errors import SettingsError
+from podlatency.export import BoundedExport
+from podlatency.keeping import NeverSlow, SlowThresholds, kept_reason
+from podlatency.spans import ChosenTraceIds, KeptRoot, SpanWriter
 
 TRACER_NAME = "podlatency"
 DEFAULT_SERVICE_NAME = "podlatency"
+DEFAULT_HEAD_SHARE = 0.01
 
 
 def otlp_endpoint_configured(environ: Mapping[str, str]) -> bool:
@@ -43,188 +50,127 @@ def otlp_endpoint_configured(environ: Mapping[str, str]) -> bool:
     )
 
 
-def build_tracer_provider(environ: Mapping[str, str] | None = None) -> TracerProvider:
-    """A tracer provider for this process, exporting over OTLP/HTTP when an endpoint is set."""
-    env = os.environ if environ is None else environ
-    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
-    exporting = otlp_endpoint_configured(env)
-    # Spans that go nowhere still cost CPU (docs/performance.md): with no exporter and no sampler
-    # chosen, record none. OTEL_TRACES_SAMPLER set explicitly still wins.
-    sampler = None if exporting or env.get("OTEL_TRACES_SAMPLER") else ALWAYS_OFF
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
-    if exporting:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+def head_sampler(environ: Mapping[str, str]) -> Sampler:
+    """The parent-based head sampler ``OTEL_TRACES_SAMPLER`` names (1% of new traces when unset).
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider
+    ``always_on``, ``always_off`` and ``traceidratio`` and their ``parentbased_`` forms are accepted,
+    and all of them follow a caller's sampled flag. Anything else stops the process with the
+    variable's name: a typo would otherwise trace nothing, or everything.
+    """
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    root_name = name.removeprefix("parentbased_")
+    if not name:
+        return ParentBased(TraceIdRatioBased(DEFAULT_HEAD_SHARE))
+    if root_name == "always_on":
+        return ParentBased(ALWAYS_ON)
+    if root_name == "always_off":
+        return ParentBased(ALWAYS_OFF)
+    if root_name == "traceidratio":
+        raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip()
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise SettingsError(f"OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, got {raw!r}")
+        return ParentBased(TraceIdRatioBased(ratio))
+    raise SettingsError(
+        "OTEL_TRACES_SAMPLER must be always_on, always_off or traceidratio (optionally parentbased_), "
+        f"got {name!r}"
+    )
 
 
-class PhaseRecorder:
-    """Times the phases of one request: each becomes a child span, a histogram sample and a duration.
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """A process's tracing: the tracers, the span writer and the slow thresholds.
 
-    A phase is noted as (name, start, end) on the request path, which costs about a microsecond;
-    the spans (with explicit timestamps, under the span that was current when the recorder was made)
-    and the metric samples are made later by a :class:`SpanWriter` thread. Creating them inline cost
-    ~30 microseconds per phase, a quarter of a 7-pod request.
+    ``head`` starts each request's server span as its sampler decides; ``kept`` (``None`` when spans go
+    nowhere) makes the spans of requests kept afterwards, with ``trace_ids`` choosing their trace ids;
+    both feed the same span processor.
     """
 
-    def __init__(
-        self,
-        tracer: Tracer,
-        writer: SpanWriter,
-        route: str,
-        attributes: dict[str, AttributeValue] | None = None,
-    ) -> None:
-        self._tracer = tracer
-        self._writer = writer
-        self.route = route
-        parent_span = trace.get_current_span()
-        self._parent: Context = trace.set_span_in_context(parent_span)
-        # An unsampled request gets no phase spans (they would be dropped), only metric samples.
-        self._traced = parent_span.get_span_context().trace_flags.sampled
-        self._phases: list[
-            tuple[str, int, int, BaseException | None, Mapping[str, AttributeValue] | None]
-        ] = []
-        self._submitted = False
-        self.attributes: dict[str, AttributeValue] = dict(attributes or {})
-        self.durations_ns: dict[str, int] = {}
+    head: Tracer
+    kept: Tracer | None
+    trace_ids: ChosenTraceIds
+    writer: SpanWriter
+    slow: SlowThresholds
+    provider: TracerProvider
 
-    def record(
+    @classmethod
+    def to(
+        cls,
+        processor: SpanProcessor | None,
+        *,
+        sampler: Sampler,
+        slow: SlowThresholds | None = None,
+        resource: Resource | None = None,
+    ) -> Tracing:
+        """Tracing whose spans go to ``processor`` (``None``: nowhere, and nothing is recorded)."""
+        if processor is None:
+            provider = TracerProvider(sampler=ALWAYS_OFF, resource=resource)
+            tracer = provider.get_tracer(TRACER_NAME)
+            return cls(tracer, None, ChosenTraceIds(), SpanWriter(), NeverSlow(), provider)
+        shared = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+        shared.add_span_processor(processor)
+        provider = TracerProvider(sampler=sampler, resource=resource, active_span_processor=shared)
+        trace_ids = ChosenTraceIds()
+        kept_provider = TracerProvider(
+            sampler=ALWAYS_ON,
+            resource=resource,
+            active_span_processor=shared,
+            id_generator=trace_ids,
+            shutdown_on_exit=False,  # the head provider shuts the shared processor down
+        )
+        return cls(
+            provider.get_tracer(TRACER_NAME),
+            kept_provider.get_tracer(TRACER_NAME),
+            trace_ids,
+            SpanWriter(),
+            slow or NeverSlow(),
+            provider,
+        )
+
+    @classmethod
+    def from_env(cls, slow: SlowThresholds, environ: Mapping[str, str] | None = None) -> Tracing:
+        """Tracing as the ``OTEL_*`` variables configure it (OTLP/HTTP when an endpoint is set)."""
+        env = os.environ if environ is None else environ
+        attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
+        sampler = head_sampler(env)  # checked even when nothing exports: a typo shows at start-up
+        processor: SpanProcessor | None = None
+        if otlp_endpoint_configured(env):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+
+            processor = BoundedExport(OTLPSpanExporter())
+        return cls.to(processor, sampler=sampler, slow=slow, resource=Resource.create(attributes))
+
+    def kept_reason(self, route: str, head_sampled: bool, status: int, seconds: float) -> str | None:
+        """Why an answered request's trace is kept (``None``: it is not), counting its server time.
+
+        ``None`` too when spans go nowhere. Called from the event loop only (the thresholds have no lock).
+        """
+        slow = self.slow
+        reason = kept_reason(head_sampled, status, seconds, slow.seconds(route))
+        slow.observe(route, seconds, time.monotonic())
+        return reason if head_sampled or self.kept is not None else None
+
+    def kept_root(
         self,
         name: str,
-        start_ns: int,
-        end_ns: int,
-        error: BaseException | None = None,
-        attributes: Mapping[str, AttributeValue] | None = None,
-    ) -> None:
-        """Note a phase that ran from ``start_ns`` to ``end_ns`` (``time.time_ns`` clock).
+        trace_id: int,
+        parent: Context | None,
+        times_ns: tuple[int, int],
+        attributes: dict[str, AttributeValue],
+    ) -> KeptRoot:
+        """The server span of a request kept once answered (spans are exported: :attr:`kept` is set)."""
+        if self.kept is None:
+            raise RuntimeError("no span is kept while spans go nowhere")
+        status = attributes.get("http.response.status_code")
+        error = isinstance(status, int) and status >= 500
+        return KeptRoot(self.kept, self.trace_ids, name, trace_id, parent, *times_ns, attributes, error)
 
-        A name recorded several times (one phase per pod) adds up in :attr:`durations_ns`.
-        """
-        self.durations_ns[name] = self.durations_ns.get(name, 0) + end_ns - start_ns
-        self._phases.append((name, start_ns, end_ns, error, attributes))
-
-    @contextmanager
-    def phase(self, name: str, started_ns: int | None = None) -> Iterator[None]:
-        """Time the enclosed block as phase ``name`` (from ``started_ns`` when given: the end of the last)."""
-        start_ns = started_ns or time.time_ns()
-        try:
-            yield
-        except BaseException as error:
-            self.record(name, start_ns, time.time_ns(), error)
-            raise
-        self.record(name, start_ns, time.time_ns())
-
-    def milliseconds(self) -> dict[str, float]:
-        """Durations so far, in milliseconds rounded to the microsecond."""
-        return {name: round(duration / 1e6, 3) for name, duration in self.durations_ns.items()}
-
-    def submit(self) -> None:
-        """Hand the noted phases to the writer (once; later calls do nothing).
-
-        An unsampled request only feeds histograms: that is cheaper inline than a hand-off to the
-        writer thread.
-        """
-        if self._submitted:
-            return
-        self._submitted = True
-        if self._traced:
-            self._writer.submit(self)
-        else:
-            self.emit()
-
-    def emit(self) -> None:
-        """Make the spans (on the writer's thread) and metric samples."""
-        for name, start_ns, end_ns, error, attributes in self._phases:
-            phase_histogram(self.route, name).observe((end_ns - start_ns) / 1e9)
-            if not self._traced:
-                continue
-            span = self._tracer.start_span(
-                name,
-                context=self._parent,
-                start_time=start_ns,
-                attributes={**self.attributes, **attributes} if attributes else self.attributes,
-            )
-            if error is not None:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-            span.end(end_time=end_ns)
-
-
-DROP_LOG_INTERVAL_S = 60.0
-
-
-class SpanWriter:
-    """One background thread that turns submitted recorders into spans and metric samples.
-
-    Its queue is bounded: past ``max_pending`` recorders it drops rather than grow without limit
-    when the process is saturated (or the exporter stalls), counts what it dropped in
-    ``podlatency_spans_dropped_total`` and says so in the log at most once a minute.
-    """
-
-    def __init__(self, max_pending: int = 10_000) -> None:
-        self._queue: queue.SimpleQueue[PhaseRecorder | threading.Event | None] = queue.SimpleQueue()
-        self._max_pending = max_pending
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self.dropped = 0
-        self._dropped_logged = 0
-        self._drop_logged_at = -DROP_LOG_INTERVAL_S
-
-    def submit(self, recorder: PhaseRecorder) -> None:
-        """Queue a finished request's phases."""
-        if self._queue.qsize() >= self._max_pending:
-            self._drop()
-            return
-        self._ensure_started()
-        self._queue.put(recorder)
-
-    def _drop(self) -> None:
-        self.dropped += 1
-        service_metrics().spans_dropped.inc()
-        now = time.monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-            logger.warning(
-                "span writer queue full (%d requests pending): %d requests' spans dropped since the "
-                "last report (podlatency_spans_dropped_total)",
-                self._max_pending,
-                self.dropped - self._dropped_logged,
-            )
-            self._drop_logged_at, self._dropped_logged = now, self.dropped
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything submitted so far has been emitted."""
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Emit what is queued, then stop the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _ensure_started(self) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="podlatency-span-writer", daemon=True
-                    )
-                    self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            try:
-                item.emit()
-            except Exception:  # a broken exporter must not stop tracing for good
-                logger.exception("could not record phase spans")
+    def close(self) -> None:
+        """Make the spans still queued, then flush and stop the exporter."""
+        self.writer.close()
+        self.provider.shutdown()

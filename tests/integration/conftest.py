@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.otlp_receiver import OtlpReceiver
 from benchmarks.servers import LocalServer, ServerFailed
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 
 @dataclass
@@ -48,10 +42,18 @@ class ServerProcess(LocalServer):
         self.wait_for("/healthz", 200)
         return self
 
-    def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Answer:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("content-type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return Answer(response.status, dict(response.headers), response.read())
@@ -97,56 +99,6 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace receiver: decodes ExportTraceServiceRequest protobufs into spans."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.service_names: set[str] = set()
-        self.content_types: set[str] = set()
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                payload = self.rfile.read(int(self.headers.get("content-length", "0")))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(payload)
-                with receiver._lock:
-                    receiver.content_types.add(self.headers.get("content-type", ""))
-                    for resource_spans in request.resource_spans:
-                        for attribute in resource_spans.resource.attributes:
-                            if attribute.key == "service.name":
-                                receiver.service_names.add(attribute.value.string_value)
-                        for scope_spans in resource_spans.scope_spans:
-                            receiver.spans.extend(scope_spans.spans)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if self.path == "/v1/traces" else 404)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def snapshot(self) -> list[Span]:
-        with self._lock:
-            return list(self.spans)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -55,6 +55,14 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "baseline batch", "baseline to-thread"}
     assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
     assert results["soak_32_clients"]["rss_end_mb"] > 0
+    tracing = results["tracing"]
+    assert set(tracing) == {"off", "defaults", "every request"}
+    assert all(tracing[name]["concurrent"]["rps"] > 0 for name in tracing)
+    every = tracing["every request"]
+    assert sum(every["kept_traces"].values()) == every["requests"], "every request's trace arrived"
+    assert every["kept_traces"]["sampled"] > every["kept_traces"].get("slow", 0)
+    assert sum(tracing["defaults"]["kept_traces"].values()) < tracing["defaults"]["requests"]
+    assert "16_clients_tracing_defaults_rps>=0.9x_off" in results["targets"]
 
 
 @pytest.mark.skipif(cuda_usable(), reason="a GPU is present: the benchmark would run for real")

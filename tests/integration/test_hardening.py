@@ -221,6 +221,7 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_spans(
         model_dir,
         env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
             "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing is exported before shutdown flushes it
             "PODLATENCY_BATCHING": "false",
             "PODLATENCY_VARIANTS": "true",  # a baseline's per-row design keeps requests in flight

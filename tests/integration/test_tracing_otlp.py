@@ -39,6 +39,7 @@ def test_phase_spans_cover_the_server_span(model_dir: Path, start_server: Any, o
         model_dir,
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
         OTEL_SERVICE_NAME="podlatency-test",
+        OTEL_TRACES_SAMPLER="parentbased_always_on",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
     server.wait_for("/readyz", 200)

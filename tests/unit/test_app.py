@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from litestar.testing import TestClient
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind
 
 from podlatency.bundle import ModelBundle
 from podlatency.registry import ModelRegistry
 from podlatency.runtime import Runtime
 from podlatency.settings import Settings
+from podlatency.tracing import Tracing
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.web.app import create_app
 from podlatency.web.batched import INLINE_BODY_BYTES
@@ -43,9 +44,7 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture
 def runtime(model_dir: Path, exporter: InMemorySpanExporter) -> Runtime:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Runtime(cpu_settings(model_dir, max_pods=16, variants=True), provider)
+    return Runtime(cpu_settings(model_dir, max_pods=16, variants=True), all_traced(exporter))
 
 
 @pytest.fixture
@@ -53,6 +52,11 @@ def client(runtime: Runtime) -> Iterator[TestClient[Any]]:
     with TestClient(create_app(runtime)) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+def all_traced(exporter: InMemorySpanExporter) -> Tracing:
+    """Every request head-sampled, its spans into ``exporter``."""
+    return Tracing.to(SimpleSpanProcessor(exporter), sampler=ParentBased(ALWAYS_ON))
 
 
 def cpu_settings(model_dir: Path, **overrides: Any) -> Settings:
@@ -86,7 +90,7 @@ def test_phase_spans_are_children_of_the_server_span(
     """One server span per predict request, with one child span per phase carrying pods, model and device."""
     exporter.clear()
     assert client.post("/v1/predict", json={"pods": pod_rows(3)}).status_code == 200
-    assert runtime.service.span_writer.flush()
+    assert runtime.tracing.writer.flush()
     spans = exporter.get_finished_spans()
     servers = [span for span in spans if span.kind == SpanKind.SERVER]
     assert len(servers) == 1
@@ -110,7 +114,7 @@ def test_server_span_continues_the_callers_trace(
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
     assert client.post("/v1/predict", json={"pods": pod_rows(2)}, headers=headers).status_code == 200
-    assert runtime.service.span_writer.flush()
+    assert runtime.tracing.writer.flush()
     server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
     assert server.name == "POST /v1/predict"
     assert format(server.context.trace_id, "032x") == trace_id
@@ -137,9 +141,7 @@ def test_server_span_names_the_route_template_and_marks_server_errors(
 def test_server_errors_mark_the_server_span(tmp_path: Path) -> None:
     """A 5xx answer (here 503 before any model is loaded) marks the server span as an error."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(Runtime(cpu_settings(tmp_path), provider), load_model=False)
+    app = create_app(Runtime(cpu_settings(tmp_path), all_traced(exporter)), load_model=False)
     with TestClient(app) as test_client:
         assert test_client.post("/v1/predict", json={"pods": pod_rows(1)}).status_code == 503
     server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
@@ -155,7 +157,7 @@ def test_sync_handlers_run_on_the_configured_thread_pool(model_dir: Path) -> Non
     event loop do).
     """
     settings = cpu_settings(model_dir, threads=2, batching=False)
-    app = create_app(Runtime(settings, TracerProvider()))
+    app = create_app(Runtime(settings))
     with TestClient(app) as test_client:
         wait_ready(test_client)
         with ThreadPoolExecutor(8) as callers:
@@ -181,7 +183,7 @@ def test_health_routes_are_not_traced(
     exporter.clear()
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path).status_code == 200
-    assert runtime.service.span_writer.flush()
+    assert runtime.tracing.writer.flush()
     assert exporter.get_finished_spans() == ()
 
 
@@ -230,7 +232,7 @@ def test_openapi_documents_the_request_bodies(client: TestClient[Any]) -> None:
 def test_not_ready_is_503_with_reason(tmp_path: Path) -> None:
     """Before a model is loaded, readiness and predictions answer 503 with Retry-After and the reason."""
     app = create_app(
-        Runtime(cpu_settings(tmp_path), TracerProvider()),
+        Runtime(cpu_settings(tmp_path)),
         load_model=False,
     )
     with TestClient(app) as test_client:
@@ -248,7 +250,7 @@ def test_status_names_the_stored_objective_before_the_model_is_loaded(tmp_path: 
     )
     ModelRegistry(tmp_path).save(p90)
     app = create_app(
-        Runtime(cpu_settings(tmp_path), TracerProvider()),
+        Runtime(cpu_settings(tmp_path)),
         load_model=False,
     )
     with TestClient(app) as test_client:
@@ -263,7 +265,7 @@ def test_variant_traces_show_queue_wait_per_pod(
     """Executor-based variants record, per pod, its wait in the executor queue and its run."""
     exporter.clear()
     assert client.post(f"/variants/{variant}", json={"pods": pod_rows(5)}).status_code == 200
-    assert runtime.service.span_writer.flush()
+    assert runtime.tracing.writer.flush()
     spans = exporter.get_finished_spans()
     for name in ("queue wait", "predict_one"):
         indices = sorted(
@@ -278,7 +280,7 @@ def test_variant_traces_show_queue_wait_per_pod(
 def test_samples_are_accepted_whole_or_not_at_all(tmp_path: Path, model_dir: Path) -> None:
     """Valid samples get 202 and are kept; a request with one bad row gets 422 and keeps nothing."""
     shutil.copytree(model_dir, tmp_path / "models")
-    runtime = Runtime(cpu_settings(tmp_path / "models"), TracerProvider())
+    runtime = Runtime(cpu_settings(tmp_path / "models"))
     app = create_app(runtime)
     row = {**pod_rows(1, seed=4)[0], "actual_ttft_ms": 120.0, "actual_tpot_ms": 11.0}
     with TestClient(app) as test_client:
@@ -338,7 +340,7 @@ def test_batched_predictions_hold_no_handler_thread(model_dir: Path) -> None:
     when it does not decode).
     """
     settings = cpu_settings(model_dir, threads=1, max_pods=1024)
-    app = create_app(Runtime(settings, TracerProvider()))
+    app = create_app(Runtime(settings))
     with TestClient(app) as test_client:
         wait_ready(test_client)
         body = {"pods": pod_rows(3, seed=1)}
@@ -376,7 +378,7 @@ def test_compiled_trees_take_over_and_a_lone_request_is_predicted_where_it_is(
     """
     folder = tmp_path / "models"
     ModelRegistry(folder).save(small_bundle)
-    runtime = Runtime(Settings(model_dir=folder, device="cpu"), TracerProvider())
+    runtime = Runtime(Settings(model_dir=folder, device="cpu"))
     with TestClient(create_app(runtime)) as test_client:
         wait_ready(test_client)
         deadline = time.monotonic() + 120

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency.cluster.configmap import PINNED_ANNOTATION, record_from
 from podlatency.cluster.election import LeaseTimings
@@ -56,7 +55,7 @@ def test_publishing_without_an_api_server_keeps_the_model_and_says_so(
     """An unreachable API server is a 503-class error naming the ConfigMap; the candidate stays stored."""
     shutil.copytree(model_dir, tmp_path / "models")
     settings = Settings(model_dir=tmp_path / "models", device="cpu", rollout_configmap="pl-model")
-    service = PredictionService(settings, TracerProvider().get_tracer("test"))
+    service = PredictionService(settings)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import msgspec
-from opentelemetry.sdk.trace import TracerProvider
 
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
@@ -35,9 +34,7 @@ def router_rows(requests: int, seed: int) -> list[ObservedSample]:
 
 def service_on(tmp_path: Path, model_dir: Path) -> PredictionService:
     shutil.copytree(model_dir, tmp_path / "models")
-    service = PredictionService(
-        Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider().get_tracer("test")
-    )
+    service = PredictionService(Settings(model_dir=tmp_path / "models", device="cpu"))
     service.bootstrap()
     return service
 
@@ -97,9 +94,7 @@ def quantile_service(tmp_path: Path) -> tuple[PredictionService, ModelBundle]:
         synthetic_training_set(3_000, seed=12), TrainingOptions(objective="quantile", rounds=30), "p90"
     )
     ModelRegistry(tmp_path / "models").save(p90)
-    service = PredictionService(
-        Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider().get_tracer("test")
-    )
+    service = PredictionService(Settings(model_dir=tmp_path / "models", device="cpu"))
     service.bootstrap()
     return service, p90
 

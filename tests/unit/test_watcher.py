@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from opentelemetry.sdk.trace import TracerProvider
-
 from podlatency.bundle import ModelBundle
 from podlatency.dataplane import PredictionService
 from podlatency.metrics import service_metrics
@@ -20,9 +18,7 @@ def test_broken_version_keeps_the_current_one_then_a_good_one_is_swapped_in(
 ) -> None:
     """A corrupt active version is refused once (counted, not retried); the next good one is served."""
     shutil.copytree(model_dir, tmp_path / "models")
-    service = PredictionService(
-        Settings(model_dir=tmp_path / "models", device="cpu"), TracerProvider().get_tracer("t")
-    )
+    service = PredictionService(Settings(model_dir=tmp_path / "models", device="cpu"))
     service.bootstrap()
     watcher = ActiveVersionWatcher(service, interval_s=0)
     assert not watcher.check_once(), "nothing new yet"

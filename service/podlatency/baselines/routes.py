@@ -31,7 +31,7 @@ from litestar.types import Scope
 from podlatency.baselines.models import BaselineModel, Baselines, PodResult, feature_dict
 from podlatency.dataplane import PredictionService
 from podlatency.schema import PredictRequest, decode_predict_request
-from podlatency.tracing import PhaseRecorder
+from podlatency.spans import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import request_phases

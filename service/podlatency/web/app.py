@@ -16,7 +16,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusController
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
@@ -53,7 +52,7 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
         routes_models.ttft_trees,
         routes_models.tpot_trees,
         routes_models.llmd_export,
-        PrometheusController,
+        health.metrics,
     ]
     if predicts:
         routes += [
@@ -126,7 +125,7 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
     return Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies_of(runtime),
-        middleware=[EdgeMiddleware(runtime.service.tracer, settings.max_in_flight)],
+        middleware=[EdgeMiddleware(runtime.tracing, settings.max_in_flight)],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),

@@ -38,7 +38,7 @@ from podlatency.batcher import BatchOutcome
 from podlatency.dataplane import Predictions, PredictionService
 from podlatency.predictor import LoadedModel
 from podlatency.schema import PodMetrics
-from podlatency.tracing import PhaseRecorder
+from podlatency.spans import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.phases import HANDLER_DONE_KEY, alone, arrival_ns, new_recorder, request_phases
 

@@ -16,6 +16,7 @@ first and builds attributes only for spans that are recorded.
 from __future__ import annotations
 
 import functools
+import random
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -27,13 +28,15 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from podlatency.dataplane import PredictionService
 from podlatency.errors import Overloaded
+from podlatency.keeping import ERROR, KEPT_ATTRIBUTE, SAMPLED
 from podlatency.metrics import route_metrics, service_metrics
-from podlatency.tracing import PhaseRecorder
+from podlatency.spans import PhaseRecorder
+from podlatency.tracing import Tracing
 from podlatency.web.errors import send_error
 
 ARRIVED_KEY = "podlatency.arrived_ns"
@@ -134,8 +137,9 @@ class EdgeMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
     should_bypass_for_scope = staticmethod(unobserved)
 
-    def __init__(self, tracer: Tracer, max_in_flight: int = 0) -> None:
-        self._tracer = tracer
+    def __init__(self, tracing: Tracing, max_in_flight: int = 0) -> None:
+        self._tracing = tracing
+        self._tracer = tracing.head
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
@@ -149,18 +153,20 @@ class EdgeMiddleware(ASGIMiddleware):
         counted = route_metrics(scope["method"], route)
         counted.in_progress.inc()
         status = 500  # until a response starts
+        kept_trace_id: str | None = None  # the request-duration exemplar
         try:
             if scope["path"].startswith(PREDICTION_PATHS):
                 if self.max_in_flight and self.in_flight >= self.max_in_flight:
                     status = Overloaded.status_code
                     await self._shed(send)
+                    kept_trace_id = self._keep_shed(scope, route, arrived_ns)
                     return
                 state[EDGE_KEY] = self  # the handler asks whether its request is alone (``alone``)
                 self.in_flight += 1
                 in_flight_gauge = service_metrics().requests_in_flight
                 in_flight_gauge.inc()
                 try:
-                    status = await self._traced(
+                    status, kept_trace_id = await self._traced(
                         scope, receive, send, next_app, route=route, arrived_ns=arrived_ns
                     )
                 finally:
@@ -169,18 +175,31 @@ class EdgeMiddleware(ASGIMiddleware):
             elif untraced(scope):
                 status = await _run_noting_status(scope, receive, send, next_app)
             else:
-                status = await self._traced(
+                status, kept_trace_id = await self._traced(
                     scope, receive, send, next_app, route=route, arrived_ns=arrived_ns
                 )
         finally:
             counted.in_progress.dec()
-            counted.answered(status, (time.time_ns() - arrived_ns) / 1e9)
+            counted.answered(status, (time.time_ns() - arrived_ns) / 1e9, kept_trace_id)
 
     async def _shed(self, send: Send) -> None:
         service_metrics().requests_shed.inc()
         # Sent from here, past the exception machinery: shedding must cost far less than serving.
         detail = f"{self.in_flight} prediction requests in progress (PODLATENCY_MAX_IN_FLIGHT)"
         await send_error(send, Overloaded(detail))
+
+    def _keep_shed(self, scope: HTTPScope, route: str, arrived_ns: int) -> str | None:
+        """Keep a shed request's trace (a root span, made on the writer's thread); its trace id."""
+        tracing = self._tracing
+        if tracing.kept is None:
+            return None
+        parent = caller_context(scope["headers"])
+        caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
+        trace_id = caller.trace_id if caller is not None and caller.is_valid else random.getrandbits(128)
+        attributes = kept_attributes(scope, route, Overloaded.status_code, ERROR)
+        name, times_ns = f"{scope['method']} {route}", (arrived_ns, time.time_ns())
+        tracing.writer.submit(tracing.kept_root(name, trace_id, parent, times_ns, attributes))
+        return format(trace_id, "032x")
 
     async def _traced(
         self,
@@ -191,57 +210,108 @@ class EdgeMiddleware(ASGIMiddleware):
         *,
         route: str,
         arrived_ns: int,
-    ) -> int:
-        """Run the request in its server span; the span ends when the answer has been sent."""
-        state: dict[str, Any] = scope["state"]
-        parent = caller_context(scope["headers"])
-        span = self._tracer.start_span(
-            f"{scope['method']} {route}", context=parent, kind=SpanKind.SERVER, start_time=arrived_ns
-        )
-        recording = span.is_recording()
-        if recording:
-            span.set_attributes(request_attributes(scope, route))
-
-        answered = False
-        status = 500
+    ) -> tuple[int, str | None]:
+        """Run the request in its server span; the status, and the trace id when its trace is kept."""
+        served = _ServedRequest(self._tracing, scope, route, arrived_ns)
 
         async def send_and_observe(message: Message) -> None:
-            nonlocal answered, status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if recording:
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_attribute("error.type", str(status))
-                        span.set_status(Status(StatusCode.ERROR))
+            served.starting(message)
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                answered_ns = time.time_ns()
-                answered = True
-                span.end(end_time=answered_ns)  # the span covers the request up to its answer
-                recorder: PhaseRecorder | None = state.get(RECORDER_KEY)
-                handler_done_ns: int | None = state.get(HANDLER_DONE_KEY)
-                if recorder is not None and handler_done_ns is not None:
-                    recorder.record("respond", handler_done_ns, answered_ns)
-                    recorder.submit()
+                served.answered(time.time_ns())
 
-        token = context.attach(trace.set_span_in_context(span, parent))
+        token = context.attach(trace.set_span_in_context(served.span, served.parent))
         try:
             await next_app(scope, receive, send_and_observe)
         except BaseException as error:
-            if recording:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            served.raised(error)
             raise
         finally:
-            # Error responses may be sent past our wrapper: their phases still become spans.
-            leftover: PhaseRecorder | None = state.get(RECORDER_KEY)
-            if leftover is not None:
-                leftover.submit()
             context.detach(token)
-            if not answered:
-                span.end()
-        return status
+            if not served.finished:  # it raised past the server's error handling
+                served.answered(time.time_ns())
+        return served.status, served.kept_trace_id
+
+
+def kept_attributes(scope: HTTPScope, route: str, status: int, reason: str) -> dict[str, AttributeValue]:
+    """The attributes of a server span made once the request was answered."""
+    attributes = request_attributes(scope, route)
+    attributes["http.response.status_code"] = status
+    attributes[KEPT_ATTRIBUTE] = reason
+    if status >= 500:
+        attributes["error.type"] = str(status)
+    return attributes
+
+
+class _ServedRequest:
+    """One traced request: its server span, its status, and whether its trace is kept once answered.
+
+    The span ends when the answer has been sent. Then the trace is kept or not (sampled, slow,
+    failed: :mod:`podlatency.keeping`); a request the head sampler passed over that is kept gets its
+    server span made afterwards, with its phases under it.
+    """
+
+    def __init__(self, tracing: Tracing, scope: HTTPScope, route: str, arrived_ns: int) -> None:
+        self._tracing = tracing
+        self._scope = scope
+        self._route = route
+        self._arrived_ns = arrived_ns
+        self.parent = caller_context(scope["headers"])
+        self.name = f"{scope['method']} {route}"
+        self.span = tracing.head.start_span(
+            self.name, context=self.parent, kind=SpanKind.SERVER, start_time=arrived_ns
+        )
+        self._recording = self.span.is_recording()
+        if self._recording:
+            self.span.set_attributes(request_attributes(scope, route))
+        self.status = 500  # until a response starts
+        self.finished = False
+        self.kept_trace_id: str | None = None
+
+    def starting(self, message: Message) -> None:
+        """Note the status when the response starts."""
+        if message["type"] != "http.response.start":
+            return
+        self.status = message["status"]
+        if self._recording:
+            self.span.set_attribute("http.response.status_code", self.status)
+            if self.status >= 500:
+                self.span.set_attribute("error.type", str(self.status))
+                self.span.set_status(Status(StatusCode.ERROR))
+
+    def raised(self, error: BaseException) -> None:
+        """The request raised instead of answering: a server error."""
+        self.status = 500
+        if self._recording:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def answered(self, answered_ns: int) -> None:
+        """Record ``respond``, decide whether the trace is kept, end the span, submit the phases."""
+        self.finished = True
+        state: dict[str, Any] = self._scope["state"]
+        recorder: PhaseRecorder | None = state.get(RECORDER_KEY)
+        handler_done_ns: int | None = state.get(HANDLER_DONE_KEY)
+        if recorder is not None and handler_done_ns is not None:
+            recorder.record("respond", handler_done_ns, answered_ns)
+        seconds = (answered_ns - self._arrived_ns) / 1e9
+        reason = self._tracing.kept_reason(self._route, self._recording, self.status, seconds)
+        if self._recording:
+            self.span.set_attribute(KEPT_ATTRIBUTE, reason or SAMPLED)
+            self.span.end(end_time=answered_ns)  # the span covers the request up to its answer
+        elif reason is not None:
+            attributes = kept_attributes(self._scope, self._route, self.status, reason)
+            trace_id = self.span.get_span_context().trace_id
+            times_ns = (self._arrived_ns, answered_ns)
+            root = self._tracing.kept_root(self.name, trace_id, self.parent, times_ns, attributes)
+            if recorder is None:
+                self._tracing.writer.submit(root)
+            else:
+                recorder.keep(root)
+        if reason is not None:
+            self.kept_trace_id = format(self.span.get_span_context().trace_id, "032x")
+        if recorder is not None:
+            recorder.submit()
 
 
 async def _run_noting_status(scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> int:

@@ -22,7 +22,7 @@ from podlatency.bundle import ModelBundle
 from podlatency.dataplane import MODEL_TYPE, Predictions, PredictionService, reported_quantile
 from podlatency.errors import ModelLoadError, PodlatencyError, Unavailable
 from podlatency.schema import PodMetrics, decode_json
-from podlatency.tracing import PhaseRecorder
+from podlatency.spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token

@@ -15,7 +15,7 @@ from litestar.types import Scope
 
 from podlatency.dataplane import Predictions, PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
-from podlatency.tracing import PhaseRecorder
+from podlatency.spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.openapi import json_body_operation
 from podlatency.web.phases import elapsed_ms
