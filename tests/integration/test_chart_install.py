@@ -145,6 +145,9 @@ def test_everything_on(cluster: KubeEmulator) -> None:
     assert {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"} <= {obj["kind"] for obj in objects}
     config = by_kind(objects, "ConfigMap")[0]["data"]
     assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://pl-podlatency-jaeger:4318"
+    head_share = (config["OTEL_TRACES_SAMPLER"], config["OTEL_TRACES_SAMPLER_ARG"])
+    assert head_share == ("parentbased_traceidratio", "0.01"), "a 1% head share"
+    assert config["PODLATENCY_TRACE_SLOW_MS"] == "auto"
     master = next(obj for obj in objects if obj["metadata"]["name"] == "pl-podlatency-locust-master")
     args = master["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--host=http://pl-podlatency:80" in args
@@ -152,9 +155,13 @@ def test_everything_on(cluster: KubeEmulator) -> None:
 
 
 def test_schema_refuses_bad_values(cluster: KubeEmulator) -> None:
-    """Installing with replicaCount "two" is refused by values.schema.json before anything is created."""
+    """Installing with replicaCount "two" (or an unknown sampler) is refused by values.schema.json first."""
     with pytest.raises(HelmError):
         install(cluster, {"replicaCount": "two"})
+    with pytest.raises(HelmError):
+        install(cluster, {"tracing": {"sampler": "sometimes"}})
+    with pytest.raises(HelmError):
+        install(cluster, {"tracing": {"slowMs": "fast"}})
     assert cluster.emulator is not None
     assert not list(cluster.emulator.objects)
 
