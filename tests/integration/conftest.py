@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 from benchmarks.otlp_receiver import OtlpReceiver
 from benchmarks.servers import LocalServer, ServerFailed
+
+from podlatency.registry import ModelRegistry
 
 
 @dataclass
@@ -67,6 +70,16 @@ class ServerProcess(LocalServer):
         except ServerFailed as error:
             pytest.fail(str(error))
         return self.request("GET", path)
+
+
+def corrupt_copy(model_dir: Path, folder: Path) -> Path:
+    """A copy of ``model_dir`` in ``folder`` whose active model's TTFT booster is truncated."""
+    shutil.copytree(model_dir, folder)
+    registry = ModelRegistry(folder)
+    active = registry.active_version()
+    assert active is not None
+    (registry.bundle_dir(active) / "ttft.ubj").write_bytes(b"truncated")
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,6 +17,7 @@ from podlatency.bundle import ModelBundle
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.workload import generate, pod_rows
+from tests.integration.conftest import corrupt_copy
 
 ROW = {
     "kv_cache_percentage": 0.4,
@@ -33,13 +34,8 @@ def test_readiness_follows_the_model(tmp_path: Path, model_dir: Path, start_serv
 
     After the reload it predicts with the new version.
     """
-    folder = tmp_path / "models"
-    shutil.copytree(model_dir, folder)
+    folder = corrupt_copy(model_dir, tmp_path / "models")
     registry = ModelRegistry(folder)
-    active = registry.active_version()
-    assert active is not None
-    (registry.bundle_dir(active) / "ttft.ubj").write_bytes(b"truncated")
-
     server = start_server(folder)
     not_ready = server.wait_for("/readyz", 503)
     assert "ttft.ubj" in not_ready.json()["detail"]

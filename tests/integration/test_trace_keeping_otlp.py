@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -20,9 +19,8 @@ from benchmarks.clients import concurrent
 from benchmarks.otlp_receiver import OtlpReceiver, attribute
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from podlatency.registry import ModelRegistry
 from podlatency.workload import pod_rows
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, corrupt_copy
 
 PHASES = {
     "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
@@ -96,12 +94,7 @@ def test_a_model_fault_and_shed_requests_are_kept_as_error(
     tmp_path: Path, model_dir: Path, start_server: Any, otlp_receiver: OtlpReceiver
 ) -> None:
     """A corrupt model: /v1/predict 503 and /reload 500, both kept. Requests shed with 503, kept."""
-    folder = tmp_path / "models"
-    shutil.copytree(model_dir, folder)
-    registry = ModelRegistry(folder)
-    active = registry.active_version()
-    assert active is not None
-    (registry.bundle_dir(active) / "ttft.ubj").write_bytes(b"truncated")
+    folder = corrupt_copy(model_dir, tmp_path / "models")
     faulty = traced(start_server, folder, otlp_receiver, OTEL_TRACES_SAMPLER="always_off")
     faulty.wait_for("/readyz", 503)
     assert faulty.request("POST", "/v1/predict", {"pods": pod_rows(2)}).status == 503

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
@@ -44,16 +45,24 @@ def keeping_everything_slow(
         yield client, runtime
 
 
+def one_prediction(
+    keeping: tuple[TestClient[Any], Runtime], exporter: InMemorySpanExporter, pods: int
+) -> tuple[ReadableSpan, tuple[ReadableSpan, ...]]:
+    """Predict ``pods`` pods once; the request's server span and every span exported for it."""
+    client, runtime = keeping
+    exporter.clear()
+    assert client.post("/v1/predict", json={"pods": pod_rows(pods)}).status_code == 200
+    assert runtime.tracing.writer.flush()
+    spans = exporter.get_finished_spans()
+    (server,) = [span for span in spans if span.kind == SpanKind.SERVER]
+    return server, spans
+
+
 def test_a_slow_request_is_kept_with_every_phase(
     keeping_everything_slow: tuple[TestClient[Any], Runtime], exporter: InMemorySpanExporter
 ) -> None:
     """An unsampled request over the threshold arrives as a server span tagged slow, its phases under it."""
-    client, runtime = keeping_everything_slow
-    exporter.clear()
-    assert client.post("/v1/predict", json={"pods": pod_rows(3)}).status_code == 200
-    assert runtime.tracing.writer.flush()
-    spans = exporter.get_finished_spans()
-    (server,) = [span for span in spans if span.kind == SpanKind.SERVER]
+    server, spans = one_prediction(keeping_everything_slow, exporter, pods=3)
     assert server.name == "POST /v1/predict"
     assert server.attributes is not None
     assert server.attributes["podlatency.trace.kept"] == "slow"
@@ -73,11 +82,8 @@ def test_kept_requests_leave_their_trace_id_as_an_exemplar(
     keeping_everything_slow: tuple[TestClient[Any], Runtime], exporter: InMemorySpanExporter
 ) -> None:
     """Scraped as OpenMetrics, the request-duration histogram names the kept request's trace."""
-    client, runtime = keeping_everything_slow
-    exporter.clear()
-    assert client.post("/v1/predict", json={"pods": pod_rows(2)}).status_code == 200
-    assert runtime.tracing.writer.flush()
-    (server,) = [span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER]
+    server, _ = one_prediction(keeping_everything_slow, exporter, pods=2)
+    client, _ = keeping_everything_slow
     scrape = client.get("/metrics", headers={"Accept": OPENMETRICS})
     assert scrape.headers["content-type"].startswith("application/openmetrics-text")
     trace_id = format(server.context.trace_id, "032x")
