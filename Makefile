@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 LOADTEST_ARGS ?=
 
-.PHONY: run test test-slow lint typecheck bench loadtest gpu-check gpu-wheels clean
+.PHONY: run test test-slow lint typecheck bench loadtest image gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	@py="$(PYTHON_FOR_VENV)"; test -n "$$py" || exit 1; \
@@ -47,6 +47,14 @@ bench: $(VENV)/.installed-runtime
 # The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
 loadtest: $(VENV)/.installed-dev
 	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
+
+# Both container images, tagged as the chart expects them: $(IMAGE):v<appVersion>-cpu and -cuda
+# (docs/kubernetes.md, "Images"); e.g. make image IMAGE=registry.example.com/team/podlatency
+IMAGE ?= podlatency
+IMAGE_VERSION ?= v$(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/podlatency/Chart.yaml)
+image:
+	docker build -f service/Dockerfile --build-arg WITH_CUPY=false -t $(IMAGE):$(IMAGE_VERSION)-cpu .
+	docker build -f service/Dockerfile --build-arg WITH_CUPY=true -t $(IMAGE):$(IMAGE_VERSION)-cuda .
 
 # On a machine with an NVIDIA GPU: the CPU/GPU crossover and the GPU tests, written to $(GPU_OUT)/.
 GPU_OUT ?= gpu-results

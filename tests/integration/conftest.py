@@ -17,6 +17,7 @@ from benchmarks.otlp_receiver import OtlpReceiver
 from benchmarks.servers import LocalServer, ServerFailed
 
 from podlatency.registry import ModelRegistry
+from tests.integration.kube_emulator import KubeEmulator
 
 
 @dataclass
@@ -119,3 +120,10 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
+    """A Kubernetes API emulator on loopback, with a kubeconfig for it (kube_emulator.py)."""
+    with KubeEmulator(tmp_path) as emulator:
+        yield emulator

@@ -46,9 +46,17 @@ RELEASE_SECRET_NAME = re.compile(rb"sh\.helm\.release\.v1\.[a-z0-9.-]+\.v[0-9]+"
 
 
 class HelmFriendlyEmulator(kmock.KubernetesEmulator):
-    """The emulator with the two fixes above."""
+    """The emulator with the two fixes above, reporting :attr:`kubernetes_version` at ``/version``."""
 
     release_writes: int = 0
+    kubernetes_version: str = "1.34.0"
+    """What ``/version`` reports (kmock's own answer is a fixed 1.26): Helm checks a chart's kubeVersion."""
+
+    async def _serve_server_version(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_server_version(request)
+        assert isinstance(payload, dict)
+        major, minor, _ = self.kubernetes_version.split(".")
+        return payload | {"major": major, "minor": minor, "gitVersion": f"v{self.kubernetes_version}"}
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if "protobuf" not in raw_request.headers.get("content-type", ""):
@@ -249,8 +257,9 @@ class VersionedEmulator(HelmFriendlyEmulator):
 class KubeEmulator:
     """Runs the emulator on a free loopback port and writes a kubeconfig for it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, kubernetes_version: str = "1.34.0") -> None:
         self.kubeconfig = folder / "kubeconfig.yaml"
+        self.kubernetes_version = kubernetes_version
         self.emulator: VersionedEmulator | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -260,6 +269,7 @@ class KubeEmulator:
 
     async def _serve(self) -> None:
         emulator = VersionedEmulator()
+        emulator.kubernetes_version = self.kubernetes_version
         self.loop = asyncio.get_running_loop()
         emulator.resources.load_bundled()
         # The prometheus-operator CRD, as a cluster with it installed would serve it.

@@ -42,9 +42,36 @@ app.kubernetes.io/component: predictor
 {{- end }}
 {{- end }}
 
-{{/* Image reference. */}}
+{{/* The predictor's device: podlatency.device, else cuda when a GPU is claimed. */}}
+{{- define "podlatency.device" -}}
+{{- if .Values.podlatency.device }}
+{{- if and (eq .Values.podlatency.device "cuda") (not .Values.gpu.enabled) }}
+{{- fail "podlatency.device=cuda needs a GPU: set gpu.enabled=true (or device cpu or auto)" }}
+{{- end }}
+{{- .Values.podlatency.device }}
+{{- else }}
+{{- ternary "cuda" "cpu" .Values.gpu.enabled }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: the release workflow's v<appVersion>-<variant> tag unless image.tag is set. */}}
 {{- define "podlatency.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $variant := .Values.image.variant | default (ternary "cuda" "cpu" .Values.gpu.enabled) }}
+{{- $tag := .Values.image.tag | default (printf "v%s-%s" .Chart.AppVersion $variant) }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* Spread pods with these selector labels across topologySpread.topologyKey. */}}
+{{- define "podlatency.topologySpread" -}}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: {{ .root.Values.topologySpread.maxSkew }}
+    topologyKey: {{ .root.Values.topologySpread.topologyKey }}
+    whenUnsatisfiable: {{ .root.Values.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- .selector | nindent 8 }}
+{{- end }}
 {{- end }}
 
 {{/* The OTLP/HTTP endpoint traces go to, or nothing. */}}
