@@ -192,3 +192,32 @@ def test_kubernetes_older_than_the_charts_kube_version_is_refused(tmp_path: Path
     with KubeEmulator(oldest, kubernetes_version=OLDEST_KUBERNETES) as supported:
         objects, _ = install(supported, {})
     assert predictor(objects)["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]
+
+
+def test_every_trainer_is_scraped_and_prometheus_may_reach_metrics(cluster: KubeEmulator) -> None:
+    """With serviceMonitor on, a second ServiceMonitor scrapes every trainer through a headless Service.
+
+    With networkPolicy on, metricsFrom (the namespace "monitoring" by default) may reach both roles.
+    """
+    objects, _ = install(cluster, scenario("full-values.yaml"))
+    validate_all(objects)
+    monitors = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"pl-podlatency", "pl-podlatency-trainer"}
+    metrics_service = named(objects, "Service", "pl-podlatency-trainer-metrics")
+    assert metrics_service["spec"]["clusterIP"] == "None"
+    trainer = named(objects, "Deployment", "pl-podlatency-trainer")
+    assert metrics_service["spec"]["selector"] == trainer["spec"]["selector"]["matchLabels"]
+    assert "podlatency.io/leader" not in metrics_service["spec"]["selector"], "standbys are scraped too"
+    for monitor in monitors.values():
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        selected = [
+            service["metadata"]["name"]
+            for service in objects
+            if service["kind"] == "Service" and wanted.items() <= service["metadata"]["labels"].items()
+        ]
+        assert len(selected) == 1, (monitor["metadata"]["name"], selected)
+        assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    for policy in (obj for obj in objects if obj["kind"] == "NetworkPolicy"):
+        assert prometheus in policy["spec"]["ingress"][0]["from"], policy["metadata"]["name"]

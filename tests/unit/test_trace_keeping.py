@@ -93,6 +93,8 @@ def test_kept_requests_leave_their_trace_id_as_an_exemplar(
         and f'trace_id="{trace_id}"' in line
     ]  # fmt: skip
     assert len(exemplars) == 1, "the request's bucket carries its trace id"
+    bucket = "podlatency_request_duration_seconds_bucket"
+    assert any(line.startswith(bucket) and 'le="0.0005"' in line for line in scrape.text.splitlines())
     plain = client.get("/metrics")
     assert plain.headers["content-type"].startswith("text/plain")
     assert "trace_id" not in plain.text
