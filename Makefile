@@ -21,9 +21,13 @@ $(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+$(VENV)/.installed-loadtest: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[loadtest]'
+	touch $@ $(VENV)/.installed-runtime
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.installed-runtime
+	touch $@ $(VENV)/.installed-runtime $(VENV)/.installed-loadtest
 
 run: $(VENV)/.installed-runtime
 	$(BIN)/podlatency serve --host $(HOST) --port $(PORT)
@@ -45,7 +49,7 @@ bench: $(VENV)/.installed-runtime
 	$(BIN)/python -m benchmarks.bench
 
 # The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
-loadtest: $(VENV)/.installed-dev
+loadtest: $(VENV)/.installed-loadtest
 	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
 
 # Both container images, tagged as the chart expects them: $(IMAGE):v<appVersion>-cpu and -cuda

@@ -7,7 +7,7 @@ What it measures, all on this machine in one run so the figures compare:
 1. podlatency (compiled trees, the default; and XGBoost, the previous engine) against the naive server
    a user would write after the seed post (:mod:`benchmarks.versus_naive`): 1-client p50 of a 7-pod
    ``/v1/predict``, and throughput at 16 keep-alive clients, as ratios to the naive server's;
-2. the server's own model compute (its ``predict ttft`` + ``predict tpot`` phases) against raw predict
+2. the server's own model compute (its ``predict_ttft`` + ``predict_tpot`` phases) against raw predict
    of the same matrix in this process, compiled and with XGBoost;
 3. resident memory of the serving process with and without the baselines, and of a bare process that
    only imports Litestar, uvicorn and XGBoost, for scale;

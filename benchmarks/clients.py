@@ -66,7 +66,7 @@ def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, L
     """One keep-alive client: end-to-end latency and the server's model-compute phases."""
     timed = sequential_answers(port, body, requests)
     model_compute = [
-        (answer["timing_ms"]["predict ttft"] + answer["timing_ms"]["predict tpot"]) / 1000.0
+        (answer["timing_ms"]["predict_ttft"] + answer["timing_ms"]["predict_tpot"]) / 1000.0
         for _, answer in timed
     ]
     return LatencySummary.of([seconds for seconds, _ in timed]), LatencySummary.of(model_compute)

@@ -4,6 +4,11 @@ Every user sends the same realistic payloads (``LOADTEST_PODS`` pods per request
 idle and queued pods from the synthetic workload) as fast as it can, and validates every answer:
 status 200, JSON, one finite, non-negative ``ttft_ms`` and ``tpot_ms`` per pod. Anything else is a
 Locust failure. Pick users by class name, e.g. ``locust -f loadtest/locustfile.py V1PredictUser``.
+
+With ``LOADTEST_TIMES_DIR`` set, each Locust process also writes every request's exact response time
+(ms) after the ramp-up to ``<dir>/<pid>.txt``: Locust's own percentiles are read from rounded
+buckets, so for sub-10-ms endpoints a p99 could come out above the max. The comparison runner takes
+percentiles and max from these files alike.
 """
 
 from __future__ import annotations
@@ -13,15 +18,40 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
 
 from podlatency.workload import pod_rows
 
 PODS = int(os.environ.get("LOADTEST_PODS", "7"))
 PAYLOAD_VARIETY = 64
 HEADERS = {"content-type": "application/json"}
+TIMES_DIR = os.environ.get("LOADTEST_TIMES_DIR", "")
+response_times_ms: list[float] = []
+
+
+def note_response_time(response_time: float, **_: Any) -> None:
+    """Keep each request's exact response time (ms)."""
+    response_times_ms.append(response_time)
+
+
+def forget_ramp_up(**_: Any) -> None:
+    """Measure after the ramp-up, as Locust's ``--reset-stats`` does."""
+    response_times_ms.clear()
+
+
+def write_response_times(**_: Any) -> None:
+    """One file per Locust process."""
+    lines = "".join(f"{value:.4f}\n" for value in response_times_ms)
+    (Path(TIMES_DIR) / f"{os.getpid()}.txt").write_text(lines)
+
+
+if TIMES_DIR:  # Locust's event hooks are untyped
+    events.request.add_listener(note_response_time)  # type: ignore[no-untyped-call]
+    events.spawning_complete.add_listener(forget_ramp_up)  # type: ignore[no-untyped-call]
+    events.quitting.add_listener(write_response_times)  # type: ignore[no-untyped-call]
 
 
 def build_payloads(body_key: str) -> list[str]:

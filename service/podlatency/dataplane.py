@@ -79,7 +79,7 @@ class PredictionService:
             by_target, times = model.predictor.predict_timed(matrix)
             service_metrics().rows_per_predict.observe(len(rows))
             for target, (started_ns, ended_ns) in times.items():
-                phases.record(f"predict {target}", started_ns, ended_ns)
+                phases.record(f"predict_{target}", started_ns, ended_ns)
         else:
             by_target = self.record_batch(model.batcher.submit(matrix), phases)
         return Predictions(by_target=by_target, model=model)
@@ -116,10 +116,10 @@ class PredictionService:
             "podlatency.batch_rows": outcome.batch_rows,
             "podlatency.batch_requests": outcome.batch_requests,
         }
-        phases.record("batch wait", outcome.queued_ns, outcome.batch_started_ns)
+        phases.record("batch_wait", outcome.queued_ns, outcome.batch_started_ns)
         service_metrics().batch_wait_seconds.observe((outcome.batch_started_ns - outcome.queued_ns) / 1e9)
         for target, (started_ns, ended_ns) in outcome.target_times_ns.items():
-            phases.record(f"predict {target}", started_ns, ended_ns)
+            phases.record(f"predict_{target}", started_ns, ended_ns)
         phases.record("resume", outcome.batch_ended_ns, time.time_ns())
         return outcome.by_target
 

@@ -137,7 +137,7 @@ def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
         'podlatency_request_duration_seconds_count{app_name="podlatency",method="POST",path="/v1/predict"'
         in text
     )
-    assert 'podlatency_phase_duration_seconds_count{phase="predict ttft",route="/v1/predict"} 3.0' in text
+    assert 'podlatency_phase_duration_seconds_count{phase="predict_ttft",route="/v1/predict"} 3.0' in text
     assert "podlatency_rows_per_predict_sum 15.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
     frozen = next(line for line in text.splitlines() if line.startswith("podlatency_gc_frozen_objects "))
@@ -184,7 +184,7 @@ def test_batching_can_be_switched_off(model_dir: Path, start_server: Any) -> Non
     server = start_server(model_dir, PODLATENCY_BATCHING="false")
     server.wait_for("/readyz", 200)
     body = server.request("POST", "/v1/predict", {"pods": pod_rows(7, seed=5)}).json()
-    assert "batch wait" not in body["timing_ms"]
+    assert "batch_wait" not in body["timing_ms"]
     assert "podlatency_requests_per_batch_count 0.0" in server.request("GET", "/metrics").body.decode()
 
 

@@ -23,7 +23,7 @@ from podlatency.workload import pod_rows
 from tests.integration.conftest import ServerProcess, corrupt_copy
 
 PHASES = {
-    "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
+    "dispatch", "decode", "frame", "batch_wait", "predict_ttft", "predict_tpot", "resume", "encode",
     "respond",
 }  # fmt: skip
 SMALL, LARGE = 1000, 5

@@ -12,7 +12,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from podlatency.workload import pod_rows
 
 PHASES = {
-    "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
+    "dispatch", "decode", "frame", "batch_wait", "predict_ttft", "predict_tpot", "resume", "encode",
     "respond",
 }  # fmt: skip
 REQUESTS = 40

@@ -32,7 +32,7 @@ from podlatency.web.batched import INLINE_BODY_BYTES
 from podlatency.workload import generate, pod_rows
 
 PHASES = {
-    "dispatch", "decode", "frame", "batch wait", "predict ttft", "predict tpot", "resume", "encode",
+    "dispatch", "decode", "frame", "batch_wait", "predict_ttft", "predict_tpot", "resume", "encode",
     "respond",
 }  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_predict_returns_one_prediction_per_pod_in_order(client: TestClient[Any]
     assert [p["pod"] for p in body["predictions"]] == [f"pod-{index}" for index in range(7)]
     assert all(p["ttft_ms"] >= 0 and p["tpot_ms"] >= 0 for p in body["predictions"])
     assert body["model_version"] == client.get("/v1/model").json()["version"]
-    assert {"dispatch", "decode", "frame", "predict ttft", "predict tpot", "total"} <= set(body["timing_ms"])
+    assert {"dispatch", "decode", "frame", "predict_ttft", "predict_tpot", "total"} <= set(body["timing_ms"])
 
 
 def test_phase_spans_are_children_of_the_server_span(
@@ -267,12 +267,12 @@ def test_variant_traces_show_queue_wait_per_pod(
     assert client.post(f"/variants/{variant}", json={"pods": pod_rows(5)}).status_code == 200
     assert runtime.tracing.writer.flush()
     spans = exporter.get_finished_spans()
-    for name in ("queue wait", "predict_one"):
+    for name in ("queue_wait", "predict_one"):
         indices = sorted(
             int(str((span.attributes or {})["podlatency.pod_index"])) for span in spans if span.name == name
         )
         assert indices == [0, 1, 2, 3, 4], name
-    waits = [span for span in spans if span.name == "queue wait"]
+    waits = [span for span in spans if span.name == "queue_wait"]
     assert all(span.end_time is not None and span.start_time is not None for span in waits)
     assert all(span.end_time >= span.start_time for span in waits)  # type: ignore[operator]
 

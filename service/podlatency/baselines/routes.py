@@ -12,7 +12,7 @@ Locust can drive them all alike. What differs is only how each runs the work:
 - ``batch``: async handler, one DataFrame for all pods and one predict per target, on the event loop
   (its solution 3).
 
-Per pod, the traces show ``queue wait`` (submitted until a thread picked it up) and ``predict_one``
+Per pod, the traces show ``queue_wait`` (submitted until a thread picked it up) and ``predict_one``
 (its run), besides the usual phases.
 """
 
@@ -55,7 +55,7 @@ def _prepare(
 def _record_pods(phases: PhaseRecorder, submitted_ns: int, results: Sequence[PodResult]) -> None:
     for index, result in enumerate(results):
         attributes = {"podlatency.pod_index": index}
-        phases.record("queue wait", submitted_ns, result.started_ns, attributes=attributes)
+        phases.record("queue_wait", submitted_ns, result.started_ns, attributes=attributes)
         phases.record("predict_one", result.started_ns, result.ended_ns, attributes=attributes)
 
 
@@ -107,7 +107,7 @@ def thread_pool(
         submitted_ns = time.time_ns()
         with ThreadPoolExecutor(max_workers=PER_REQUEST_POOL_WORKERS) as executor:
             results = list(executor.map(baseline.predict_one, rows))
-        phases.record("pool map", submitted_ns, time.time_ns())
+        phases.record("pool_map", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
         return _answer(request, results, version, scope, phases)
 
@@ -147,7 +147,7 @@ async def batch(
             matrix = baseline.frame([feature_dict(row) for row in request.pods])
         predictions = {}
         for target in ("ttft", "tpot"):
-            with phases.phase(f"predict {target}"):
+            with phases.phase(f"predict_{target}"):
                 predictions[target] = baseline.predict_frame(target, matrix)
         with phases.phase("encode"):
             content = encode_predictions(
