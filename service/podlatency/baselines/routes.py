@@ -33,7 +33,7 @@ from podlatency.dataplane import PredictionService
 from podlatency.schema import PredictRequest, decode_predict_request
 from podlatency.spans import PhaseRecorder
 from podlatency.web.errors import JSON
-from podlatency.web.openapi import json_body_operation
+from podlatency.web.openapi import PREDICTION_ERRORS, json_body_operation
 from podlatency.web.phases import request_phases
 from podlatency.web.routes_v1 import encode_predictions
 
@@ -74,7 +74,7 @@ def _answer(
     return Response(content, media_type=JSON)
 
 
-@post("/variants/to-thread", status_code=200, operation_class=_BODY)
+@post("/variants/to-thread", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def to_thread(
     body: RawBody,
     scope: Scope,
@@ -93,7 +93,13 @@ async def to_thread(
         return _answer(request, results, version, scope, phases)
 
 
-@post("/variants/thread-pool", sync_to_thread=True, status_code=200, operation_class=_BODY)
+@post(
+    "/variants/thread-pool",
+    sync_to_thread=True,
+    status_code=200,
+    operation_class=_BODY,
+    responses=PREDICTION_ERRORS,
+)
 def thread_pool(
     body: RawBody,
     scope: Scope,
@@ -112,7 +118,7 @@ def thread_pool(
         return _answer(request, results, version, scope, phases)
 
 
-@post("/variants/dedicated-pool", status_code=200, operation_class=_BODY)
+@post("/variants/dedicated-pool", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def dedicated_pool(
     body: RawBody,
     scope: Scope,
@@ -133,7 +139,7 @@ async def dedicated_pool(
         return _answer(request, results, version, scope, phases)
 
 
-@post("/variants/batch", status_code=200, operation_class=_BODY)
+@post("/variants/batch", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def batch(
     body: RawBody,
     scope: Scope,

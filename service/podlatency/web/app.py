@@ -16,6 +16,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
@@ -128,7 +129,14 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
         middleware=[EdgeMiddleware(runtime.tracing, settings.max_in_flight)],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(title="podlatency", version=__version__, path="/schema"),
+        # The document itself at /schema (and /schema/openapi.json, .yaml): a UI would load its scripts
+        # from a CDN, which a cluster without internet access cannot reach.
+        openapi_config=OpenAPIConfig(
+            title="podlatency",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), YamlRenderPlugin()],
+        ),
         state=state,
         on_startup=[start],
         on_shutdown=[stop],

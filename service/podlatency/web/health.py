@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 
 from podlatency.dataplane import PredictionService
+from podlatency.web.openapi import error_responses
 
 
 @get("/healthz", sync_to_thread=False)
@@ -19,7 +20,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", sync_to_thread=False)
+@get("/readyz", sync_to_thread=False, responses=error_responses(503))
 def readyz(service: NamedDependency[PredictionService]) -> dict[str, str]:
     """200 once a model is in service; 503 (with the reason) until then."""
     model = service.holder.current()

@@ -1,4 +1,4 @@
-"""OpenAPI request bodies for handlers that decode their own bytes.
+"""OpenAPI request bodies for handlers that decode their own bytes, and every route's error answers.
 
 Prediction handlers take the raw body so that decoding and validation are a timed phase of their own
 and every error is ours; Litestar therefore cannot see the body type. These helpers describe it from
@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+
+from podlatency.web.errors import ErrorBody
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _RENAMED = {"not": "schema_not", "if": "schema_if", "else": "schema_else"}
@@ -57,3 +60,32 @@ def json_body_operation(body_type: type[Any], description: str) -> type[Operatio
 
     JsonBodyOperation.__name__ = f"{body_type.__name__}Operation"
     return JsonBodyOperation
+
+
+ERROR_MEANINGS = {
+    400: "Malformed: a body that is not JSON, or a path parameter of the wrong form.",
+    401: "The write route needs 'Authorization: Bearer <PODLATENCY_API_TOKEN>'.",
+    404: "No such model or stored version (`field` names the parameter).",
+    413: "More pods than PODLATENCY_MAX_PODS, or a body over PODLATENCY_MAX_BODY_BYTES.",
+    422: "A field missing, of the wrong type or out of range (`field` names it).",
+    500: "The model could not be loaded (the reason is in `detail`).",
+    501: "Not implemented here (`detail` says what to use instead).",
+    503: "Not ready (no model in service yet), overloaded (PODLATENCY_MAX_IN_FLIGHT), or a standby "
+    "trainer: retry after the Retry-After header's seconds, or send to the leader.",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """The error answers a route gives, each with the error body every error carries (web/errors.py)."""
+    return {
+        code: ResponseSpec(
+            data_container=ErrorBody, description=ERROR_MEANINGS[code], generate_examples=False
+        )
+        for code in status_codes
+    }
+
+
+PREDICTION_ERRORS = error_responses(400, 413, 422, 503)
+"""What a prediction route answers besides 200."""
+SAMPLE_ERRORS = error_responses(400, 401, 413, 422, 503)
+"""What a sample route answers besides 202."""

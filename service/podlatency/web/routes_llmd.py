@@ -26,7 +26,7 @@ from podlatency.spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token
-from podlatency.web.openapi import json_body_operation
+from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
 from podlatency.web.phases import elapsed_ms, request_phases
 
 
@@ -89,13 +89,19 @@ BULK_STRICT_BODY = json_body_operation(
 )
 
 
-@post("/predict", sync_to_thread=True, status_code=200, operation_class=ONE_ROW_BODY)
+@post(
+    "/predict",
+    sync_to_thread=True,
+    status_code=200,
+    operation_class=ONE_ROW_BODY,
+    responses=PREDICTION_ERRORS,
+)
 def predict_one(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/predict``: one row in, one prediction out (batching off)."""
     return answer_here(service, ONE_ROW, body, scope)
 
 
-@post("/predict", status_code=200, operation_class=ONE_ROW_BODY)
+@post("/predict", status_code=200, operation_class=ONE_ROW_BODY, responses=PREDICTION_ERRORS)
 async def predict_one_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
@@ -103,7 +109,13 @@ async def predict_one_batched(
     return await answer_from_batch(service, ONE_ROW, body, scope)
 
 
-@post("/predict/bulk/strict", sync_to_thread=True, status_code=200, operation_class=BULK_STRICT_BODY)
+@post(
+    "/predict/bulk/strict",
+    sync_to_thread=True,
+    status_code=200,
+    operation_class=BULK_STRICT_BODY,
+    responses=PREDICTION_ERRORS,
+)
 def predict_bulk_strict(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
@@ -111,7 +123,7 @@ def predict_bulk_strict(
     return answer_here(service, BULK_STRICT, body, scope)
 
 
-@post("/predict/bulk/strict", status_code=200, operation_class=BULK_STRICT_BODY)
+@post("/predict/bulk/strict", status_code=200, operation_class=BULK_STRICT_BODY, responses=PREDICTION_ERRORS)
 async def predict_bulk_strict_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
@@ -127,6 +139,7 @@ async def predict_bulk_strict_batched(
         llmd.BulkPredictionRequest,
         "1-10,000 rows; an invalid body is a 422, rows that fail to predict are listed.",
     ),
+    responses=PREDICTION_ERRORS,
 )
 def predict_bulk(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/predict/bulk``: one batch; ``errors`` lists rows that could not be predicted.
@@ -225,7 +238,13 @@ def root(service: NamedDependency[PredictionService]) -> llmd.RootResponse:
     )
 
 
-@post("/reload", sync_to_thread=True, status_code=200, guards=[require_token])
+@post(
+    "/reload",
+    sync_to_thread=True,
+    status_code=200,
+    guards=[require_token],
+    responses=error_responses(401, 500),
+)
 def reload(service: NamedDependency[PredictionService]) -> llmd.ReloadResponse:
     """llm-d ``/reload``: load the model folder's active version (the current one serves on failure)."""
     loaded = service.reload()

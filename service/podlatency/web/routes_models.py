@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import Parameter
 
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
@@ -27,10 +27,18 @@ from podlatency.errors import NotFound, Unsupported
 from podlatency.registry import ModelRegistry
 from podlatency.schema import TARGETS
 from podlatency.web.errors import JSON
+from podlatency.web.openapi import error_responses
 from podlatency.web.routes_llmd import objective_of
 
 LLMD_MODEL_NAMES = ("ttft", "tpot", "ttft_scaler", "tpot_scaler", "ttft_gated", "tpot_gated")
 """Every model file llm-d's training server lists; podlatency has only the two boosters."""
+
+VersionParameter = Annotated[
+    str, Parameter(pattern=r"^[0-9a-f]{16}$", description="A model version: 16 hex digits (a content hash).")
+]
+ModelNameParameter = Annotated[
+    str, Parameter(pattern=r"^[a-z_]{1,32}$", description="A model name: ttft or tpot (llm-d lists more).")
+]
 
 
 def _file_info(registry: ModelRegistry, name: str) -> dict[str, Any]:
@@ -70,8 +78,8 @@ def list_versions(service: NamedDependency[PredictionService]) -> dict[str, Any]
     }
 
 
-@get("/v1/models/{version:str}/bundle", sync_to_thread=True)
-def bundle_archive(service: NamedDependency[PredictionService], version: FromPath[str]) -> Response[bytes]:
+@get("/v1/models/{version:str}/bundle", sync_to_thread=True, responses=error_responses(400, 404))
+def bundle_archive(service: NamedDependency[PredictionService], version: VersionParameter) -> Response[bytes]:
     """A stored version's bundle archive: what predictors download and verify during a rollout."""
     registry = service.registry
     if version not in registry.versions():
@@ -136,19 +144,19 @@ def _trees(service: PredictionService, target: str) -> Response[bytes]:
     )
 
 
-@get("/model/ttft/xgb/json", sync_to_thread=True)
+@get("/model/ttft/xgb/json", sync_to_thread=True, responses=error_responses(503))
 def ttft_trees(service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/model/ttft/xgb/json``: the TTFT booster's trees (the router fetches them every 60 s)."""
     return _trees(service, "ttft")
 
 
-@get("/model/tpot/xgb/json", sync_to_thread=True)
+@get("/model/tpot/xgb/json", sync_to_thread=True, responses=error_responses(503))
 def tpot_trees(service: NamedDependency[PredictionService]) -> Response[bytes]:
     """llm-d ``/model/tpot/xgb/json``: the TPOT booster's trees."""
     return _trees(service, "tpot")
 
 
-@get("/model/export", sync_to_thread=False)
+@get("/model/export", sync_to_thread=False, responses=error_responses(501))
 def llmd_export(service: NamedDependency[PredictionService]) -> None:
     """llm-d ``/model/export`` ships pickled files; podlatency never pickles, so it answers 501."""
     version = service.registry.active_version() or "{version}"
@@ -159,14 +167,14 @@ def llmd_export(service: NamedDependency[PredictionService]) -> None:
     )
 
 
-@get("/model/{name:str}/info", sync_to_thread=True)
-def llmd_info(service: NamedDependency[PredictionService], name: FromPath[str]) -> dict[str, Any]:
+@get("/model/{name:str}/info", sync_to_thread=True, responses=error_responses(400, 404))
+def llmd_info(service: NamedDependency[PredictionService], name: ModelNameParameter) -> dict[str, Any]:
     """llm-d ``/model/{name}/info`` (plus our version and sha256)."""
     return _file_info(service.registry, name)
 
 
-@get("/model/{name:str}/download", sync_to_thread=True)
-def llmd_download(service: NamedDependency[PredictionService], name: FromPath[str]) -> Response[bytes]:
+@get("/model/{name:str}/download", sync_to_thread=True, responses=error_responses(400, 404))
+def llmd_download(service: NamedDependency[PredictionService], name: ModelNameParameter) -> Response[bytes]:
     """llm-d ``/model/{name}/download``: the active version's booster file."""
     registry = service.registry
     info = _file_info(registry, name)

@@ -26,7 +26,7 @@ from podlatency.retraining import Publisher, Retrainer
 from podlatency.samples import AddResult, SamplesRequest, SampleStore, TrainingDataBulkRequest
 from podlatency.schema import TARGETS, decode_json
 from podlatency.web.guards import require_token, require_token_unless_router_samples
-from podlatency.web.openapi import json_body_operation
+from podlatency.web.openapi import SAMPLE_ERRORS, error_responses, json_body_operation
 
 
 def accepting(samples: SampleStore, publisher: Publisher) -> SampleStore:
@@ -44,6 +44,7 @@ def accepting(samples: SampleStore, publisher: Publisher) -> SampleStore:
     operation_class=json_body_operation(
         SamplesRequest, "1-10,000 observed samples; any invalid row refuses all."
     ),
+    responses=SAMPLE_ERRORS,
 )
 def add_samples(
     body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
@@ -64,6 +65,7 @@ def _added(result: AddResult) -> dict[str, Any]:
     status_code=202,
     guards=[require_token_unless_router_samples],
     operation_class=json_body_operation(TrainingDataBulkRequest, "llm-d's training entries."),
+    responses=SAMPLE_ERRORS,
 )
 def add_training_data_bulk(
     body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
@@ -107,6 +109,7 @@ def data_status(
     operation_class=json_body_operation(
         llmd.FlushRequest, "What to forget; an empty body forgets everything."
     ),
+    responses=SAMPLE_ERRORS,
 )
 def flush(
     body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
@@ -139,7 +142,13 @@ def flush(
     )
 
 
-@post("/v1/retrain", sync_to_thread=True, status_code=200, guards=[require_token])
+@post(
+    "/v1/retrain",
+    sync_to_thread=True,
+    status_code=200,
+    guards=[require_token],
+    responses=error_responses(401, 503),
+)
 def retrain(retrainer: NamedDependency[Retrainer]) -> dict[str, object]:
     """Retrain from the observed samples now; the candidate is published only if it is not worse."""
     return msgspec.to_builtins(retrainer.run_once())  # type: ignore[no-any-return]

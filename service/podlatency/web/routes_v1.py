@@ -17,7 +17,7 @@ from podlatency.dataplane import Predictions, PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
 from podlatency.spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
-from podlatency.web.openapi import json_body_operation
+from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
 from podlatency.web.phases import elapsed_ms
 
 
@@ -42,13 +42,26 @@ V1_BODY = json_body_operation(PredictRequest, "One row of live metrics per candi
 V1_ANSWER = "One prediction per pod, in request order, with model version and phase timings."
 
 
-@post(V1_PATH, sync_to_thread=True, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
+@post(
+    V1_PATH,
+    sync_to_thread=True,
+    status_code=200,
+    operation_class=V1_BODY,
+    response_description=V1_ANSWER,
+    responses=PREDICTION_ERRORS,
+)
 def predict(body: RawBody, scope: Scope, service: NamedDependency[PredictionService]) -> Response[bytes]:
     """Predict TTFT and TPOT for every pod in the request with one call per target (batching off)."""
     return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
-@post(V1_PATH, status_code=200, operation_class=V1_BODY, response_description=V1_ANSWER)
+@post(
+    V1_PATH,
+    status_code=200,
+    operation_class=V1_BODY,
+    response_description=V1_ANSWER,
+    responses=PREDICTION_ERRORS,
+)
 async def predict_batched(
     body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
 ) -> Response[bytes]:
@@ -84,7 +97,7 @@ def encode_predictions(
     )
 
 
-@get("/v1/model", sync_to_thread=False)
+@get("/v1/model", sync_to_thread=False, responses=error_responses(503))
 def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]:
     """Metadata of the model in service, and which engine predicts.
 
