@@ -1,4 +1,4 @@
-"""The ``podlatency`` command: ``serve`` and ``train`` (benchmarks live in ``benchmarks/``)."""
+"""The ``podlatency`` command: ``serve``, ``train`` and ``samples`` (benchmarks live in ``benchmarks/``)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,19 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
 
 
+def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    samples = commands.add_parser(
+        "samples",
+        help="write a samples file (observed latencies) to train on or post, from the synthetic workload",
+    )
+    samples.add_argument("--synthetic", type=int, metavar="N", required=True, help="rows to draw")
+    samples.add_argument("--out", type=Path, required=True, help="file to write: .csv or .parquet")
+    samples.add_argument("--seed", type=int, default=0)
+    samples.add_argument(
+        "--slowdown", type=float, default=1.0, help="scale every latency (a slower fleet), default 1"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
@@ -65,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     _add_train(commands)
+    _add_samples(commands)
     return parser
 
 
@@ -140,11 +154,23 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def samples(args: argparse.Namespace) -> int:
+    """Write a synthetic samples file."""
+    from podlatency.errors import TrainingDataError  # noqa: PLC0415
+    from podlatency.training import write_synthetic_samples  # noqa: PLC0415
+
+    if args.synthetic < 1 or args.slowdown <= 0:
+        raise TrainingDataError("--synthetic must be >= 1 and --slowdown > 0")
+    write_synthetic_samples(args.out, args.synthetic, seed=args.seed, slowdown=args.slowdown)
+    print(f"wrote {args.synthetic} samples to {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podlatency`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        handler = {"serve": serve, "train": train}[args.command]
+        handler = {"serve": serve, "train": train, "samples": samples}[args.command]
         return handler(args)
     except PodlatencyError as error:
         print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)

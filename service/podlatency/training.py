@@ -253,6 +253,27 @@ def synthetic_training_set(samples: int, seed: int = 0) -> TrainingSet:
     return TrainingSet.from_observations(sample.features, {"ttft": sample.ttft_ms, "tpot": sample.tpot_ms})
 
 
+def write_synthetic_samples(path: Path, rows: int, seed: int = 0, slowdown: float = 1.0) -> None:
+    """A samples file (CSV or Parquet, by suffix) of ``rows`` rows of the synthetic workload.
+
+    The file :func:`read_samples` reads: the row fields and ``actual_ttft_ms``/``actual_tpot_ms``;
+    ``slowdown`` scales the latencies (a slower fleet).
+    """
+    import pandas as pd  # noqa: PLC0415  (pandas costs ~50 MB; serving never needs it)
+
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".parquet", ".pq"}:
+        raise TrainingDataError(f"{path}: unknown sample format {suffix!r}; use .csv or .parquet")
+    sample = workload.generate(rows, seed=seed, slowdown=slowdown)
+    frame = pd.DataFrame(sample.rows())
+    frame[ACTUAL_COLUMNS["ttft"]] = sample.ttft_ms.round(3)
+    frame[ACTUAL_COLUMNS["tpot"]] = sample.tpot_ms.round(3)
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
 def read_samples(path: Path) -> TrainingSet:
     """Read recorded observations from CSV or Parquet, refusing the file with the first bad column.
 

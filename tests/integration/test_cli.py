@@ -64,3 +64,20 @@ def test_two_workers_report_metrics_together(tmp_path: Path, model_dir: Path, st
     text = server.request("GET", "/metrics").body.decode()
     assert "podlatency_requests_per_batch_count 30.0" in text
     assert f'podlatency_active_model_info{{device="cpu",objective="mean",version="{version}"}} 1.0' in text
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_samples_file_from_the_cli_trains_a_model(tmp_path: Path, suffix: str) -> None:
+    """`podlatency samples` writes a file `podlatency train --samples` takes, as the docs' first steps do."""
+    samples = tmp_path / f"observed{suffix}"
+    written = run_cli("samples", "--synthetic", "3000", "--out", str(samples), "--slowdown", "2")
+    assert written.returncode == 0, written.stderr
+    assert f"wrote 3000 samples to {samples}" in written.stdout
+    trained = run_cli(
+        "train", "--samples", str(samples), "--out", str(tmp_path / "models"), "--rounds", "20", timeout=300
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "on 3000 rows" in trained.stdout
+    refused = run_cli("samples", "--synthetic", "10", "--out", str(tmp_path / "observed.txt"))
+    assert refused.returncode == 2
+    assert "use .csv or .parquet" in refused.stderr
