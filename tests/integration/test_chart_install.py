@@ -53,11 +53,12 @@ def strict_documents(manifest: str) -> list[dict[str, Any]]:
 
 
 def install(
-    cluster: KubeEmulator, values: dict[str, Any]
+    cluster: KubeEmulator, values: dict[str, Any], release_name: str = "pl", namespace: str = "default"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Install as release "pl" and return the rendered objects and hook objects."""
-    config = Configuration(namespace="default", kubeconfig=str(cluster.kubeconfig))
-    release = asyncio.run(Install(config).run("pl", str(CHART), values=values, wait=False, timeout=60))
+    """Install as release ``release_name`` and return the rendered objects and hook objects."""
+    config = Configuration(namespace=namespace, kubeconfig=str(cluster.kubeconfig))
+    installer = Install(config)
+    release = asyncio.run(installer.run(release_name, str(CHART), values=values, wait=False, timeout=60))
     objects = strict_documents(release["manifest"])
     hooks = [doc for hook in release.get("hooks") or [] for doc in strict_documents(hook["manifest"])]
     return objects, hooks

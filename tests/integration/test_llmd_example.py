@@ -1,0 +1,47 @@
+"""examples/llm-d-router: the router's URLs name the Services our chart renders from the example's values.
+
+Our chart is installed with real Helm against the Kubernetes API emulator, as the example says
+(release "podlatency", namespace "podlatency"). llm-d-router's chart is not part of this repository;
+its setting names were read in its source (examples/llm-d-router/README.md says which commit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.integration.kube_emulator import KubeEmulator
+from tests.integration.test_chart_install import install, named, validate_all
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm-d-router"
+
+
+def service_url(objects: list[dict[str, Any]], name: str, namespace: str) -> str:
+    service = named(objects, "Service", name)
+    [port] = service["spec"]["ports"]
+    return f"http://{name}.{namespace}.svc.cluster.local:{port['port']}"
+
+
+def test_the_router_example_points_at_the_services_our_chart_renders(cluster: KubeEmulator) -> None:
+    """PREDICTION_SERVER_URL is the predictor Service, TRAINING_SERVER_URL the trainer Service.
+
+    The router's observations are taken without a token, and its EPP pods' label is the one client
+    the NetworkPolicy admits.
+    """
+    values = yaml.safe_load((EXAMPLE / "podlatency-values.yaml").read_text())
+    objects, _ = install(cluster, values, release_name="podlatency", namespace="podlatency")
+    validate_all(objects)
+    router = yaml.safe_load((EXAMPLE / "router-values.yaml").read_text())["router"]
+    env = {item["name"]: item["value"] for item in router["epp"]["env"]}
+    assert env["PREDICTION_SERVER_URL"] == service_url(objects, "podlatency", "podlatency")
+    assert env["TRAINING_SERVER_URL"] == service_url(objects, "podlatency-trainer", "podlatency")
+    assert router["latencyPredictor"]["enabled"] is True, "the router's latency-aware plugins are on"
+    assert router["latencyPredictor"]["predictionServers"]["count"] == 0, "no llm-d prediction sidecar"
+
+    settings = named(objects, "ConfigMap", "podlatency")["data"]
+    assert settings["PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN"] == "true"  # noqa: S105  (a flag)
+    policy = named(objects, "NetworkPolicy", "podlatency")
+    clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert clients == {"llm-d-router-gateway": "router-epp"}
