@@ -7,13 +7,14 @@ The hierarchy::
     │   ├── MalformedBody (400)        not JSON, or not the JSON shape at all
     │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
     │   ├── TooManyPods (413)          more rows than the configured limit
+    │   ├── BodyTooLarge (413)         a body over the configured limit (forwarded to a leader)
     │   ├── Unauthorized (401)         a write route without the configured bearer token
     │   ├── NotFound (404)             no such model (or model file)
     │   └── Unsupported (501)          an llm-d route whose answer podlatency will not give (pickles)
     ├── Unavailable (503)              it passes: try again after Retry-After
     │   ├── Overloaded (503)           more prediction requests in progress than the limit
     │   ├── ModelNotReady (503)        no model is loaded yet (training or loading is under way)
-    │   ├── NotLeader (503)            a standby trainer was sent samples; the leader takes them
+    │   ├── NotLeader (503)            a standby trainer knows no leader to forward samples to
     │   └── ClusterUnavailable (503)   the Kubernetes API could not be reached to publish a model
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
     ├── InvalidRollout (500)           the rollout ConfigMap declares a version it does not say how to fetch
@@ -71,6 +72,13 @@ class TooManyPods(ClientError):
     code = "too_many_pods"
 
 
+class BodyTooLarge(ClientError):
+    """A request body larger than PODLATENCY_MAX_BODY_BYTES."""
+
+    status_code = 413
+    code = "body_too_large"
+
+
 class Unauthorized(ClientError):
     """A write route was called without the bearer token the server is configured with."""
 
@@ -125,7 +133,7 @@ class ClusterUnavailable(Unavailable):
 
 
 class NotLeader(Unavailable):
-    """A standby trainer was sent samples; the leader takes them (the trainer Service routes to it)."""
+    """A standby trainer was sent samples and knows no leader to forward them to (or it did not answer)."""
 
     status_code = 503
     code = "not_leader"

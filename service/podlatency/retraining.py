@@ -151,6 +151,10 @@ class Publisher(Protocol):
         """Store ``bundle`` and roll it out; False when something (a pin) keeps it from being published."""
         ...
 
+    def leader_url(self) -> str | None:
+        """Where samples go when this process does not lead (``None``: it leads, or no leader is known)."""
+        ...
+
 
 class FolderPublisher:
     """Publishes into the model folder: store, activate (predictors watching the folder follow), serve."""
@@ -161,6 +165,10 @@ class FolderPublisher:
     def leads(self) -> bool:
         """One process owns a model folder: always."""
         return True
+
+    def leader_url(self) -> str | None:
+        """Nowhere else: this process leads."""
+        return None
 
     def publish(self, bundle: ModelBundle) -> bool:
         """Store and activate ``bundle``, and serve it here at once."""

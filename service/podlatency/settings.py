@@ -155,7 +155,7 @@ class Settings:
     """Namespace of the rollout ConfigMap and Lease; empty = this pod's own (else ``default``)."""
 
     pod_name: str = ""
-    """This pod's name (from the downward API): the leader-election identity and the pod to label."""
+    """This pod's name (from the downward API): the leader-election identity."""
 
     publish_url: str = ""
     """Base URL other pods fetch this trainer's model archives from (e.g. ``http://10.1.2.3:8000``)."""

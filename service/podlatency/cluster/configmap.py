@@ -3,6 +3,8 @@
 Predictors and trainers watch it, resuming from the last ``resourceVersion`` and re-listing when the
 API server answers 410 Gone. The leader trainer publishes into it with an optimistic-concurrency
 replace, and never over a ConfigMap that carries the pin annotation (``podlatency.io/pinned: "true"``).
+The leader also names its own address in it (``podlatency.io/leader-url``), so that standby trainers
+forward the samples they receive to it: trainers need no rights over pods.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from podlatency.errors import ClusterUnavailable, InvalidRollout
 logger = logging.getLogger(__name__)
 
 PINNED_ANNOTATION = "podlatency.io/pinned"
+LEADER_ANNOTATION = "podlatency.io/leader-url"
 PUBLISH_ATTEMPTS = 5
+
+
+def leader_url_from(configmap: Any) -> str | None:
+    """The leader trainer's address the ConfigMap names, if any."""
+    metadata = configmap.metadata
+    annotations = (metadata.annotations if metadata is not None else None) or {}
+    url = str(annotations.get(LEADER_ANNOTATION, "")).strip()
+    return url or None
 
 
 def record_from(configmap: Any) -> RolloutRecord | None:
@@ -109,6 +120,49 @@ class RolloutConfigMap:
                 raise
             return True
         raise ClusterUnavailable(f"{self.name} kept changing under {PUBLISH_ATTEMPTS} publish attempts")
+
+    def announce_leader(self, url: str | None, *, only_if: str | None = None) -> None:
+        """Name ``url`` as the leader's address; with ``None``, clear it if it still names ``only_if``."""
+        for _ in range(PUBLISH_ATTEMPTS):
+            try:
+                current = self.core.read_namespaced_config_map(self.name, self.namespace, _request_timeout=30)
+            except ApiException as error:
+                if error.status != HTTP_NOT_FOUND or url is None:
+                    raise
+                metadata = client.V1ObjectMeta(
+                    name=self.name, namespace=self.namespace, annotations={LEADER_ANNOTATION: url}
+                )
+                try:
+                    self.core.create_namespaced_config_map(
+                        self.namespace, client.V1ConfigMap(metadata=metadata), _request_timeout=30
+                    )
+                except ApiException as create_error:
+                    if create_error.status == HTTP_CONFLICT:
+                        continue
+                    raise
+                return
+            metadata = current.metadata or client.V1ObjectMeta(name=self.name, namespace=self.namespace)
+            annotations = dict(metadata.annotations or {})
+            if url is None:
+                if annotations.get(LEADER_ANNOTATION) != only_if:
+                    return  # another trainer leads by now
+                del annotations[LEADER_ANNOTATION]
+            else:
+                annotations[LEADER_ANNOTATION] = url
+            metadata.annotations = annotations
+            current.metadata = metadata
+            try:
+                self.core.replace_namespaced_config_map(
+                    self.name, self.namespace, current, _request_timeout=30
+                )
+            except ApiException as error:
+                if error.status == HTTP_CONFLICT:
+                    continue
+                raise
+            return
+        raise ClusterUnavailable(
+            f"{self.name} kept changing under {PUBLISH_ATTEMPTS} attempts to name the leader"
+        )
 
     def follow(
         self,

@@ -1,4 +1,4 @@
-"""Leader election among trainers on a ``coordination.k8s.io`` Lease, and the leader's pod label.
+"""Leader election among trainers on a ``coordination.k8s.io`` Lease.
 
 It uses ``kubernetes.leaderelection`` and its ``LeaseLock``, so one trainer of several publishes.
 """
@@ -20,8 +20,6 @@ from podlatency.metrics import service_metrics
 from podlatency.settings import check_lease_timings
 
 logger = logging.getLogger(__name__)
-
-LEADER_LABEL = "podlatency.io/leader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +138,3 @@ class LeaseElection:
                 )
         except API_FAILURES as error:
             logger.warning("could not release the Lease (a standby takes over when it expires): %s", error)
-
-
-def label_pod(api: client.ApiClient, namespace: str, pod_name: str, *, leader: bool) -> None:
-    """Mark (or unmark) this pod as the leader, so the trainer Service routes samples only to it."""
-    if not pod_name:
-        return
-    patch = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else None}}}
-    try:
-        client.CoreV1Api(api).patch_namespaced_pod(pod_name, namespace, patch, _request_timeout=10)
-    except API_FAILURES as error:
-        logger.warning("could not %s pod %s: %s", "label" if leader else "unlabel", pod_name, error)

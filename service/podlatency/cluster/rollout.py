@@ -10,8 +10,8 @@ from kubernetes import client
 
 from podlatency.bundle import ModelBundle
 from podlatency.cluster.api import API_FAILURES, api_client, current_namespace, default_identity
-from podlatency.cluster.configmap import RolloutConfigMap, record_from
-from podlatency.cluster.election import LeaseElection, LeaseTimings, label_pod
+from podlatency.cluster.configmap import RolloutConfigMap, leader_url_from, record_from
+from podlatency.cluster.election import LeaseElection, LeaseTimings
 from podlatency.cluster.events import KubeEvents
 from podlatency.cluster.follower import ModelFollower, RolloutRecord
 from podlatency.dataplane import PredictionService
@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 class ClusterRollout:
     """One process's part in its release's rollout.
 
-    Every role follows the ConfigMap. Trainers also campaign for the Lease; the leader labels its
-    pod (the trainer Service selects the label, so samples reach the leader), declares a version
+    Every role follows the ConfigMap. Trainers also campaign for the Lease; the leader names its
+    address in the ConfigMap (standbys forward the samples they receive there), declares a version
     when the ConfigMap has none, and publishes what the retrainer produces.
     """
 
@@ -46,6 +46,8 @@ class ClusterRollout:
         self.configmap = RolloutConfigMap(self.api, self.namespace, settings.rollout_configmap)
         self.events = KubeEvents(self.api, self.namespace, settings.rollout_configmap, self.identity)
         self.follower = ModelFollower(service, self.events)
+        self.announced_leader: str | None = None
+        """The leader's address as the ConfigMap names it (read by every role's watch)."""
         self.election: LeaseElection | None = None
         if samples is not None:
             self.election = LeaseElection(
@@ -75,6 +77,7 @@ class ClusterRollout:
     def _apply(self, configmap: Any | None) -> bool:
         if configmap is None:
             return False
+        self.announced_leader = leader_url_from(configmap)
         try:
             record = record_from(configmap)
         except InvalidRollout as error:
@@ -104,11 +107,22 @@ class ClusterRollout:
         """Whether this trainer holds the Lease."""
         return self.election is not None and self.election.is_leader
 
+    def own_url(self) -> str:
+        """Where other pods reach this process (``PODLATENCY_PUBLISH_URL``)."""
+        base = self.settings.publish_url or f"http://{self.settings.host}:{self.settings.port}"
+        return base.rstrip("/")
+
+    def leader_url(self) -> str | None:
+        """Where samples go when this trainer does not lead: the leader the ConfigMap names, if another."""
+        if self.leads():
+            return None
+        leader = self.announced_leader
+        return leader if leader and leader != self.own_url() else None
+
     def record_for(self, version: str) -> RolloutRecord:
         """The record that declares a stored version, fetched from this trainer."""
-        base = self.settings.publish_url or f"http://{self.settings.host}:{self.settings.port}"
         sha256 = self.service.registry.archive_sha256(version)
-        return RolloutRecord(version, sha256, f"{base.rstrip('/')}/v1/models/{version}/bundle")
+        return RolloutRecord(version, sha256, f"{self.own_url()}/v1/models/{version}/bundle")
 
     def publish(self, bundle: ModelBundle) -> bool:
         """Store ``bundle`` and declare it (the watch then swaps it in here too); False when pinned."""
@@ -127,7 +141,10 @@ class ClusterRollout:
 
     def _started_leading(self) -> None:
         self.events("Normal", "LeaderElected", "now the leader trainer")
-        label_pod(self.api, self.namespace, self.settings.pod_name, leader=True)
+        try:
+            self.configmap.announce_leader(self.own_url())
+        except (*API_FAILURES, ClusterUnavailable) as error:
+            logger.warning("could not name this trainer as the leader in the ConfigMap: %s", error)
         if self.samples is not None:
             self.samples.reload()  # a shared volume may hold what the previous leader accepted
         current = self.service.holder.current_or_none()
@@ -143,5 +160,8 @@ class ClusterRollout:
             logger.warning("as the new leader, could not update %s: %s", self.settings.rollout_configmap, err)
 
     def _stopped_leading(self) -> None:
-        label_pod(self.api, self.namespace, self.settings.pod_name, leader=False)
+        try:
+            self.configmap.announce_leader(None, only_if=self.own_url())
+        except (*API_FAILURES, ClusterUnavailable) as error:
+            logger.warning("could not clear this trainer's leader address in the ConfigMap: %s", error)
         self.events("Normal", "LeaderLost", "no longer the leader trainer")

@@ -26,6 +26,7 @@ from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
+from podlatency.web.leader import ForwardToLeader
 from podlatency.web.phases import EdgeMiddleware
 
 logger = logging.getLogger(__name__)
@@ -123,10 +124,16 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
         runtime.stop()
         state.handler_pool.shutdown(wait=False)
 
+    middleware: list[Any] = [EdgeMiddleware(runtime.tracing, settings.max_in_flight)]
+    if runtime.trains and runtime.cluster is not None:
+        # Standby trainers send sample writes on to the leader the rollout ConfigMap names.
+        middleware.append(
+            ForwardToLeader(runtime.publisher, runtime.cluster.identity, settings.max_body_bytes)
+        )
     return Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies_of(runtime),
-        middleware=[EdgeMiddleware(runtime.tracing, settings.max_in_flight)],
+        middleware=middleware,
         request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
         # The document itself at /schema (and /schema/openapi.json, .yaml): a UI would load its scripts

@@ -32,7 +32,7 @@ from podlatency.web.openapi import SAMPLE_ERRORS, error_responses, json_body_ope
 def accepting(samples: SampleStore, publisher: Publisher) -> SampleStore:
     """The sample store, when this process is the trainer that takes samples now."""
     if not publisher.leads():
-        raise NotLeader("this trainer is on standby; send samples to the leader (the trainer Service)")
+        raise NotLeader("this trainer is on standby and knows no leader yet; retry shortly")
     return samples
 
 
