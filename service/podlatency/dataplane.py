@@ -58,6 +58,7 @@ class PredictionService:
         self.registry = registry or ModelRegistry(settings.model_dir)
         self.holder = ModelHolder()
         self.device = resolve_device(settings.device)
+        service_metrics().model_ready.set(0)  # until a model is in service
         self.compiler = compiler
         """Brings each model in service to compiled trees in the background (None: XGBoost only)."""
 
@@ -147,6 +148,7 @@ class PredictionService:
         previous = self.holder.swap(loaded)
         if previous is not None and previous.batcher is not None:
             previous.batcher.close()
+        service_metrics().model_ready.set(1)
         active_model = service_metrics().active_model
         active_model.clear()
         active_model.labels(device=self.device, objective=bundle.objective, version=bundle.version).set(1)

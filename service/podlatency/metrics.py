@@ -73,6 +73,10 @@ class ServiceMetrics:
     compiles: Counter
     compile_seconds: Gauge
     spans_dropped: Counter
+    model_ready: Gauge
+    samples_received: Counter
+    retrains: Counter
+    last_retrain: Gauge
 
 
 @functools.cache
@@ -172,6 +176,26 @@ def service_metrics() -> ServiceMetrics:
             "Spans of kept traces that were not exported, by reason (writer_full, export_queue_full, "
             "collector_failing, export_failed).",
             ["reason"],
+        ),
+        model_ready=Gauge(
+            "podlatency_model_ready",
+            "1 while this process has a model in service (what /readyz says), else 0.",
+            multiprocess_mode="livemin",
+        ),
+        samples_received=Counter(
+            "podlatency_samples_received",
+            "Observed samples (rows) this trainer accepted for retraining.",
+        ),
+        retrains=Counter(
+            "podlatency_retrains",
+            "Retraining attempts (enough new samples had arrived), by outcome: published, or kept (the "
+            "model in service stays).",
+            ["outcome"],
+        ),
+        last_retrain=Gauge(
+            "podlatency_last_retrain_timestamp_seconds",
+            "When this trainer last attempted a retrain (its start until then), in Unix seconds.",
+            multiprocess_mode="livemax",
         ),
     )
 

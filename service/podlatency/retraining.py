@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
@@ -204,6 +205,7 @@ class Retrainer:
         self._seen_at_last_attempt = 0
         self._task = PeriodicTask("retrainer", policy.interval_s, self.run_once)
         self._lock = threading.Lock()
+        service_metrics().last_retrain.set(time.time())  # "never" reads as "since start"
 
     def run_once(self) -> RetrainOutcome:
         """One attempt: train per target, compare with the active model, publish what is not worse."""
@@ -219,6 +221,9 @@ class Retrainer:
             serving = self.service.holder.current_or_none()
             outcome = self._attempt(serving.bundle if serving is not None else None)
             logger.info("retrain: %s", outcome.reason)
+            metrics = service_metrics()
+            metrics.retrains.labels("published" if outcome.published else "kept").inc()
+            metrics.last_retrain.set(time.time())
             return outcome
 
     def _attempt(self, active: ModelBundle | None) -> RetrainOutcome:

@@ -258,6 +258,7 @@ class SampleStore:
                 if split.lines_on_disk > 2 * split.budget * len(TARGETS):
                     split.rewrite()
         self._publish_counts()
+        service_metrics().samples_received.inc(len(samples))
         return AddResult(accepted=len(samples), kept=kept, unobserved=unobserved)
 
     def flush(self, *, training: bool, holdout: bool) -> dict[str, dict[str, int]]:

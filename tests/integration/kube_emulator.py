@@ -272,11 +272,12 @@ class KubeEmulator:
         emulator.kubernetes_version = self.kubernetes_version
         self.loop = asyncio.get_running_loop()
         emulator.resources.load_bundled()
-        # The prometheus-operator CRD, as a cluster with it installed would serve it.
-        emulator.resources["monitoring.coreos.com/v1/servicemonitors"] = kmock.ResourceInfo(
-            kind="ServiceMonitor", singular="servicemonitor", namespaced=True,
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-        )  # fmt: skip
+        # The prometheus-operator CRDs, as a cluster with them installed would serve them.
+        for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")):
+            emulator.resources[f"monitoring.coreos.com/v1/{plural}"] = kmock.ResourceInfo(
+                kind=kind, singular=kind.lower(), namespaced=True,
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+            )  # fmt: skip
         async with emulator, kmock.Server(emulator, host="127.0.0.1", port=0) as server:
             self.emulator = emulator
             self._url = str(server.url).rstrip("/")

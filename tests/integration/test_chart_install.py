@@ -26,7 +26,7 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "podlatency"
 OLDEST_KUBERNETES = "1.30.0"  # the chart's kubeVersion: lifecycle.preStop.sleep
 NEWEST_KUBERNETES = max(kubernetes_validate.utils.all_versions(), key=lambda v: tuple(map(int, v.split("."))))
 # Custom resources have no schema in kubernetes-validate; they are checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def scenario(name: str) -> dict[str, Any]:

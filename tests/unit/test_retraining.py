@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import msgspec
@@ -69,14 +70,25 @@ def test_a_worse_candidate_is_not_published(
 def test_a_better_candidate_is_published_and_served(
     tmp_path: Path, model_dir: Path, small_bundle: ModelBundle
 ) -> None:
-    """When the fleet got twice as slow, the retrained model wins on held-out data and is swapped in."""
+    """When the fleet got twice as slow, the retrained model wins on held-out data and is swapped in.
+
+    The attempt is counted, timed and its samples counted in the metrics the chart's alerts read.
+    """
     service = service_on(tmp_path, model_dir)
+    metrics = service_metrics()
+    received = metrics.samples_received._value.get()
+    published = metrics.retrains.labels("published")._value.get()
     store = SampleStore(tmp_path / "samples")
     store.add(observed(4000, seed=3, slowdown=2.0))
+    assert metrics.samples_received._value.get() - received == 4000
     retrainer = Retrainer(
         service, store, RetrainPolicy(min_new_samples=100, keep_versions=1), TrainingOptions()
     )
+    started = time.time()
     outcome = retrainer.run_once()
+    assert metrics.retrains.labels("published")._value.get() - published == 1
+    assert metrics.last_retrain._value.get() >= started
+    assert metrics.model_ready._value.get() == 1
     assert outcome.published, outcome.reason
     assert outcome.measure == "mae_ms"
     assert outcome.candidate["ttft"] < outcome.active["ttft"]
