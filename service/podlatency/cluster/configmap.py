@@ -80,23 +80,9 @@ class RolloutConfigMap:
         With ``replace_url_only`` only the URL of the version already declared is updated (a new
         leader serves the archive from its own address), and a pin does not stop that.
         """
-        for _ in range(PUBLISH_ATTEMPTS):
-            try:
-                current = self.core.read_namespaced_config_map(self.name, self.namespace, _request_timeout=30)
-            except ApiException as error:
-                if error.status != HTTP_NOT_FOUND or replace_url_only:
-                    raise
-                body = client.V1ConfigMap(
-                    metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                    data={"version": record.version, "sha256": record.sha256, "url": record.url},
-                )
-                try:
-                    self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=30)
-                except ApiException as create_error:
-                    if create_error.status == HTTP_CONFLICT:
-                        continue  # created meanwhile: read it and decide again
-                    raise
-                return True
+        declared = {"version": record.version, "sha256": record.sha256, "url": record.url}
+
+        def change(current: Any) -> bool:
             annotations = (current.metadata.annotations if current.metadata is not None else None) or {}
             data = dict(current.data or {})
             if replace_url_only:
@@ -107,10 +93,60 @@ class RolloutConfigMap:
                 logger.info("%s is pinned to %s; not publishing %s", self.name, data.get("version"), record)
                 return False
             else:
-                data |= {"version": record.version, "sha256": record.sha256, "url": record.url}
+                data |= declared
             current.data = data
+            return True
+
+        created = None if replace_url_only else client.V1ConfigMap(metadata=self._metadata(), data=declared)
+        return self._modify(change, created, "publish")
+
+    def announce_leader(self, url: str | None, *, only_if: str | None = None) -> None:
+        """Name ``url`` as the leader's address; with ``None``, clear it if it still names ``only_if``."""
+
+        def change(current: Any) -> bool:
+            metadata = current.metadata or self._metadata()
+            annotations = dict(metadata.annotations or {})
+            if url is None:
+                if annotations.get(LEADER_ANNOTATION) != only_if:
+                    return False  # another trainer leads by now
+                del annotations[LEADER_ANNOTATION]
+            else:
+                annotations[LEADER_ANNOTATION] = url
+            metadata.annotations = annotations
+            current.metadata = metadata
+            return True
+
+        created = None
+        if url is not None:
+            created = client.V1ConfigMap(metadata=self._metadata({LEADER_ANNOTATION: url}))
+        self._modify(change, created, "name the leader")
+
+    def _metadata(self, annotations: dict[str, str] | None = None) -> client.V1ObjectMeta:
+        return client.V1ObjectMeta(name=self.name, namespace=self.namespace, annotations=annotations)
+
+    def _modify(self, change: Callable[[Any], bool], created: Any | None, what: str) -> bool:
+        """Read the ConfigMap, ``change`` it in place and replace it; True when it was written.
+
+        ``change`` answers False to leave it as it is. The read's resourceVersion travels with the
+        replace, so a change made since (a pin) is a 409, and it is read again. With no ConfigMap,
+        ``created`` is created (``None``: the 404 is raised).
+        """
+        for _ in range(PUBLISH_ATTEMPTS):
             try:
-                # The read's resourceVersion travels with the body: a change since (a pin) is a 409.
+                current = self.core.read_namespaced_config_map(self.name, self.namespace, _request_timeout=30)
+            except ApiException as error:
+                if error.status != HTTP_NOT_FOUND or created is None:
+                    raise
+                try:
+                    self.core.create_namespaced_config_map(self.namespace, created, _request_timeout=30)
+                except ApiException as create_error:
+                    if create_error.status == HTTP_CONFLICT:
+                        continue  # created meanwhile: read it and decide again
+                    raise
+                return True
+            if not change(current):
+                return False
+            try:
                 self.core.replace_namespaced_config_map(
                     self.name, self.namespace, current, _request_timeout=30
                 )
@@ -119,50 +155,7 @@ class RolloutConfigMap:
                     continue
                 raise
             return True
-        raise ClusterUnavailable(f"{self.name} kept changing under {PUBLISH_ATTEMPTS} publish attempts")
-
-    def announce_leader(self, url: str | None, *, only_if: str | None = None) -> None:
-        """Name ``url`` as the leader's address; with ``None``, clear it if it still names ``only_if``."""
-        for _ in range(PUBLISH_ATTEMPTS):
-            try:
-                current = self.core.read_namespaced_config_map(self.name, self.namespace, _request_timeout=30)
-            except ApiException as error:
-                if error.status != HTTP_NOT_FOUND or url is None:
-                    raise
-                metadata = client.V1ObjectMeta(
-                    name=self.name, namespace=self.namespace, annotations={LEADER_ANNOTATION: url}
-                )
-                try:
-                    self.core.create_namespaced_config_map(
-                        self.namespace, client.V1ConfigMap(metadata=metadata), _request_timeout=30
-                    )
-                except ApiException as create_error:
-                    if create_error.status == HTTP_CONFLICT:
-                        continue
-                    raise
-                return
-            metadata = current.metadata or client.V1ObjectMeta(name=self.name, namespace=self.namespace)
-            annotations = dict(metadata.annotations or {})
-            if url is None:
-                if annotations.get(LEADER_ANNOTATION) != only_if:
-                    return  # another trainer leads by now
-                del annotations[LEADER_ANNOTATION]
-            else:
-                annotations[LEADER_ANNOTATION] = url
-            metadata.annotations = annotations
-            current.metadata = metadata
-            try:
-                self.core.replace_namespaced_config_map(
-                    self.name, self.namespace, current, _request_timeout=30
-                )
-            except ApiException as error:
-                if error.status == HTTP_CONFLICT:
-                    continue
-                raise
-            return
-        raise ClusterUnavailable(
-            f"{self.name} kept changing under {PUBLISH_ATTEMPTS} attempts to name the leader"
-        )
+        raise ClusterUnavailable(f"{self.name} kept changing under {PUBLISH_ATTEMPTS} attempts to {what}")
 
     def follow(
         self,

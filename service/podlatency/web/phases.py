@@ -6,7 +6,9 @@ the request carries W3C ``traceparent``/``tracestate`` headers, and notes the mo
 handler on a worker thread the executor hop. ``respond`` runs from the answer being encoded to the
 last byte of the response being handed to the server: the hop back to the event loop and sending.
 Neither can be timed from inside the handler's own work, so the moments are noted here and the
-spans recorded with explicit timestamps.
+spans recorded with explicit timestamps. Once a request is answered, it is decided here whether its
+trace is kept (:mod:`podlatency.keeping`: head-sampled, slow or failed); a kept request the head
+sampler passed over gets its spans made afterwards.
 
 It replaces OpenTelemetry's generic ASGI instrumentation (what Litestar's OpenTelemetry plugin wraps),
 which costs event-loop time on every request even when nothing is sampled. This one asks the sampler
