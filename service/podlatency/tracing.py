@@ -151,8 +151,9 @@ class Tracing:
         ``None`` too when spans go nowhere. Called from the event loop only (the thresholds have no lock).
         """
         slow = self.slow
-        reason = kept_reason(head_sampled, status, seconds, slow.seconds(route))
+        # Counted first, so that after an idle spell the window has moved on before it is read.
         slow.observe(route, seconds, time.monotonic())
+        reason = kept_reason(head_sampled, status, seconds, slow.seconds(route))
         return reason if head_sampled or self.kept is not None else None
 
     def kept_root(

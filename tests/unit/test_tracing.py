@@ -289,3 +289,15 @@ def test_bounded_export_never_lets_the_batch_queue_overflow() -> None:
     assert exported + dropped("export_queue_full") - full == 3000
     assert exported <= 600 + 512  # a queue's worth, and at most one batch taken while it was full
     provider.shutdown()
+
+
+def test_after_an_idle_spell_a_request_is_judged_by_the_current_window() -> None:
+    """A minute of quiet empties the window: the next request is not judged against an old p99."""
+    tracing = Tracing.to(SimpleSpanProcessor(InMemorySpanExporter()), sampler=ALWAYS_OFF, slow=RollingP99())
+    rule = tracing.slow
+    for index in range(200):
+        rule.observe("/v1/predict", 0.001, now_s=time.monotonic() - 120 + index * 0.01)
+    assert rule.seconds("/v1/predict") is not None
+    assert tracing.kept_reason("/v1/predict", head_sampled=False, status=200, seconds=0.5) is None
+    assert rule.seconds("/v1/predict") is None, "the old window was forgotten before the request was judged"
+    tracing.close()
