@@ -69,7 +69,7 @@ class ForwardToLeader(ASGIMiddleware):
         leader = None
         if scope.get("method") == "POST" and scope["path"] in LEADER_PATHS:
             leader = self._publisher.leader_url()
-        headers = dict(scope.get("headers", []))
+        headers = dict(scope.get("headers", [])) if leader is not None else {}
         if leader is None or FORWARDED_HEADER.encode() in headers:
             await next_app(scope, receive, send)
             return
@@ -80,8 +80,11 @@ class ForwardToLeader(ASGIMiddleware):
             return
         query = scope.get("query_string", b"").decode("latin-1")
         url = leader + scope["path"] + (f"?{query}" if query else "")
-        passed = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers.items()}
-        passed = {name: value for name, value in passed.items() if name.encode() in PASSED_HEADERS}
+        passed = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in headers.items()
+            if name in PASSED_HEADERS
+        }
         passed[FORWARDED_HEADER] = self._identity
         try:
             answer = await asyncio.get_running_loop().run_in_executor(None, post_to_leader, url, body, passed)

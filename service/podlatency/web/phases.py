@@ -141,7 +141,6 @@ class EdgeMiddleware(ASGIMiddleware):
 
     def __init__(self, tracing: Tracing, max_in_flight: int = 0) -> None:
         self._tracing = tracing
-        self._tracer = tracing.head
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
@@ -199,7 +198,7 @@ class EdgeMiddleware(ASGIMiddleware):
         caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
         trace_id = caller.trace_id if caller is not None and caller.is_valid else random.getrandbits(128)
         attributes = kept_attributes(scope, route, Overloaded.status_code, ERROR)
-        name, times_ns = f"{scope['method']} {route}", (arrived_ns, time.time_ns())
+        name, times_ns = server_span_name(scope, route), (arrived_ns, time.time_ns())
         tracing.writer.submit(tracing.kept_root(name, trace_id, parent, times_ns, attributes))
         return format(trace_id, "032x")
 
@@ -235,6 +234,11 @@ class EdgeMiddleware(ASGIMiddleware):
         return served.status, served.kept_trace_id
 
 
+def server_span_name(scope: HTTPScope, route: str) -> str:
+    """A server span's name: method and route template (``POST /v1/predict``), a bounded set."""
+    return f"{scope['method']} {route}"
+
+
 def kept_attributes(scope: HTTPScope, route: str, status: int, reason: str) -> dict[str, AttributeValue]:
     """The attributes of a server span made once the request was answered."""
     attributes = request_attributes(scope, route)
@@ -259,7 +263,7 @@ class _ServedRequest:
         self._route = route
         self._arrived_ns = arrived_ns
         self.parent = caller_context(scope["headers"])
-        self.name = f"{scope['method']} {route}"
+        self.name = server_span_name(scope, route)
         self.span = tracing.head.start_span(
             self.name, context=self.parent, kind=SpanKind.SERVER, start_time=arrived_ns
         )
