@@ -12,15 +12,14 @@ server's requests), so the model compute inside the server can be set against th
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from benchmarks.clients import LatencySummary, sequential, sequential_answers
+from benchmarks.cpu_state import CpuState
 from benchmarks.servers import LocalServer, loaded_point
 from podlatency.compiler import Compiler
 from podlatency.predictor import Predictor
@@ -48,10 +47,8 @@ def raw_predict(
 ) -> dict[str, dict[str, Any]]:
     """Both targets' predict on ``matrix`` in this process: XGBoost ``inplace_predict``, and compiled.
 
-    Three conditions: a tight loop (the best case: caches warm, and the branch predictor trained on
-    the one matrix), cold caches (16 MB touched between calls), and server-like: cold caches plus the
-    request ``body`` decoded and encoded 20 times between calls, which retrains the branch predictor
-    on Python's interpreter loop as a server's HTTP stack does between two requests.
+    In the conditions of :mod:`benchmarks.cpu_state`: a tight loop (the best case), cold caches, and
+    (compiled only) server-like, with the request ``body`` decoded between calls.
     """
     registry = ModelRegistry(model_dir)
     bundle = registry.load_active()
@@ -61,27 +58,6 @@ def raw_predict(
         bundle.boosters, bundle.version, registry.bundle_dir(bundle.version)
     )
 
-    # Between two requests a server runs its HTTP stack, which pushes the model out of the CPU caches:
-    # touching this much memory between calls (untimed) does the same to the raw calls.
-    scratch = np.zeros(4_000_000, dtype=np.float32)
-
-    def server_like_work() -> None:
-        touch_memory()
-        for _ in range(20):
-            msgspec.json.encode(msgspec.json.decode(body))
-
-    def timed(call: Any, *, between: Any = None) -> LatencySummary:
-        for _ in range(200):
-            call()
-        durations = []
-        for _ in range(repeats):
-            if between is not None:
-                between()
-            started = time.perf_counter()
-            call()
-            durations.append(time.perf_counter() - started)
-        return LatencySummary.of(durations)
-
     def on_xgboost() -> None:
         for target in predictor.targets:
             predictor.predict_target(target, matrix)
@@ -89,15 +65,13 @@ def raw_predict(
     def on_compiled() -> None:
         compiled.predict_timed(matrix)
 
-    def touch_memory() -> None:
-        np.add(scratch, 1.0, out=scratch)
-
+    state = CpuState(body)
     return {
-        "xgboost": asdict(timed(on_xgboost)),
-        "compiled": asdict(timed(on_compiled)),
-        "xgboost_cold_caches": asdict(timed(on_xgboost, between=touch_memory)),
-        "compiled_cold_caches": asdict(timed(on_compiled, between=touch_memory)),
-        "compiled_server_like": asdict(timed(on_compiled, between=server_like_work)),
+        "xgboost": state.timed(on_xgboost, "tight", repeats),
+        "compiled": state.timed(on_compiled, "tight", repeats),
+        "xgboost_cold_caches": state.timed(on_xgboost, "cold_caches", repeats),
+        "compiled_cold_caches": state.timed(on_compiled, "cold_caches", repeats),
+        "compiled_server_like": state.timed(on_compiled, "server_like", repeats),
     }
 
 

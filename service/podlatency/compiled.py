@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
-import json
 import logging
 import platform
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -183,27 +183,59 @@ def check_matrix(boosters: Mapping[str, Any], columns: list[int] | None, seed: i
     return np.ascontiguousarray(np.concatenate(on_thresholds), dtype=np.float32)
 
 
+class _Tree(msgspec.Struct):
+    """The parts of one tree in XGBoost's JSON model that say where it splits (leaves have no left child)."""
+
+    left_children: list[int]
+    split_indices: list[int]
+    split_conditions: list[float]
+
+
+class _Trees(msgspec.Struct):
+    trees: list[_Tree]
+
+
+class _GradientBooster(msgspec.Struct):
+    model: _Trees
+
+
+class _Learner(msgspec.Struct):
+    gradient_booster: _GradientBooster
+
+
+class _ModelDump(msgspec.Struct):
+    learner: _Learner
+
+
 def _threshold_rows(booster: Any, base: FloatMatrix, rng: np.random.Generator) -> FloatMatrix:
-    """Rows with one feature set to a split threshold, and to the float32 values either side of it."""
-    model = json.loads(booster.save_raw("json"))
-    splits: set[tuple[int, float]] = set()
-    for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
-        leaves = set(np.flatnonzero(np.asarray(tree["left_children"]) == -1).tolist())
-        for node, (feature, threshold) in enumerate(
-            zip(tree["split_indices"], tree["split_conditions"], strict=True)
-        ):
-            if node not in leaves:
-                splits.add((int(feature), float(threshold)))
-    chosen = sorted(splits)
-    if len(chosen) > 2048:
-        chosen = [chosen[index] for index in sorted(rng.choice(len(chosen), 2048, replace=False))]
-    rows = base[rng.integers(0, len(base), 3 * len(chosen))].copy()
-    for index, (feature, threshold) in enumerate(chosen):
-        value = np.float32(threshold)
-        for offset, nudged in enumerate(
-            (value, np.nextafter(value, np.float32(-np.inf)), np.nextafter(value, np.float32(np.inf)))
-        ):
-            rows[3 * index + offset, feature] = nudged
+    """Rows with one feature set to a split threshold, and to the float32 values either side of it.
+
+    This runs in the serving process while requests are answered, holding the interpreter lock, so it
+    reads only the split fields of the model's JSON and works on arrays (milliseconds, not 100 ms).
+    """
+    dump = msgspec.json.decode(booster.save_raw("json"), type=_ModelDump)
+    trees = dump.learner.gradient_booster.model.trees
+    features, thresholds = [], []
+    for tree in trees:
+        inner = np.asarray(tree.left_children) != -1
+        features.append(np.asarray(tree.split_indices)[inner])
+        thresholds.append(np.asarray(tree.split_conditions, dtype=np.float64)[inner])
+    # Each distinct (feature, threshold) once, ordered by feature, then threshold.
+    all_columns, all_thresholds = np.concatenate(features), np.concatenate(thresholds)
+    order = np.lexsort((all_thresholds, all_columns))
+    all_columns, all_thresholds = all_columns[order], all_thresholds[order]
+    distinct = np.ones(len(order), dtype=bool)
+    distinct[1:] = (np.diff(all_columns) != 0) | (np.diff(all_thresholds) != 0)
+    columns, split_values = all_columns[distinct].astype(np.intp), all_thresholds[distinct]
+    if len(columns) > 2048:
+        chosen = np.sort(rng.choice(len(columns), 2048, replace=False))
+        columns, split_values = columns[chosen], split_values[chosen]
+    rows = base[rng.integers(0, len(base), 3 * len(columns))].copy()
+    values = split_values.astype(np.float32)
+    for offset, nudged in enumerate(
+        (values, np.nextafter(values, np.float32(-np.inf)), np.nextafter(values, np.float32(np.inf)))
+    ):
+        rows[np.arange(offset, len(rows), 3), columns] = nudged
     return rows
 
 

@@ -4,7 +4,8 @@
    target's booster from the model folder's UBJSON, one compiler process at a time;
 2. the libraries' SHA-256s go into a manifest beside them, in
    ``<compiled folder>/<version>/<platform>/``, so a restart and the pod's other worker processes
-   load them instead of compiling again; a library whose hash differs is removed and compiled anew;
+   load them instead of compiling again; a library whose hash differs, or that was built with other
+   options (:data:`BUILD_OPTIONS`), is removed and compiled anew;
 3. before serving, the compiled outputs must equal XGBoost's on a check matrix (random rows, zeros,
    the largest values, every split threshold) within float32 tolerance
    (:func:`podlatency.compiled.outputs_agree`);
@@ -19,6 +20,7 @@ logged once per model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -29,15 +31,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podlatency.compiled import CompiledModel, outputs_agree, platform_key
-from podlatency.errors import CompileFailed
+from podlatency.errors import CompileFailed, CompileSuperseded
 from podlatency.metrics import service_metrics
 from podlatency.processes import die_with_parent
 
@@ -48,8 +52,30 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 LIBRARY_SUFFIX = ".so"
-# -O1 predicts as fast as -O2/-O3 at half their compile time (docs/performance.md).
-COMPILER_OPTIONS = ("-O1",)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a booster becomes a library: gcc's options, and tl2cgen's ``quantize`` and parallelism.
+
+    The defaults are what ``python -m benchmarks.compile_options`` measured (docs/performance.md):
+    ``-Os`` predicts fastest of gcc's levels with the model's code cold, as a server's requests find
+    it, for about 1.4x the compile CPU of ``-O1``. ``quantize`` (integer comparisons) is faster still
+    but predicts a value one float32 step below a split threshold on the wrong side for some models,
+    so the check against XGBoost refuses it.
+    """
+
+    gcc: tuple[str, ...] = ("-Os",)
+    quantize: bool = False
+    translation_units: int = 1
+    compiler_processes: int = 1
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records, so that a cache built otherwise is built again."""
+        return {"gcc": list(self.gcc), "quantize": self.quantize}
+
+
+BUILD_OPTIONS = BuildOptions()
 COMPILE_TIMEOUT_S = 900.0
 
 
@@ -60,7 +86,10 @@ class Compiler:
         self.folder = folder
         self.compiler = compiler
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podlatency-compile")
+        self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._child_version: str | None = None
+        self._wanted_version: str | None = None
         self._closed = False
 
     def library_folder(self, version: str) -> Path:
@@ -68,16 +97,35 @@ class Compiler:
         return self.folder / version / platform_key()
 
     def start(self, predictor: Predictor, bundle_folder: Path) -> Future[str]:
-        """Compile (or load) ``predictor``'s bundle and switch it over; the future gives the engine then."""
+        """Compile (or load) ``predictor``'s bundle and switch it over; the future gives the engine then.
+
+        Only the model started last is wanted: a compile for another version, running or waiting,
+        is stopped (outcome ``superseded``), so a rollout that replaces a model mid-compile does not
+        wait for trees nobody will serve.
+        """
+        with self._lock:
+            self._wanted_version = predictor.bundle.version
+            if self._child_version is not None and self._superseded(self._child_version):
+                self._kill_child()
         return self._executor.submit(self._bring_up, predictor, bundle_folder)
 
     def close(self) -> None:
         """Stop a compile in progress (its child process and compilers) and take no more."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            self._kill_child()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _superseded(self, version: str) -> bool:
+        """Whether a later :meth:`start` wants another model than ``version``."""
+        return self._wanted_version not in (None, version)
+
+    def _kill_child(self) -> None:
+        """Kill the compile child and its compilers (the caller holds the lock)."""
         child = self._child
         if child is not None and child.poll() is None:
-            os.killpg(child.pid, 9)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(ProcessLookupError):  # it has just exited
+                os.killpg(child.pid, signal.SIGKILL)
 
     def prune(self, kept_versions: set[str]) -> None:
         """Remove the libraries of versions no longer stored."""
@@ -90,7 +138,13 @@ class Compiler:
     def _bring_up(self, predictor: Predictor, bundle_folder: Path) -> str:
         version = predictor.bundle.version
         try:
+            if self._superseded(version):
+                raise CompileSuperseded(f"model {self._wanted_version} replaced it")
             compiled, outcome = self.load_or_compile(predictor.bundle.boosters, version, bundle_folder)
+        except CompileSuperseded as error:
+            service_metrics().compiles.labels("superseded").inc()
+            logger.info("model %s is not compiled: %s", version, error.detail)
+            return predictor.engine_for(1)
         except CompileFailed as error:
             return self._stays_on_xgboost(predictor, "failed", error.detail)
         difference = outputs_agree(*predictor.compiled_and_xgboost(compiled))
@@ -132,6 +186,9 @@ class Compiler:
             hashes: dict[str, str] = manifest["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if manifest.get("options") != BUILD_OPTIONS.describe():
+            logger.info("compiled libraries in %s were built with other options: compiling again", folder)
+            return None
         libraries = {target: folder / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
         for target, path in libraries.items():
             if hashes.get(target) is None or not path.is_file() or _sha256(path) != hashes[target]:
@@ -142,8 +199,7 @@ class Compiler:
 
     def _compile(self, boosters: Mapping[str, Any], bundle_folder: Path, folder: Path) -> dict[str, Path]:
         """Run the compile child at the lowest priority; write the libraries and their manifest."""
-        if self._closed:
-            raise CompileFailed("the process is stopping")
+        version = folder.parent.name
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         command = [
@@ -152,18 +208,14 @@ class Compiler:
         ]  # fmt: skip
         started = time.monotonic()
         try:
-            child = self._child = subprocess.Popen(  # noqa: S603  (our own module, fixed arguments)
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its compilers are stopped with it (close)
-                preexec_fn=_compile_child_setup,  # noqa: PLW1509  (no lock is taken in between)
-            )
+            child = self._start_child(command, version)
             try:
                 output, _ = child.communicate(timeout=COMPILE_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, 9)
+                os.killpg(child.pid, signal.SIGKILL)
                 raise CompileFailed(f"compiling took longer than {COMPILE_TIMEOUT_S:.0f} s") from None
+            if self._superseded(version):
+                raise CompileSuperseded(f"model {self._wanted_version} replaced it while it compiled")
             if child.returncode != 0:
                 reason = output.decode(errors="replace").strip().splitlines()
                 raise CompileFailed(f"compiling failed: {reason[-1] if reason else child.returncode}")
@@ -172,7 +224,7 @@ class Compiler:
             manifest = {
                 "platform": platform_key(),
                 "compiler": self.compiler,
-                "options": list(COMPILER_OPTIONS),
+                "options": BUILD_OPTIONS.describe(),
                 "compile_seconds": seconds,
                 "sha256": {target: _sha256(path) for target, path in libraries.items()},
             }
@@ -182,10 +234,28 @@ class Compiler:
         except OSError as error:  # the child could not start, or the folder is not writable
             raise CompileFailed(f"compiling failed: {error}") from None
         finally:
-            self._child = None
+            with self._lock:
+                self._child = self._child_version = None
             shutil.rmtree(staging, ignore_errors=True)
         service_metrics().compile_seconds.set(seconds)
         return {target: folder / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
+
+    def _start_child(self, command: list[str], version: str) -> subprocess.Popen[bytes]:
+        """Start the compile child for ``version``, unless the process stops or wants another model."""
+        with self._lock:
+            if self._closed:
+                raise CompileFailed("the process is stopping")
+            if self._superseded(version):
+                raise CompileSuperseded(f"model {self._wanted_version} replaced it")
+            self._child = subprocess.Popen(  # noqa: S603  (our own module, fixed arguments)
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its compilers are stopped with it (close, start)
+                preexec_fn=_compile_child_setup,  # noqa: PLW1509  (no lock is taken in between)
+            )
+            self._child_version = version
+            return self._child
 
 
 def _compile_child_setup() -> None:
@@ -215,20 +285,26 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def compile_boosters(bundle_folder: Path, targets: list[str], out: Path, compiler: str) -> None:
     """Compile each target's UBJSON booster in ``bundle_folder`` to ``out/<target>.so``."""
-    import tl2cgen  # noqa: PLC0415  (the compile child only)
-    import treelite  # noqa: PLC0415
-    import xgboost as xgb  # noqa: PLC0415
+    import xgboost as xgb  # noqa: PLC0415  (the compile child only)
 
     for target in targets:
         booster = xgb.Booster(model_file=str(bundle_folder / f"{target}.ubj"))
-        tl2cgen.export_lib(
-            treelite.frontend.from_xgboost(booster),
-            toolchain=compiler,
-            libpath=out / f"{target}{LIBRARY_SUFFIX}",
-            params={"parallel_comp": 1},
-            nthread=1,
-            options=list(COMPILER_OPTIONS),
-        )
+        export_library(booster, out / f"{target}{LIBRARY_SUFFIX}", compiler, BUILD_OPTIONS)
+
+
+def export_library(booster: Any, library: Path, compiler: str, options: BuildOptions) -> None:
+    """Compile one XGBoost booster to the shared library ``library`` (treelite + tl2cgen)."""
+    import tl2cgen  # noqa: PLC0415  (the compile child, and the compile-options benchmark)
+    import treelite  # noqa: PLC0415
+
+    tl2cgen.export_lib(
+        treelite.frontend.from_xgboost(booster),
+        toolchain=compiler,
+        libpath=library,
+        params={"parallel_comp": options.translation_units, "quantize": int(options.quantize)},
+        nthread=options.compiler_processes,
+        options=list(options.gcc),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

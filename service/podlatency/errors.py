@@ -182,3 +182,9 @@ class CompileFailed(PodlatencyError):
     """
 
     code = "compile_failed"
+
+
+class CompileSuperseded(CompileFailed):
+    """A compile stopped, or never started, because another model replaced the one it was for."""
+
+    code = "compile_superseded"

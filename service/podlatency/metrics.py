@@ -163,7 +163,8 @@ def service_metrics() -> ServiceMetrics:
         ),
         compiles=Counter(
             "podlatency_model_compiles",
-            "Models brought to the compiled engine, by outcome (compiled, cached, failed, mismatch).",
+            "Models brought to the compiled engine, by outcome: compiled, cached, failed, mismatch, "
+            "superseded (another model replaced it first).",
             ["outcome"],
         ),
         compile_seconds=Gauge(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from podlatency.bundle import ModelBundle
-from podlatency.compiled import ENGINE_COMPILED, ENGINE_XGBOOST, check_matrix, outputs_agree
-from podlatency.compiler import MANIFEST_FILE, Compiler
+from podlatency.compiled import ENGINE_COMPILED, ENGINE_XGBOOST, CompiledModel, check_matrix, outputs_agree
+from podlatency.compiler import BUILD_OPTIONS, MANIFEST_FILE, Compiler, export_library
 from podlatency.errors import CompileFailed
+from podlatency.metrics import service_metrics
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
 from podlatency.schema import FEATURE_NAMES, MAX_COUNT, add_derived_columns
@@ -89,7 +93,7 @@ def test_the_check_matrix_holds_zeros_the_largest_values_and_thresholds(small_bu
     assert len(matrix) > 514, "threshold rows follow the random ones"
 
 
-def test_a_restart_reuses_the_cache_and_a_tampered_library_is_compiled_again(
+def test_a_restart_reuses_the_cache_and_a_tampered_or_otherwise_built_library_is_compiled_again(
     small_bundle: ModelBundle, tmp_path: Path
 ) -> None:
     bundle_folder = stored(small_bundle, tmp_path)
@@ -113,6 +117,15 @@ def test_a_restart_reuses_the_cache_and_a_tampered_library_is_compiled_again(
     assert outcome == "compiled", "a library whose hash differs from its manifest is not loaded"
     assert not library.read_bytes().endswith(b"tampered")
     assert outputs_agree(*Predictor(small_bundle, "cpu", 1).compiled_and_xgboost(compiled)) is None
+
+    # A cache from a release that built its libraries otherwise is built again.
+    manifest_file = library.parent / MANIFEST_FILE
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["options"] == BUILD_OPTIONS.describe()
+    manifest_file.write_text(json.dumps(manifest | {"options": {"gcc": ["-O3"], "quantize": False}}))
+    _, outcome = Compiler(folder).load_or_compile(small_bundle.boosters, small_bundle.version, bundle_folder)
+    assert outcome == "compiled"
+    assert json.loads(manifest_file.read_text())["options"] == BUILD_OPTIONS.describe()
 
 
 def test_without_a_compiler_xgboost_keeps_serving(small_bundle: ModelBundle, tmp_path: Path) -> None:
@@ -141,3 +154,52 @@ def test_a_library_that_predicts_otherwise_is_refused(
     engine = compiler.start(predictor, stored(small_bundle, tmp_path)).result(timeout=120)
     assert engine == ENGINE_XGBOOST, "outputs that differ from XGBoost's are never served"
     assert not impostor.exists(), "and the library is removed, so the next start compiles afresh"
+
+
+def test_a_model_replaced_mid_compile_stops_its_compile(
+    small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """A rollout replaces a model while its trees compile: that compile stops and the new one goes on."""
+    compiler = Compiler(tmp_path / "compiled")
+    superseded = service_metrics().compiles.labels("superseded")
+    before = superseded._value.get()
+    replaced = compiler.start(Predictor(quantile_bundle, "cpu", 1), stored(quantile_bundle, tmp_path))
+    version_folder = compiler.library_folder(quantile_bundle.version).parent
+    deadline = time.monotonic() + 60
+    while not any(entry.name.startswith(".") and entry.is_dir() for entry in version_folder.glob(".*")):
+        assert time.monotonic() < deadline, "the first compile never started"
+        time.sleep(0.01)  # its staging folder is made just before the compile child starts
+
+    current = Predictor(small_bundle, "cpu", 1)
+    started = time.monotonic()
+    switched = compiler.start(current, stored(small_bundle, tmp_path))
+    assert replaced.result(timeout=60) == ENGINE_XGBOOST
+    assert time.monotonic() - started < 5, "the replaced model's compile was stopped, not waited for"
+    assert switched.result(timeout=300) == ENGINE_COMPILED == current.engine_for(7)
+    assert superseded._value.get() == before + 1
+    assert not compiler.library_folder(quantile_bundle.version).exists()
+    assert not [entry for entry in version_folder.glob(".*") if entry.is_dir()], "no staging folder is left"
+    compiler.close()
+
+
+def test_the_check_catches_quantized_trees_that_split_one_float32_step_off(
+    small_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """Why compiled trees are not quantized: the check refuses it for this model.
+
+    With tl2cgen's ``quantize`` this model's TTFT trees put a value one float32 step below a split
+    threshold on the wrong side. Only the check matrix's rows beside each threshold show it; the
+    plain build agrees everywhere.
+    """
+    booster = small_bundle.boosters["ttft"]
+    matrix = check_matrix({"ttft": booster}, None)
+    expected = np.asarray(booster.inplace_predict(matrix, validate_features=False)).reshape(-1)
+    disagreeing = {}
+    for name, options in {"plain": BUILD_OPTIONS, "quantized": replace(BUILD_OPTIONS, quantize=True)}.items():
+        export_library(booster, tmp_path / f"{name}.so", "gcc", options)
+        outputs, _ = CompiledModel({"ttft": tmp_path / f"{name}.so"}).predict_timed(matrix)
+        disagreeing[name] = outputs_agree(outputs, {"ttft": expected})
+    assert disagreeing["plain"] is None
+    assert disagreeing["quantized"] is not None
+    random_rows = 514
+    assert int(disagreeing["quantized"].split("row ")[1].split(":")[0]) >= random_rows
