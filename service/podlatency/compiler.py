@@ -171,7 +171,7 @@ class Compiler:
             libraries = self._cached(folder, boosters)
             outcome = "cached"
             if libraries is None:
-                libraries = self._compile(boosters, bundle_folder, folder)
+                libraries = self._compile(boosters, version, bundle_folder, folder)
                 outcome = "compiled"
         try:
             return CompiledModel(libraries), outcome
@@ -197,9 +197,10 @@ class Compiler:
                 return None
         return libraries
 
-    def _compile(self, boosters: Mapping[str, Any], bundle_folder: Path, folder: Path) -> dict[str, Path]:
+    def _compile(
+        self, boosters: Mapping[str, Any], version: str, bundle_folder: Path, folder: Path
+    ) -> dict[str, Path]:
         """Run the compile child at the lowest priority; write the libraries and their manifest."""
-        version = folder.parent.name
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         command = [
@@ -214,9 +215,9 @@ class Compiler:
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 raise CompileFailed(f"compiling took longer than {COMPILE_TIMEOUT_S:.0f} s") from None
-            if self._superseded(version):
-                raise CompileSuperseded(f"model {self._wanted_version} replaced it while it compiled")
             if child.returncode != 0:
+                if self._superseded(version):  # start() killed it; a finished compile is kept
+                    raise CompileSuperseded(f"model {self._wanted_version} replaced it while it compiled")
                 reason = output.decode(errors="replace").strip().splitlines()
                 raise CompileFailed(f"compiling failed: {reason[-1] if reason else child.returncode}")
             libraries = {target: staging / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
