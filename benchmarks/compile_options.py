@@ -22,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,7 @@ def compile_candidate(boosters: dict[str, Path], options: BuildOptions, folder: 
         export_library(xgb.Booster(model_file=str(booster_file)), folder / f"{target}.so", "gcc", options)
     wall, after = time.perf_counter() - started, os.times()
     cpu = sum(after[index] - before[index] for index in range(4))  # user, system, children's too
-    return {
-        "gcc": list(options.gcc), "quantize": options.quantize,
-        "translation_units": options.translation_units, "compiler_processes": options.compiler_processes,
+    return asdict(options) | {
         "compile_wall_s": round(wall, 1), "compile_cpu_s": round(cpu, 1),
         "libraries_kb": round(sum(library.stat().st_size for library in folder.iterdir()) / 1024),
     }  # fmt: skip
