@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,21 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "xgboost"
 """What llm-d's API calls the model kind (it also knows ``bayesian_ridge`` and ``lightgbm``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    """In a cluster: what the rollout ConfigMap declares beside what this process serves."""
+
+    configmap: str
+    watching: bool
+    """Whether this process has the ConfigMap's state and a watch on it (else it is retrying)."""
+    declared_version: str | None
+    """The declared version; ``None`` when nothing is declared or the ConfigMap is gone."""
+    matches_declared: bool
+    """The model in service is the declared one, or nothing is declared."""
+    mismatch_seconds: float
+    """How long the model in service has not been the declared one (0 while it is)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,8 @@ class PredictionService:
         service_metrics().model_ready.set(0)  # until a model is in service
         self.compiler = compiler
         """Brings each model in service to compiled trees in the background (None: XGBoost only)."""
+        self.rollout_status: Callable[[], RolloutStatus] | None = None
+        """In a cluster, set by the rollout loops: the declared version beside the served one."""
 
     def phase_recorder(self, route: str) -> PhaseRecorder:
         """A recorder for one request's phases on ``route``, tagged with the device."""

@@ -15,7 +15,8 @@ The hierarchy::
     │   ├── Overloaded (503)           more prediction requests in progress than the limit
     │   ├── ModelNotReady (503)        no model is loaded yet (training or loading is under way)
     │   ├── NotLeader (503)            a standby trainer knows no leader to forward samples to
-    │   └── ClusterUnavailable (503)   the Kubernetes API could not be reached to publish a model
+    │   └── ClusterUnavailable (503)   the Kubernetes API could not be reached, or refused, to publish a model
+    │       └── RolloutConfigMapMissing (503)  the rollout ConfigMap is gone (``helm upgrade`` restores it)
     ├── ModelLoadError (500)           a bundle on disk is corrupt, truncated or mismatched
     ├── InvalidRollout (500)           the rollout ConfigMap declares a version it does not say how to fetch
     ├── TrainingDataError (422)        a sample file lacks a column or holds non-numeric values
@@ -130,6 +131,14 @@ class ClusterUnavailable(Unavailable):
     status_code = 503
     code = "cluster_unavailable"
     retry_after_s = 5
+
+
+class RolloutConfigMapMissing(ClusterUnavailable):
+    """The rollout ConfigMap does not exist; trainers may not create it (``helm upgrade`` restores it)."""
+
+    status_code = 503
+    code = "rollout_configmap_missing"
+    retry_after_s = 30
 
 
 class NotLeader(Unavailable):

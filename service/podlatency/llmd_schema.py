@@ -15,6 +15,7 @@ from typing import Annotated
 
 import msgspec
 
+from podlatency.dataplane import RolloutStatus
 from podlatency.schema import PodMetrics
 
 MAX_BULK_ROWS = 10_000
@@ -86,6 +87,8 @@ class StatusResponse(msgspec.Struct, frozen=True):
     engine: str | None
     """Which engine predicts a router's few rows: compiled, xgboost or xgboost-gpu (null while none)."""
     not_ready_reason: str | None
+    rollout: RolloutStatus | None = None
+    """In a cluster: the version the rollout ConfigMap declares beside the one served (null outside)."""
 
 
 class ModelDownloadInfo(msgspec.Struct, frozen=True):

@@ -77,6 +77,10 @@ class ServiceMetrics:
     samples_received: Counter
     retrains: Counter
     last_retrain: Gauge
+    rollout_watching: Gauge
+    rollout_configmap_exists: Gauge
+    model_matches_declared: Gauge
+    declared_mismatch_since: Gauge
 
 
 @functools.cache
@@ -196,6 +200,30 @@ def service_metrics() -> ServiceMetrics:
         last_retrain=Gauge(
             "podlatency_last_retrain_timestamp_seconds",
             "When this trainer last attempted a retrain (its start until then), in Unix seconds.",
+            multiprocess_mode="livemax",
+        ),
+        rollout_watching=Gauge(
+            "podlatency_rollout_watching",
+            "1 while this process has the rollout ConfigMap's state and a watch on it; 0 while it "
+            "cannot read or watch it (it retries with backoff).",
+            multiprocess_mode="livemin",
+        ),
+        rollout_configmap_exists=Gauge(
+            "podlatency_rollout_configmap_exists",
+            "1 while the rollout ConfigMap exists, 0 while it is missing (no version can be declared; "
+            "helm upgrade restores it).",
+            multiprocess_mode="livemin",
+        ),
+        model_matches_declared=Gauge(
+            "podlatency_model_matches_declared",
+            "1 while this process serves the model version the rollout ConfigMap declares (or nothing "
+            "is declared), 0 while it serves another.",
+            multiprocess_mode="livemin",
+        ),
+        declared_mismatch_since=Gauge(
+            "podlatency_model_declared_mismatch_since_timestamp_seconds",
+            "Since when (Unix seconds) this process has served another version than the declared one; "
+            "0 while they agree.",
             multiprocess_mode="livemax",
         ),
     )

@@ -189,15 +189,19 @@ def conformal_scale(observed: FloatArray, predicted: FloatArray, alpha: float) -
 
 
 def assemble_bundle(
-    trained: dict[str, TrainedTarget], options: TrainingOptions, source: str, training_rows: int
+    trained: dict[str, TrainedTarget],
+    options: TrainingOptions,
+    source: str,
+    training_rows: int,
+    trained_at: str | None = None,
 ) -> ModelBundle:
-    """A bundle of one trained booster per target."""
+    """A bundle of one trained booster per target, trained now unless ``trained_at`` says otherwise."""
     return ModelBundle.create(
         {target: result.booster for target, result in trained.items()},
         objective=options.objective,
         quantile_alpha=options.quantile_alpha if options.objective == "quantile" else None,
         metrics={target: result.metrics for target, result in trained.items()},
-        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds") if trained_at is None else trained_at,
         training_rows=training_rows,
         source=source,
         prediction_scale={
@@ -206,7 +210,9 @@ def assemble_bundle(
     )
 
 
-def train_bundle(data: TrainingSet, options: TrainingOptions, source: str) -> ModelBundle:
+def train_bundle(
+    data: TrainingSet, options: TrainingOptions, source: str, trained_at: str | None = None
+) -> ModelBundle:
     """Fit one booster per target, each on its own observed rows, and record held-out metrics."""
     started = time.perf_counter()
     trained = {
@@ -219,7 +225,7 @@ def train_bundle(data: TrainingSet, options: TrainingOptions, source: str) -> Mo
         " and ".join(f"{data.rows(target)} {target}" for target in TARGETS),
         time.perf_counter() - started,
     )
-    return assemble_bundle(trained, options, source, rows)
+    return assemble_bundle(trained, options, source, rows, trained_at)
 
 
 _NO_ROWS = TargetRows(np.empty((0, len(FEATURE_NAMES)), dtype=np.float32), np.empty(0))
@@ -242,9 +248,20 @@ def evaluate(observed: FloatArray, predicted: FloatArray, options: TrainingOptio
     return result
 
 
+EMBEDDED_DEFAULT_SOURCE = "synthetic-default"
+"""The ``source`` of the embedded default: trained on no observation (a leader never declares it)."""
+
+
 def embedded_default(samples: int, options: TrainingOptions) -> ModelBundle:
-    """The embedded default model: ``samples`` rows of the synthetic workload, trained as ``options`` say."""
-    return train_bundle(synthetic_training_set(samples), options, source="synthetic-default")
+    """The embedded default model: ``samples`` rows of the synthetic workload, trained as ``options`` say.
+
+    It records no training time (``trained_at`` is empty), so every pod that trains it with the same
+    settings and XGBoost holds the same bytes: the same version and the same archive SHA-256, and a
+    rollout that declares it is followed everywhere.
+    """
+    return train_bundle(
+        synthetic_training_set(samples), options, source=EMBEDDED_DEFAULT_SOURCE, trained_at=""
+    )
 
 
 def synthetic_training_set(samples: int, seed: int = 0) -> TrainingSet:

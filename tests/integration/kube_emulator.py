@@ -19,6 +19,20 @@ The rollout and leader-election loops need what an API server does with versions
   after ``timeoutSeconds``, and answers 410 Gone (an ``ERROR`` event) for a version older than
   the history kept. :meth:`VersionedEmulator.compact` drops the history and ends open watches,
   as an API server's compaction and restart would.
+- A watch that asks for bookmarks (``allowWatchBookmarks=true``) gets a BOOKMARK event whenever
+  writes it does not see (other objects) have moved the resourceVersion on, at most once per
+  :attr:`VersionedEmulator.bookmark_interval_s`. The official client hands a bookmark's object over
+  as a plain dict, not a model object: what broke the rollout watch on a real API server.
+- A watch also ends when the server's own limit runs out (:attr:`VersionedEmulator.max_watch_s`,
+  randomized as kube-apiserver's ``--min-request-timeout`` is), whatever ``timeoutSeconds`` said.
+
+Requests are authorized as an API server with RBAC does (:class:`RbacAuthorizer`): the bearer token
+``serviceaccount:<namespace>:<name>`` is that ServiceAccount, which may do only what the Roles and
+ClusterRoles bound to it allow (``resourceNames`` included; a list or watch is named by its
+``metadata.name`` field selector, a create never is); anything else is a 403 whose message names the
+user, verb and resource, as kube-apiserver's does. The token :data:`ADMIN_TOKEN` may do anything
+(the tests' own calls), and so may a request with no token (Helm's: client-go sends no bearer token
+over plain HTTP).
 
 It runs its event loop on a thread of its own, so synchronous tests can use it.
 """
@@ -26,8 +40,10 @@ It runs its event loop on a thread of its own, so synchronous tests can use it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
+import random
 import re
 import threading
 import uuid
@@ -43,6 +59,14 @@ import yaml
 from kmock._internal import k8s, rendering
 
 RELEASE_SECRET_NAME = re.compile(rb"sh\.helm\.release\.v1\.[a-z0-9.-]+\.v[0-9]+")
+ADMIN_TOKEN = "test"  # noqa: S105 (the emulator's own token: no secret)
+SERVICE_ACCOUNT_TOKEN = "serviceaccount:"  # noqa: S105 (a token prefix: no secret)
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def service_account_token(namespace: str, name: str) -> str:
+    """The bearer token that authenticates as a ServiceAccount (what its mounted token does in a pod)."""
+    return f"{SERVICE_ACCOUNT_TOKEN}{namespace}:{name}"
 
 
 class HelmFriendlyEmulator(kmock.KubernetesEmulator):
@@ -96,8 +120,94 @@ def _name_from_selector(selector: str | None) -> str | None:
     return None
 
 
+def _listed(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _rule_allows(rule: dict[str, Any], verb: str, group: str, plural: str, name: str | None) -> bool:
+    def covers(key: str, wanted: str) -> bool:
+        granted = _listed(rule.get(key))
+        return wanted in granted or "*" in granted
+
+    names = _listed(rule.get("resourceNames"))
+    return (
+        covers("verbs", verb)
+        and covers("apiGroups", group)
+        and covers("resources", plural)
+        and (not names or (name is not None and name in names))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RbacAuthorizer:
+    """RBAC as kube-apiserver's authorizer applies it, over the Roles and bindings the emulator stores.
+
+    ``stored(plural)`` returns the stored objects of one ``rbac.authorization.k8s.io`` resource.
+    """
+
+    stored: Any
+
+    def allows(
+        self,
+        account: tuple[str, str],
+        *,
+        verb: str,
+        group: str,
+        plural: str,
+        namespace: str | None,
+        name: str | None,
+    ) -> bool:
+        """Whether ServiceAccount ``account`` (namespace, name) may ``verb`` that resource."""
+        roles = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in self.stored("roles")}
+        cluster_roles = {r["metadata"]["name"]: r for r in self.stored("clusterroles")}
+
+        def binds(binding: dict[str, Any]) -> bool:
+            home = binding["metadata"].get("namespace")
+            return any(
+                subject.get("kind") == "ServiceAccount"
+                and subject.get("name") == account[1]
+                and subject.get("namespace", home) == account[0]
+                for subject in binding.get("subjects") or []
+            )
+
+        rules: list[dict[str, Any]] = []
+        for binding in self.stored("rolebindings"):
+            if namespace is None or binding["metadata"].get("namespace") != namespace or not binds(binding):
+                continue
+            ref = binding.get("roleRef") or {}
+            role = (
+                roles.get((namespace, ref.get("name")))
+                if ref.get("kind") == "Role"
+                else cluster_roles.get(ref.get("name"))
+            )
+            rules += (role or {}).get("rules") or []
+        for binding in self.stored("clusterrolebindings"):
+            if binds(binding):
+                rules += (cluster_roles.get((binding.get("roleRef") or {}).get("name")) or {}).get(
+                    "rules"
+                ) or []
+        return any(_rule_allows(rule, verb, group, plural, name) for rule in rules)
+
+
+def _verb(request: rendering.Request) -> str:
+    """The RBAC verb of a request, as kube-apiserver's RequestInfo derives it."""
+    method = str(getattr(request.method, "value", request.method)).upper()
+    if method == "GET":
+        if request.action == kmock.action.WATCH or request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
 class VersionedEmulator(HelmFriendlyEmulator):
-    """The emulator with resource versions, replace, resumable watches and 410 Gone."""
+    """The emulator with resource versions, replace, resumable watches, bookmarks, 410 Gone and RBAC."""
+
+    bookmark_interval_s: float = 0.0
+    """A watch gets a BOOKMARK at most this often (0: after every write it does not see)."""
+    max_watch_s: float | None = None
+    """The server's own limit on a watch, randomized up to twice this (None: only timeoutSeconds)."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -108,6 +218,10 @@ class VersionedEmulator(HelmFriendlyEmulator):
         self.epoch = 0
         self.writes = asyncio.Lock()
         self.changed = asyncio.Condition()
+        self.bookmarks_sent = 0
+        self.watched_from: list[str] = []
+        """The resourceVersion each watch started from, in order ("0": from now, with the state)."""
+        self.injected: list[dict[str, Any]] = []
 
     def _stored(self, resource: Any, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)
@@ -126,7 +240,56 @@ class VersionedEmulator(HelmFriendlyEmulator):
         self.current_revision = next(self.revision)
         metadata["resourceVersion"] = str(self.current_revision)
 
+    def _stored_rbac(self, plural: str) -> list[dict[str, Any]]:
+        return [
+            obj.raw
+            for (resource, _, _), obj in self.objects.items()
+            if not obj.deleted
+            and getattr(resource, "group", None) == RBAC_GROUP
+            and getattr(resource, "plural", None) == plural
+        ]
+
+    def _refusal(self, request: rendering.Request) -> k8s.KubernetesError | None:
+        """None when the request's bearer token may make it; else the 401 or 403 to answer."""
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if token in (ADMIN_TOKEN, "") or request.resource is None:
+            return None  # the admin (Helm's client-go sends no token over plain HTTP); discovery is open
+        if not token.startswith(SERVICE_ACCOUNT_TOKEN):
+            return k8s.KubernetesError(status=401, reason="Unauthorized", message="Unauthorized")
+        namespace, _, account = token.removeprefix(SERVICE_ACCOUNT_TOKEN).partition(":")
+        verb = _verb(request)
+        name = request.name
+        if verb in ("list", "watch") and name is None:
+            name = _name_from_selector(request.params.get("fieldSelector"))
+        group, plural = request.resource.group or "", request.resource.plural or ""
+        authorizer = RbacAuthorizer(self._stored_rbac)
+        if authorizer.allows(
+            (namespace, account),
+            verb=verb,
+            group=group,
+            plural=plural,
+            namespace=request.namespace,
+            name=name,
+        ):
+            return None
+        subject = f'{plural} "{name}"' if name else plural
+        scope = f' in the namespace "{request.namespace}"' if request.namespace else " at the cluster scope"
+        return k8s.KubernetesError(
+            status=403,
+            reason="Forbidden",
+            message=f'{subject} is forbidden: User "system:serviceaccount:{namespace}:{account}" cannot '
+            f'{verb} resource "{plural}" in API group "{group}"{scope}',
+            details={"name": name or "", "kind": plural},
+        )
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return await self._render_error(refusal)
+        return await self._handle_authorized(request)
+
+    async def _handle_authorized(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         method, action = request.method, request.action
         writes_body = method in ("POST", "PUT", "PATCH")
         if request.resource is None or (writes_body and not isinstance(request.data, dict)):
@@ -212,9 +375,14 @@ class VersionedEmulator(HelmFriendlyEmulator):
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""
         since = request.params.get("resourceVersion") or "0"
-        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        self.watched_from.append(since)
         loop = asyncio.get_running_loop()
+        limits = [float(request.params.get("timeoutSeconds") or 0) or None]
+        if self.max_watch_s:
+            limits.append(self.max_watch_s * random.uniform(1.0, 2.0))  # noqa: S311 (jitter, not secrecy)
+        timeout = min((limit for limit in limits if limit), default=None)
         deadline = None if timeout is None else loop.time() + timeout
+        bookmarks = request.params.get("allowWatchBookmarks") in ("true", "1")
         if since != "0" and int(since) < self.oldest_kept:
             yield {
                 "type": "ERROR",
@@ -230,20 +398,47 @@ class VersionedEmulator(HelmFriendlyEmulator):
             for obj in self._current(request):
                 yield {"type": "ADDED", "object": obj}
             cursor = self.current_revision
-        epoch = self.epoch
+        told, bookmarked_at = cursor, loop.time()
+        epoch, injected = self.epoch, len(self.injected)
         while epoch == self.epoch:
+            for event in self.injected[injected:]:
+                yield event
+            injected = len(self.injected)
             for change in [change for change in self.changes if change.resource_version > cursor]:
                 cursor = change.resource_version
                 if self._matches(request, change.resource, change.namespace, change.name):
                     yield {"type": change.kind, "object": copy.deepcopy(change.obj)}
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+                    told = cursor
+            wait = None if deadline is None else deadline - loop.time()
+            if bookmarks and cursor > told:
+                due = bookmarked_at + self.bookmark_interval_s - loop.time()
+                if due <= 0:
+                    yield {"type": "BOOKMARK", "object": self._bookmark(request, cursor)}
+                    told, bookmarked_at = cursor, loop.time()
+                    self.bookmarks_sent += 1
+                else:
+                    wait = due if wait is None else min(wait, due)
+            if deadline is not None and loop.time() >= deadline:
                 return
             async with self.changed:
-                try:
-                    await asyncio.wait_for(self.changed.wait(), remaining)
-                except TimeoutError:
-                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), wait)
+
+    @staticmethod
+    def _bookmark(request: rendering.Request, resource_version: int) -> dict[str, Any]:
+        """A BOOKMARK's object as kube-apiserver sends it: the kind's shell, carrying only a version."""
+        resource = request.resource
+        group, version = (resource.group or "", resource.version or "v1") if resource else ("", "v1")
+        return {
+            "apiVersion": f"{group}/{version}" if group else version,
+            "metadata": {"resourceVersion": str(resource_version), "creationTimestamp": None},
+        }
+
+    async def inject(self, event: dict[str, Any]) -> None:
+        """Send ``event`` as it is to every open watch (a stand-in for what a client does not expect)."""
+        self.injected.append(event)
+        async with self.changed:
+            self.changed.notify_all()
 
     async def compact(self) -> None:
         """Forget every change so far and end open watches: resuming from an old version is 410 Gone."""
@@ -255,11 +450,25 @@ class VersionedEmulator(HelmFriendlyEmulator):
 
 
 class KubeEmulator:
-    """Runs the emulator on a free loopback port and writes a kubeconfig for it."""
+    """Runs the emulator on a free loopback port and writes an admin kubeconfig for it.
 
-    def __init__(self, folder: Path, kubernetes_version: str = "1.34.0") -> None:
+    ``bookmark_interval_s`` and ``max_watch_s`` are :class:`VersionedEmulator`'s; :meth:`kubeconfig_for`
+    writes a kubeconfig that authenticates as a ServiceAccount, as a pod's mounted token does.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        kubernetes_version: str = "1.34.0",
+        *,
+        bookmark_interval_s: float = 0.0,
+        max_watch_s: float | None = None,
+    ) -> None:
+        self.folder = folder
         self.kubeconfig = folder / "kubeconfig.yaml"
         self.kubernetes_version = kubernetes_version
+        self.bookmark_interval_s = bookmark_interval_s
+        self.max_watch_s = max_watch_s
         self.emulator: VersionedEmulator | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -270,6 +479,8 @@ class KubeEmulator:
     async def _serve(self) -> None:
         emulator = VersionedEmulator()
         emulator.kubernetes_version = self.kubernetes_version
+        emulator.bookmark_interval_s = self.bookmark_interval_s
+        emulator.max_watch_s = self.max_watch_s
         self.loop = asyncio.get_running_loop()
         emulator.resources.load_bundled()
         # The prometheus-operator CRDs, as a cluster with them installed would serve them.
@@ -289,16 +500,25 @@ class KubeEmulator:
         self._thread.start()
         if not self._ready.wait(15):
             raise RuntimeError("the Kubernetes emulator did not start")
+        self._write_kubeconfig(self.kubeconfig, ADMIN_TOKEN)
+        return self
+
+    def _write_kubeconfig(self, path: Path, token: str) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulator", "cluster": {"server": self._url}}],
-            "users": [{"name": "test", "user": {"token": "test"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "user"}}],
             "current-context": "emulator",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        return self
+        path.write_text(yaml.safe_dump(config))
+
+    def kubeconfig_for(self, namespace: str, service_account: str) -> Path:
+        """A kubeconfig that authenticates as ``service_account``: it may do what its Roles grant."""
+        path = self.folder / f"kubeconfig-{namespace}-{service_account}.yaml"
+        self._write_kubeconfig(path, service_account_token(namespace, service_account))
+        return path
 
     @property
     def url(self) -> str:
@@ -310,6 +530,12 @@ class KubeEmulator:
         assert self.emulator is not None
         assert self.loop is not None
         asyncio.run_coroutine_threadsafe(self.emulator.compact(), self.loop).result(10)
+
+    def inject(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to every open watch (see :meth:`VersionedEmulator.inject`)."""
+        assert self.emulator is not None
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.emulator.inject(event), self.loop).result(10)
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()

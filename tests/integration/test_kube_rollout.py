@@ -1,14 +1,23 @@
 """The Kubernetes rollout with real server processes and the official client, against an API emulator.
 
 The emulator (:mod:`tests.integration.kube_emulator`) is kmock's in-memory API server with resource
-versions, replace, resumable watches and 410 Gone added; it is the closest real thing to a cluster
-that runs here. The servers are real ``podlatency serve`` processes configured as they are in the
-chart: ``KUBECONFIG`` points them at the emulator.
+versions, replace, resumable watches, BOOKMARK events, 410 Gone and RBAC added; it is the closest real
+thing to a cluster that runs here (no kube-apiserver can be installed on these machines). Each test
+installs the chart with real Helm as release ``pl`` first, so the rollout ConfigMap, the
+ServiceAccounts and the Roles are the chart's own. The servers are real ``podlatency serve``
+processes configured as they are in the chart: ``KUBECONFIG`` points them at the emulator with their
+ServiceAccount's token, so any call the chart's Roles do not grant is refused with 403. The Lease
+renewals and Events move the resourceVersion on all the time, so every ConfigMap watch here gets
+BOOKMARK events, as on a real API server.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,16 +33,24 @@ from podlatency.training import TrainingOptions, synthetic_training_set, train_b
 from podlatency.workload import generate, pod_rows
 from tests.integration.conftest import ServerProcess
 from tests.integration.kube_emulator import KubeEmulator
+from tests.integration.test_chart_install import install
 
 NAMESPACE = "default"
 CONFIGMAP = "pl-podlatency-model"
 LEASE = f"{CONFIGMAP}-leader"
 PROBE = {"pods": pod_rows(50, seed=99)}
+SERVICE_ACCOUNTS = {"predictor": "pl-podlatency", "trainer": "pl-podlatency-trainer"}
+"""The chart's ServiceAccount for each role (release ``pl``)."""
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
+    """An API emulator with the chart installed as release ``pl`` (its Roles, accounts and ConfigMap)."""
     with KubeEmulator(tmp_path) as emulator:
+        objects, _ = install(emulator, {}, release_name="pl", namespace=NAMESPACE)
+        bindings = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "RoleBinding"}
+        for role, account in SERVICE_ACCOUNTS.items():
+            assert bindings[f"pl-podlatency-{role}"]["subjects"][0]["name"] == account
         yield emulator
 
 
@@ -44,10 +61,11 @@ def kube(cluster: KubeEmulator) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def rollout_env(cluster: KubeEmulator, **extra: str) -> dict[str, str]:
-    """What the chart sets, with leader-election timings short enough for a test."""
+def rollout_env(cluster: KubeEmulator, role: str, **extra: str) -> dict[str, str]:
+    """What the chart sets for ``role``, its ServiceAccount's token, and short leader-election timings."""
     return {
-        "KUBECONFIG": str(cluster.kubeconfig),
+        "KUBECONFIG": str(cluster.kubeconfig_for(NAMESPACE, SERVICE_ACCOUNTS[role])),
+        "PODLATENCY_ROLE": role,
         "PODLATENCY_ROLLOUT_CONFIGMAP": CONFIGMAP,
         "PODLATENCY_NAMESPACE": NAMESPACE,
         "PODLATENCY_LEASE_DURATION_S": "3",
@@ -86,6 +104,12 @@ def lease_holder(kube: client.ApiClient) -> str | None:
         return None
     holder = lease.spec.holder_identity if lease.spec is not None else None
     return str(holder) if holder else None
+
+
+def lease_transitions(kube: client.ApiClient) -> int:
+    """How many times the Lease changed hands (``spec.leaseTransitions``)."""
+    lease = client.CoordinationV1Api(kube).read_namespaced_lease(LEASE, NAMESPACE)
+    return int(lease.spec.lease_transitions or 0) if lease.spec is not None else 0
 
 
 def events(kube: client.ApiClient, reason: str) -> list[str]:
@@ -154,7 +178,7 @@ def test_one_trainer_leads_publishes_and_hands_over(
             port=port,
             **rollout_env(
                 cluster,
-                PODLATENCY_ROLE="trainer",
+                "trainer",
                 PODLATENCY_POD_NAME=name,
                 PODLATENCY_PUBLISH_URL=f"http://127.0.0.1:{port}",
                 # Any candidate may be published: the pin, not the held-out gate, must hold it back.
@@ -163,7 +187,7 @@ def test_one_trainer_leads_publishes_and_hands_over(
         )
     predictor_folder = tmp_path / "predictor"
     shutil.copytree(model_dir, predictor_folder)
-    predictor = start_server(predictor_folder, **rollout_env(cluster, PODLATENCY_ROLE="predictor"))
+    predictor = start_server(predictor_folder, **rollout_env(cluster, "predictor"))
 
     leader_name = eventually(lambda: lease_holder(kube), "a leader")
     standby_name = next(name for name in trainers if name != leader_name)
@@ -235,8 +259,10 @@ def test_one_trainer_leads_publishes_and_hands_over(
     eventually(lambda: serving(standby) == first_version, "the standby rolled back")
 
     # The leader stops: the standby takes over and serves the declared archive from its own address.
+    assert lease_transitions(kube) == 0
     leader.stop()
     eventually(lambda: lease_holder(kube) == standby_name, "the standby taking over", timeout=15)
+    assert lease_transitions(kube) == 1
     eventually(lambda: announced_leader(kube) == standby.url, "the new leader's address")
     new_url = eventually(
         lambda: declared(kube)["url"].startswith(standby.url) and declared(kube)["url"],
@@ -248,14 +274,44 @@ def test_one_trainer_leads_publishes_and_hands_over(
     assert events(kube, "LeaderElected")
 
 
+def metric(server: ServerProcess, name: str) -> float:
+    """The value of one unlabelled metric on a server's /metrics."""
+    text = server.request("GET", "/metrics").body.decode()
+    return float(next(line for line in text.splitlines() if line.startswith(f"{name} ")).split()[-1])
+
+
+def rollout_status(server: ServerProcess) -> dict[str, Any]:
+    """What /status says of the rollout (the same object /v1/model carries)."""
+    status: dict[str, Any] = server.request("GET", "/status").json()["rollout"]
+    assert server.request("GET", "/v1/model").json()["rollout"].keys() == status.keys()
+    return status
+
+
+@contextlib.contextmanager
+def serving_files(folder: Path) -> Iterator[str]:
+    """A plain HTTP server on loopback for the files in ``folder``; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def test_a_predictor_follows_through_a_410_and_survives_a_bad_rollout(
     tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
 ) -> None:
     """A predictor's watch outlives the API server's compaction; a wrong checksum keeps the old model.
 
     After the compaction its watch resumes from a version the server no longer has (410 Gone), lists
-    again, and still picks up the next change. A declared archive whose SHA-256 does not match is
-    refused: the model in service keeps serving, and the failure is a metric and a Warning Event.
+    again, and still picks up the next change. A downloaded archive whose SHA-256 does not match is
+    refused: the model in service keeps serving, the failure is a metric and a Warning Event, and the
+    drift shows: /status and /v1/model name the declared version beside the served one, and the
+    gauges say they differ and since when, until the right archive is declared and followed.
     """
     folder = tmp_path / "predictor"
     shutil.copytree(model_dir, folder)
@@ -275,26 +331,54 @@ def test_a_predictor_follows_through_a_410_and_survives_a_bad_rollout(
         }
 
     core = client.CoreV1Api(kube)
-    configmap = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=CONFIGMAP), data=record(first_version))
-    core.create_namespaced_config_map(NAMESPACE, configmap)
-    predictor = start_server(folder, port=port, **rollout_env(cluster, PODLATENCY_ROLE="predictor"))
+    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": record(first_version)})
+    predictor = start_server(folder, port=port, **rollout_env(cluster, "predictor"))
     eventually(lambda: serving(predictor) == first_version, "the declared version")
-    time.sleep(0.5)  # the watch is open
+    eventually(lambda: metric(predictor, "podlatency_rollout_watching") == 1, "the watch open")
+    assert rollout_status(predictor) | {"mismatch_seconds": 0} == {
+        "configmap": CONFIGMAP, "watching": True, "declared_version": first_version,
+        "matches_declared": True, "mismatch_seconds": 0,
+    }  # fmt: skip
 
     cluster.compact()
     core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": record(other.version)})
     eventually(lambda: serving(predictor) == other.version, "the change after the 410", timeout=20)
     assert "410 Gone" in predictor.log()
 
-    core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": record(first_version, "0" * 64)})
-    failure = eventually(lambda: events(kube, "ModelRolloutFailed"), "a Warning event")
-    assert "sha256" in failure[0]
-    assert f"still serving {other.version}" in failure[0]
-    assert serving(predictor) == other.version
-    metrics = predictor.request("GET", "/metrics").body.decode()
-    failed = next(line for line in metrics.splitlines() if 'rollouts_total{outcome="failed"}' in line)
-    assert float(failed.split()[-1]) >= 1
-    assert predictor.request("POST", "/v1/predict", PROBE).status == 200
+    # A version the predictor does not hold, served elsewhere: first with the wrong checksum.
+    third = train_bundle(synthetic_training_set(3000, seed=8), TrainingOptions(rounds=20), source="test")
+    elsewhere = ModelRegistry(tmp_path / "elsewhere")
+    elsewhere.save(third)
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / third.version).write_bytes(elsewhere.archive(third.version))
+    with serving_files(archives) as archive_url:
+        wrong = {"version": third.version, "sha256": "0" * 64, "url": f"{archive_url}/{third.version}"}
+        core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": wrong})
+        failure = eventually(lambda: events(kube, "ModelRolloutFailed"), "a Warning event")
+        assert "sha256" in failure[0]
+        assert f"still serving {other.version}" in failure[0]
+        assert serving(predictor) == other.version
+        metrics = predictor.request("GET", "/metrics").body.decode()
+        failed = next(line for line in metrics.splitlines() if 'rollouts_total{outcome="failed"}' in line)
+        assert float(failed.split()[-1]) >= 1
+        assert predictor.request("POST", "/v1/predict", PROBE).status == 200
+        assert metric(predictor, "podlatency_model_matches_declared") == 0
+        assert (
+            metric(predictor, "podlatency_model_declared_mismatch_since_timestamp_seconds") > time.time() - 60
+        )
+        time.sleep(0.2)
+        drift = rollout_status(predictor)
+        assert (drift["declared_version"], drift["matches_declared"]) == (third.version, False)
+        assert drift["mismatch_seconds"] > 0.1
+
+        right = wrong | {"sha256": elsewhere.archive_sha256(third.version)}
+        core.patch_namespaced_config_map(CONFIGMAP, NAMESPACE, {"data": right})
+        eventually(lambda: serving(predictor) == third.version, "the predictor on the right archive")
+        assert metric(predictor, "podlatency_model_matches_declared") == 1
+        assert metric(predictor, "podlatency_model_declared_mismatch_since_timestamp_seconds") == 0
+        assert rollout_status(predictor)["matches_declared"]
+        assert "Traceback" not in predictor.log()
 
 
 def test_a_standby_takes_over_from_a_crashed_leader(
@@ -306,7 +390,7 @@ def test_a_standby_takes_over_from_a_crashed_leader(
         create_pod(kube, name)
         folder = tmp_path / name
         shutil.copytree(model_dir, folder)
-        env = rollout_env(cluster, PODLATENCY_ROLE="trainer", PODLATENCY_POD_NAME=name)
+        env = rollout_env(cluster, "trainer", PODLATENCY_POD_NAME=name)
         trainers[name] = start_server(folder, **env)
     leader_name = eventually(lambda: lease_holder(kube), "a leader")
     standby_name = next(name for name in trainers if name != leader_name)
@@ -319,6 +403,7 @@ def test_a_standby_takes_over_from_a_crashed_leader(
     eventually(lambda: lease_holder(kube) == standby_name, "the standby taking over", timeout=15)
     # Not before the 3 s lease ran out (the killed leader could not release it), and soon after.
     assert 1.5 < time.monotonic() - killed_at < 10.0
+    assert lease_transitions(kube) == 1
     new_leader = trainers[standby_name]
     eventually(lambda: announced_leader(kube) == new_leader.url, "the new leader's address")
     rows = observed_samples(1.0, seed=2, count=5)

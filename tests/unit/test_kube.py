@@ -63,7 +63,9 @@ def test_publishing_without_an_api_server_keeps_the_model_and_says_so(
     configuration.retries = 0
     rollout = ClusterRollout(settings, service, None, api=client.ApiClient(configuration))
     candidate = train_bundle(synthetic_training_set(2000, seed=3), TrainingOptions(rounds=10), source="test")
-    with pytest.raises(ClusterUnavailable, match="could not be declared in pl-model"):
+    with pytest.raises(
+        ClusterUnavailable, match="was not declared: could not declare a model version in ConfigMap pl-model"
+    ):
         rollout.publish(candidate)
     assert candidate.version in service.registry.versions()
     assert service.registry.active_version() != candidate.version

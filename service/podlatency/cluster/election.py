@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from podlatency.cluster.api import API_FAILURES
+from podlatency.cluster.api import (
+    API_FAILURES,
+    HTTP_CONFLICT,
+    HTTP_NOT_FOUND,
+    REQUEST_TIMEOUT_S,
+    describe_failure,
+)
 from podlatency.metrics import service_metrics
 from podlatency.settings import check_lease_timings
 
@@ -36,9 +43,15 @@ class LeaseTimings:
 
 
 class _StoppableLeaseLock(LeaseLock):
-    """The official LeaseLock on our API client, which fails every call once stopping.
+    """The official LeaseLock on our API client, made safe to run for as long as the process runs.
 
-    ``kubernetes.leaderelection`` has no stop: failing its renewals makes it step down.
+    - Every call has a timeout, and no failure escapes: ``kubernetes.leaderelection`` catches only
+      ``ApiException``, so a refused connection or a timeout would end its loop, and our campaign.
+    - A failure is logged on one line (the official lock logs the whole response, headers and all).
+    - ``spec.leaseTransitions`` counts leader changes, as client-go does (the official lock never
+      sets it).
+    - Once stopping, every call fails: ``kubernetes.leaderelection`` has no stop, and failing its
+      renewals makes it step down.
     """
 
     def __init__(self, api: client.ApiClient, name: str, namespace: str, identity: str) -> None:
@@ -48,15 +61,64 @@ class _StoppableLeaseLock(LeaseLock):
 
     def get(self, name: str, namespace: str) -> tuple[bool, Any]:
         if self.stopping.is_set():
-            return False, None
-        result: tuple[bool, Any] = super().get(name, namespace)
-        return result
+            return False, ApiException(status=0, reason="stopping")
+        try:
+            lease = self.api_instance.read_namespaced_lease(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except ApiException as error:
+            if error.status != HTTP_NOT_FOUND:
+                self._failed("read", error)
+            return False, error  # leaderelection creates the Lease only on a 404 body
+        except Exception as error:  # see the class docstring
+            self._failed("read", error)
+            return False, ApiException(status=0, reason=describe_failure(error))
+        self.lease_reference = lease
+        return True, self.get_lock_object(lease)
 
     def create(self, name: str, namespace: str, election_record: Any) -> bool:
-        return not self.stopping.is_set() and bool(super().create(name, namespace, election_record))
+        if self.stopping.is_set():
+            return False
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            spec=self.get_lease_spec(election_record),
+        )
+        try:
+            self.lease_reference = self.api_instance.create_namespaced_lease(
+                namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except Exception as error:  # see the class docstring
+            self._failed("create", error)
+            return False
+        return True
 
     def update(self, name: str, namespace: str, updated_record: Any) -> bool:
-        return not self.stopping.is_set() and bool(super().update(name, namespace, updated_record))
+        if self.stopping.is_set() or self.lease_reference is None:
+            return False
+        lease = self.lease_reference
+        lease.spec = self.get_lease_spec(updated_record, lease.spec)
+        try:
+            self.lease_reference = self.api_instance.replace_namespaced_lease(
+                name, namespace, lease, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except Exception as error:  # see the class docstring
+            self._failed("renew" if lease.spec.holder_identity == self.identity else "update", error)
+            return False
+        return True
+
+    def get_lease_spec(self, leader_election_record: Any, current_spec: Any = None) -> Any:
+        previous_holder = current_spec.holder_identity if current_spec is not None else None
+        transitions = (current_spec.lease_transitions or 0) if current_spec is not None else 0
+        spec = super().get_lease_spec(leader_election_record, current_spec)
+        if current_spec is not None and previous_holder != spec.holder_identity:
+            transitions += 1  # acquired from another holder, or after a release
+        spec.lease_transitions = transitions
+        return spec
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        conflict = isinstance(error, ApiException) and error.status == HTTP_CONFLICT
+        level = logging.DEBUG if conflict else logging.WARNING  # a conflict is another trainer's renewal
+        logger.log(level, "could not %s the Lease %s: %s", what, self.name, describe_failure(error))
 
 
 class LeaseElection:
@@ -93,6 +155,7 @@ class LeaseElection:
         self._thread.start()
 
     def _campaign(self) -> None:
+        """Campaign until :meth:`stop`: nothing that goes wrong in one election ends the next."""
         while not self._lock.stopping.is_set():
             election = leaderelection.LeaderElection(
                 electionconfig.Config(
@@ -104,7 +167,12 @@ class LeaseElection:
                     onstopped_leading=self._stopped,
                 )
             )
-            election.run()  # returns once leadership is lost; then campaign again
+            try:
+                election.run()  # returns once leadership is lost; then campaign again
+            except Exception:  # a bug in one election must not end the campaign
+                logger.exception("leader election failed; campaigning again")
+                self._stopped()
+                self._lock.stopping.wait(self.timings.retry_period_s)
 
     def _started(self) -> None:
         if self._lock.stopping.is_set():
@@ -137,4 +205,7 @@ class LeaseElection:
                     self._lock.name, self._lock.namespace, lease, _request_timeout=5
                 )
         except API_FAILURES as error:
-            logger.warning("could not release the Lease (a standby takes over when it expires): %s", error)
+            logger.warning(
+                "could not release the Lease (a standby takes over when it expires): %s",
+                describe_failure(error),
+            )

@@ -5,17 +5,19 @@ its bundle archive (see :mod:`podlatency.registry`) and the URL to fetch the arc
 cluster the record lives in a ConfigMap (:mod:`podlatency.cluster.configmap`); the follower here does not care
 where it came from.
 
-:class:`ModelFollower` applies records: a version already stored is verified against the record's
-SHA-256 and activated; any other is downloaded, verified and stored first. The swap replaces one
-reference, so requests in flight finish on the model they started with. Whatever fails — an
-unreachable URL, a wrong checksum, a corrupt bundle — the model in service keeps serving, and the
-failure is counted and reported as a Warning event.
+:class:`ModelFollower` applies records: a version already stored is served from here; any other is
+downloaded, checked against the record's SHA-256 and stored first. It also tracks whether the model
+in service is the declared one, and since when it has not been. The swap replaces one reference, so
+requests in flight finish on the model they started with. Whatever fails — an unreachable URL, a
+wrong checksum, a corrupt bundle — the model in service keeps serving, and the failure is counted
+and reported as a Warning event.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -83,9 +85,20 @@ class ModelFollower:
         self.fetch = fetch
         self._lock = threading.Lock()
         self.last_record: RolloutRecord | None = None
+        """The last record applied (a failed one is retried between watches)."""
+        self.declared: RolloutRecord | None = None
+        """What is declared now; ``None`` when nothing is (or the ConfigMap is gone)."""
+        self.mismatch_since: float | None = None
+        """Since when (Unix seconds) the model in service has not been the declared one."""
 
     def apply(self, record: RolloutRecord) -> bool:
-        """Serve ``record``'s version; True when it is now in service (swapped or already there)."""
+        """Serve ``record``'s version; True when it is now in service (swapped or already there).
+
+        A version already stored is served from here. Its archive may differ from the declared one
+        in metadata alone (when it was trained, say): the version is a hash of everything that
+        decides predictions, checked on every load, so it predicts the same. Only a download is
+        checked against the declared SHA-256.
+        """
         with self._lock:
             self.last_record = record
             current = self.service.holder.current_or_none()
@@ -93,14 +106,7 @@ class ModelFollower:
                 return True
             registry = self.service.registry
             try:
-                if record.version in registry.versions():
-                    stored_sha256 = registry.archive_sha256(record.version)
-                    if stored_sha256 != record.sha256.lower():
-                        raise ModelLoadError(
-                            f"stored model {record.version} has archive sha256 {stored_sha256}, "
-                            f"the rollout declares {record.sha256}"
-                        )
-                else:
+                if record.version not in registry.versions():
                     registry.install_archive(record.version, self.fetch(record.url), record.sha256)
                 self.service.serve_bundle(registry.load(record.version))
                 registry.activate(record.version)
@@ -113,10 +119,31 @@ class ModelFollower:
                     f"cannot serve model {record.version} ({error.detail}); still serving {serving}",
                 )
                 return False
+            finally:
+                self.check_drift()
             service_metrics().model_rollouts.labels(outcome="succeeded").inc()
             previous = current.version if current is not None else "no model"
             self.events("Normal", "ModelRolledOut", f"now serving model {record.version} (was {previous})")
             return True
+
+    def declare(self, record: RolloutRecord | None) -> None:
+        """Note what is declared now (``None``: nothing, or no ConfigMap), before applying it."""
+        self.declared = record
+        self.check_drift()
+
+    def check_drift(self) -> bool:
+        """Whether the model in service is the declared one (or nothing is declared); updates the gauges."""
+        current = self.service.holder.current_or_none()
+        declared = self.declared
+        matches = declared is None or (current is not None and current.version == declared.version)
+        if matches:
+            self.mismatch_since = None
+        elif self.mismatch_since is None:
+            self.mismatch_since = time.time()
+        metrics = service_metrics()
+        metrics.model_matches_declared.set(1 if matches else 0)
+        metrics.declared_mismatch_since.set(self.mismatch_since or 0)
+        return matches
 
     def retry(self) -> bool:
         """Apply the last record again (after a failure); True when its version is in service."""

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 from kubernetes import client
 
 from podlatency.bundle import ModelBundle
-from podlatency.cluster.api import API_FAILURES, api_client, current_namespace, default_identity
+from podlatency.cluster.api import api_client, current_namespace, default_identity, describe_failure
 from podlatency.cluster.configmap import RolloutConfigMap, leader_url_from, record_from
 from podlatency.cluster.election import LeaseElection, LeaseTimings
 from podlatency.cluster.events import KubeEvents
 from podlatency.cluster.follower import ModelFollower, RolloutRecord
-from podlatency.dataplane import PredictionService
-from podlatency.errors import ClusterUnavailable, InvalidRollout, PodlatencyError
+from podlatency.dataplane import PredictionService, RolloutStatus
+from podlatency.errors import ClusterUnavailable, InvalidRollout, ModelLoadError
+from podlatency.metrics import service_metrics
 from podlatency.samples import SampleStore
 from podlatency.settings import Settings
+from podlatency.training import EMBEDDED_DEFAULT_SOURCE
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +29,11 @@ logger = logging.getLogger(__name__)
 class ClusterRollout:
     """One process's part in its release's rollout.
 
-    Every role follows the ConfigMap. Trainers also campaign for the Lease; the leader names its
-    address in the ConfigMap (standbys forward the samples they receive there), declares a version
-    when the ConfigMap has none, and publishes what the retrainer produces.
+    Every role follows the ConfigMap. Trainers also campaign for the Lease. The leader names its
+    address in the ConfigMap (standbys forward the samples they receive there) whenever the
+    ConfigMap does not, publishes what the retrainer produces, and declares a version when the
+    ConfigMap declares none: the one it serves, or else the newest it stores, if that was trained on
+    observations. It never declares the untrained embedded default, which every pod trains alike.
     """
 
     def __init__(
@@ -48,6 +54,8 @@ class ClusterRollout:
         self.follower = ModelFollower(service, self.events)
         self.announced_leader: str | None = None
         """The leader's address as the ConfigMap names it (read by every role's watch)."""
+        self.configmap_missing = False
+        """Whether the last read or event found no ConfigMap (logged once until it is back)."""
         self.election: LeaseElection | None = None
         if samples is not None:
             self.election = LeaseElection(
@@ -62,6 +70,7 @@ class ClusterRollout:
                 on_stopped=self._stopped_leading,
             )
         self._thread = threading.Thread(target=self._follow, name="podlatency-rollout-watch", daemon=True)
+        service.rollout_status = self.status
 
     # -- following ---------------------------------------------------------------------------------
 
@@ -69,25 +78,58 @@ class ClusterRollout:
         """Apply what the ConfigMap declares now; True when that version is in service."""
         try:
             configmap, _ = self.configmap.read()
-        except API_FAILURES as error:
-            logger.warning("cannot read ConfigMap %s: %s", self.settings.rollout_configmap, error)
+        except Exception as error:  # the watch retries; start-up must go on
+            logger.warning("cannot read ConfigMap %s: %s", self.configmap.name, describe_failure(error))
             return False
         return self._apply(configmap)
 
     def _apply(self, configmap: Any | None) -> bool:
+        self._note_presence(configmap)
         if configmap is None:
+            self.follower.declare(None)
             return False
         self.announced_leader = leader_url_from(configmap)
         try:
             record = record_from(configmap)
         except InvalidRollout as error:
+            self.follower.declare(None)
             self.events("Warning", "InvalidRollout", str(error))
             return False
+        self.follower.declare(record)
+        if self.leads():
+            self._keep_leader_record(configmap)
         return record is not None and self.follower.apply(record)
+
+    def _note_presence(self, configmap: Any | None) -> None:
+        """Say once, clearly, that the ConfigMap is gone and how to restore it; and when it is back."""
+        missing = configmap is None
+        service_metrics().rollout_configmap_exists.set(0 if missing else 1)
+        if missing and not self.configmap_missing:
+            logger.warning("%s", self.configmap.missing().detail)
+        elif not missing and self.configmap_missing:
+            logger.info("ConfigMap %s exists again; following what it declares", self.configmap.name)
+        self.configmap_missing = missing
 
     def _follow(self) -> None:
         # Between watches, a failed rollout is tried again (apply returns at once when it is in service).
-        self.configmap.follow(self._apply, self.follower.retry, self.settings.watch_timeout_s)
+        self.configmap.follow(self._apply, self._retry, self.settings.watch_timeout_s)
+
+    def _retry(self) -> None:
+        self.follower.retry()
+        self.follower.check_drift()
+
+    def status(self) -> RolloutStatus:
+        """The declared version beside the served one, for ``/status`` and ``/v1/model``."""
+        matches = self.follower.check_drift()
+        since = self.follower.mismatch_since
+        declared = self.follower.declared
+        return RolloutStatus(
+            configmap=self.configmap.name,
+            watching=self.configmap.watching,
+            declared_version=declared.version if declared is not None else None,
+            matches_declared=matches,
+            mismatch_seconds=0.0 if since is None else round(max(0.0, time.time() - since), 3),
+        )
 
     def start(self) -> None:
         """Follow the ConfigMap and (trainers) campaign, on daemon threads."""
@@ -129,39 +171,69 @@ class ClusterRollout:
         self.service.registry.save(bundle, activate=False)
         try:
             published = self.configmap.publish(self.record_for(bundle.version))
-        except (*API_FAILURES, ClusterUnavailable) as error:
-            detail = getattr(error, "reason", None) or str(error)
-            raise ClusterUnavailable(
-                f"model {bundle.version} is stored but could not be declared in "
-                f"{self.settings.rollout_configmap}: {detail}"
-            ) from None
+        except ClusterUnavailable as error:
+            detail = f"model {bundle.version} is stored but was not declared: {error.detail}"
+            raise type(error)(detail) from None
         if published:
             self.events("Normal", "ModelPublished", f"declared model {bundle.version}")
         return published
 
+    def trained_version(self) -> str | None:
+        """What a leader declares over an empty ConfigMap, if any.
+
+        The version it serves, else the newest it stores, if trained on observations; ``None``
+        while it has only the embedded default.
+        """
+        current = self.service.holder.current_or_none()
+        registry = self.service.registry
+        candidates = ([current.version] if current is not None else []) + registry.versions()[::-1]
+        for version in candidates:
+            with contextlib.suppress(ModelLoadError):
+                if registry.metadata(version).get("source") != EMBEDDED_DEFAULT_SOURCE:
+                    return version
+        return None
+
+    def _keep_leader_record(self, configmap: Any) -> None:
+        """As the leader: name this trainer in the ConfigMap, and declare a version when none is."""
+        try:
+            if leader_url_from(configmap) != self.own_url():
+                self.configmap.announce_leader(self.own_url())
+            with contextlib.suppress(InvalidRollout):  # an admin's half-written record is not overwritten
+                if record_from(configmap) is not None:
+                    return
+                version = self.trained_version()
+                if version is not None and self.configmap.publish(self.record_for(version)):
+                    self.events("Normal", "ModelPublished", f"declared model {version} (none was declared)")
+        except ClusterUnavailable as error:
+            if not self.configmap_missing:
+                logger.warning("as the leader, could not update the rollout ConfigMap: %s", error.detail)
+
     def _started_leading(self) -> None:
         self.events("Normal", "LeaderElected", "now the leader trainer")
-        try:
-            self.configmap.announce_leader(self.own_url())
-        except (*API_FAILURES, ClusterUnavailable) as error:
-            logger.warning("could not name this trainer as the leader in the ConfigMap: %s", error)
         if self.samples is not None:
             self.samples.reload()  # a shared volume may hold what the previous leader accepted
-        current = self.service.holder.current_or_none()
         try:
             configmap, _ = self.configmap.read()
-            declared = record_from(configmap) if configmap is not None else None
-            if declared is None and current is not None:
-                self.publish(current.bundle)
-            elif declared is not None and declared.version in self.service.registry.versions():
+        except Exception as error:  # the watch names the leader once it can read
+            logger.warning(
+                "as the new leader, could not read ConfigMap %s: %s",
+                self.configmap.name,
+                describe_failure(error),
+            )
+            return
+        self._note_presence(configmap)
+        if configmap is None:
+            return
+        self._keep_leader_record(configmap)
+        with contextlib.suppress(InvalidRollout, ClusterUnavailable):
+            declared = record_from(configmap)
+            if declared is not None and declared.version in self.service.registry.versions():
                 # Serve the declared archive from here: the previous leader's address may be gone.
                 self.configmap.publish(self.record_for(declared.version), replace_url_only=True)
-        except (*API_FAILURES, PodlatencyError) as err:
-            logger.warning("as the new leader, could not update %s: %s", self.settings.rollout_configmap, err)
 
     def _stopped_leading(self) -> None:
         try:
             self.configmap.announce_leader(None, only_if=self.own_url())
-        except (*API_FAILURES, ClusterUnavailable) as error:
-            logger.warning("could not clear this trainer's leader address in the ConfigMap: %s", error)
+        except ClusterUnavailable as error:
+            logger.warning("could not clear this trainer's leader address: %s", error.detail)
         self.events("Normal", "LeaderLost", "no longer the leader trainer")

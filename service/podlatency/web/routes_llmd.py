@@ -195,6 +195,7 @@ def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
         device=service.device,
         engine=model.predictor.engine_for(1) if model else None,
         not_ready_reason=None if model else service.holder.not_ready_reason,
+        rollout=service.rollout_status() if service.rollout_status is not None else None,
     )
 
 

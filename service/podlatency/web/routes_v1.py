@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -102,10 +103,13 @@ def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]
     """Metadata of the model in service, and which engine predicts.
 
     Among it the features it knows and those it was trained without; ``engine`` is the engine for a
-    router's few rows, ``engines`` each engine in use with the fewest rows it takes.
+    router's few rows, ``engines`` each engine in use with the fewest rows it takes; in a cluster,
+    ``rollout`` is the version the rollout ConfigMap declares beside this one (null outside).
     """
     loaded = service.holder.current()
+    rollout = service.rollout_status() if service.rollout_status is not None else None
     return loaded.bundle.metadata() | {
+        "rollout": None if rollout is None else dataclasses.asdict(rollout),
         "features_ignored": loaded.bundle.ignored_features(),
         "loaded_at": loaded.loaded_at.isoformat(),
         "device": service.device,
