@@ -218,7 +218,8 @@ class VersionedEmulator(HelmFriendlyEmulator):
         self.epoch = 0
         self.writes = asyncio.Lock()
         self.changed = asyncio.Condition()
-        self.bookmarks_sent = 0
+        self.bookmarked: list[str] = []
+        """The resourceVersion of each BOOKMARK sent, in order."""
         self.watched_from: list[str] = []
         """The resourceVersion each watch started from, in order ("0": from now, with the state)."""
         self.injected: list[dict[str, Any]] = []
@@ -415,7 +416,7 @@ class VersionedEmulator(HelmFriendlyEmulator):
                 if due <= 0:
                     yield {"type": "BOOKMARK", "object": self._bookmark(request, cursor)}
                     told, bookmarked_at = cursor, loop.time()
-                    self.bookmarks_sent += 1
+                    self.bookmarked.append(str(cursor))
                 else:
                     wait = due if wait is None else min(wait, due)
             if deadline is not None and loop.time() >= deadline:

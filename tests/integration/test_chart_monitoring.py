@@ -100,12 +100,18 @@ def rules_of(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_alert_rules_are_valid_and_about_exported_metrics(cluster: KubeEmulator) -> None:
-    """Six alerts render with trainers on, three without; each expression parses and selects our metrics."""
+    """Nine alerts render with trainers on, three without; each expression parses and selects our metrics.
+
+    With trainers, every predictor and trainer follows the rollout ConfigMap, and three alerts watch
+    that: a pod serving another version than the declared one, a pod that cannot watch, and the
+    ConfigMap gone.
+    """
     objects, _ = install(cluster, scenario("full-values.yaml"))
     alerts = rules_of(objects)
     assert set(alerts) == {
         "PodlatencyPredictorNotReady", "PodlatencyShedding", "PodlatencyRolloutFailed",
         "PodlatencyNoLeader", "PodlatencyModelStale", "PodlatencyHoldoutErrorRising",
+        "PodlatencyServingUndeclaredModel", "PodlatencyRolloutWatchDown", "PodlatencyRolloutConfigMapMissing",
     }  # fmt: skip
     exported = exported_metric_names()
     for name, alert in alerts.items():
@@ -119,6 +125,13 @@ def test_the_alert_rules_are_valid_and_about_exported_metrics(cluster: KubeEmula
     assert "[600s]" in alerts["PodlatencyModelStale"]["expr"], "10 intervals of 60 s"
     assert 'job="pl-podlatency-trainer-metrics"' in alerts["PodlatencyNoLeader"]["expr"]
     assert 'job="pl-podlatency"' in alerts["PodlatencyPredictorNotReady"]["expr"]
+    followers = 'job=~"pl-podlatency|pl-podlatency-trainer-metrics"'
+    for name in ("PodlatencyServingUndeclaredModel", "PodlatencyRolloutWatchDown"):
+        assert followers in alerts[name]["expr"], name
+        assert alerts[name]["for"] == "5m"
+    missing = alerts["PodlatencyRolloutConfigMapMissing"]
+    assert "pl-podlatency-model" in missing["annotations"]["summary"]
+    assert "helm upgrade pl" in missing["annotations"]["description"]
 
     fresh = cluster.kubeconfig.parent / "no-trainers"
     fresh.mkdir()

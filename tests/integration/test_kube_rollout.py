@@ -17,6 +17,7 @@ import contextlib
 import functools
 import http.server
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 from benchmarks.servers import free_port
-from kubernetes import client, config
+from kubernetes import client, config, utils
 
 from podlatency.cluster.configmap import LEADER_ANNOTATION, PINNED_ANNOTATION
 from podlatency.registry import ModelRegistry
@@ -408,3 +409,78 @@ def test_a_standby_takes_over_from_a_crashed_leader(
     eventually(lambda: announced_leader(kube) == new_leader.url, "the new leader's address")
     rows = observed_samples(1.0, seed=2, count=5)
     assert trainers[standby_name].request("POST", "/v1/samples", {"samples": rows}).status == 202
+
+
+def chart_configmap() -> dict[str, Any]:
+    """The rollout ConfigMap as the chart renders it for release ``pl`` (what ``helm upgrade`` creates)."""
+    with tempfile.TemporaryDirectory() as folder, KubeEmulator(Path(folder)) as scratch:
+        objects, _ = install(scratch, {}, release_name="pl", namespace=NAMESPACE)
+    [configmap] = [
+        obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == CONFIGMAP
+    ]
+    return configmap
+
+
+def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_default(
+    tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
+) -> None:
+    """Deleting the rollout ConfigMap stops nothing from serving, says what to do, and heals.
+
+    Trainers may not create it, so the leader does not try: it logs once what is missing and how to
+    restore it, the gauge says it is gone, and a retrain answers 503 naming the ConfigMap. A trainer
+    started meanwhile has only the embedded default. When the chart's ConfigMap is back, the leader
+    names itself and declares the trained version it serves, never an untrained default; the new
+    trainer follows it and forwards samples to the leader; and when the leader goes, the new trainer
+    leads without declaring its default.
+    """
+    create_pod(kube, "trainer-a")
+    folder = tmp_path / "trainer-a"
+    shutil.copytree(model_dir, folder)
+    port = free_port()
+    env = rollout_env(
+        cluster, "trainer", PODLATENCY_POD_NAME="trainer-a", PODLATENCY_PUBLISH_URL=f"http://127.0.0.1:{port}"
+    )
+    leader = start_server(folder, port=port, **env)
+    trained = eventually(lambda: declared(kube).get("version"), "a declared version")
+    assert trained == ModelRegistry(model_dir).active_version(), "the trained version it serves"
+
+    client.CoreV1Api(kube).delete_namespaced_config_map(CONFIGMAP, NAMESPACE)
+    eventually(lambda: metric(leader, "podlatency_rollout_configmap_exists") == 0, "the gauge")
+    for batch in range(2):
+        rows = observed_samples(2.0, seed=40 + batch)
+        assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    refused = leader.request("POST", "/v1/retrain")
+    assert refused.status == 503
+    assert refused.json()["error"] == "rollout_configmap_missing"
+    assert f"ConfigMap {CONFIGMAP} does not exist" in refused.json()["detail"]
+    assert "helm upgrade" in refused.json()["detail"]
+    assert serving(leader) == trained, "it keeps serving"
+
+    # A trainer started while the ConfigMap is gone trains the embedded default.
+    create_pod(kube, "trainer-b")
+    newcomer = start_server(
+        tmp_path / "trainer-b",
+        **rollout_env(cluster, "trainer", PODLATENCY_POD_NAME="trainer-b", PODLATENCY_DEFAULT_SAMPLES="2000"),
+    )
+    default = eventually(lambda: serving(newcomer), "the newcomer's embedded default", timeout=60)
+    assert default != trained
+
+    restored = chart_configmap()
+    # As helm upgrade creates what is missing: the object from the rendered manifest.
+    utils.create_from_dict(kube, restored, namespace=NAMESPACE)  # type: ignore[no-untyped-call]
+    eventually(lambda: announced_leader(kube) == leader.url, "the leader naming itself again")
+    eventually(lambda: declared(kube).get("version") == trained, "the trained version declared again")
+    eventually(lambda: serving(newcomer) == trained, "the newcomer following it")
+    assert newcomer.request("POST", "/v1/samples", {"samples": rows[:5]}).status == 202
+    missing = [line for line in leader.log().splitlines() if "does not exist in namespace" in line]
+    assert len(missing) == 1, missing
+    assert "restore it with `helm upgrade`" in missing[0]
+    assert "exists again" in leader.log()
+    assert metric(leader, "podlatency_rollout_configmap_exists") == 1
+
+    leader.stop()
+    eventually(lambda: lease_holder(kube) == "trainer-b", "the newcomer leading", timeout=15)
+    eventually(lambda: announced_leader(kube) == newcomer.url, "the newcomer naming itself")
+    assert declared(kube)["version"] == trained, "no untrained default over the trained version"
+    assert serving(newcomer) == trained
+    assert not events(kube, "ModelRolloutFailed")

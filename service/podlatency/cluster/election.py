@@ -27,6 +27,9 @@ from podlatency.metrics import service_metrics
 from podlatency.settings import check_lease_timings
 
 logger = logging.getLogger(__name__)
+# kubernetes.leaderelection logs every renewal at INFO (one line every retry period, for ever); we
+# log leadership changes ourselves (LeaderElected, LeaderLost), so only its warnings are kept.
+logging.getLogger("leaderelection").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,13 @@ from typing import Any
 from kubernetes import client
 
 from podlatency.bundle import ModelBundle
-from podlatency.cluster.api import api_client, current_namespace, default_identity, describe_failure
+from podlatency.cluster.api import (
+    API_FAILURES,
+    api_client,
+    current_namespace,
+    default_identity,
+    describe_failure,
+)
 from podlatency.cluster.configmap import RolloutConfigMap, leader_url_from, record_from
 from podlatency.cluster.election import LeaseElection, LeaseTimings
 from podlatency.cluster.events import KubeEvents
@@ -56,6 +62,7 @@ class ClusterRollout:
         """The leader's address as the ConfigMap names it (read by every role's watch)."""
         self.configmap_missing = False
         """Whether the last read or event found no ConfigMap (logged once until it is back)."""
+        self._leader_record_lock = threading.Lock()
         self.election: LeaseElection | None = None
         if samples is not None:
             self.election = LeaseElection(
@@ -71,6 +78,10 @@ class ClusterRollout:
             )
         self._thread = threading.Thread(target=self._follow, name="podlatency-rollout-watch", daemon=True)
         service.rollout_status = self.status
+        # Until the first read says otherwise: not watching, and no alert for what is not known yet.
+        service_metrics().rollout_configmap_exists.set(1)
+        service_metrics().rollout_watching.set(0)
+        self.follower.check_drift()
 
     # -- following ---------------------------------------------------------------------------------
 
@@ -194,19 +205,38 @@ class ClusterRollout:
         return None
 
     def _keep_leader_record(self, configmap: Any) -> None:
-        """As the leader: name this trainer in the ConfigMap, and declare a version when none is."""
+        """As the leader: name this trainer in the ConfigMap, and declare a version when none is.
+
+        Both the watch thread and the election thread call this; the lock and a fresh read before
+        declaring keep them from declaring twice.
+        """
+        with self._leader_record_lock:
+            try:
+                if leader_url_from(configmap) != self.own_url():
+                    self.configmap.announce_leader(self.own_url())
+                if self._declares_nothing(configmap):
+                    fresh, _ = self.configmap.read()
+                    version = self.trained_version()
+                    if self._declares_nothing(fresh) and version is not None:
+                        self.configmap.publish(self.record_for(version))
+                        self.events("Normal", "ModelPublished", f"declared model {version} (none was)")
+            except ClusterUnavailable as error:
+                if not self.configmap_missing:
+                    logger.warning("as the leader, could not update the rollout ConfigMap: %s", error.detail)
+            except API_FAILURES as error:
+                logger.warning(
+                    "as the leader, could not read the rollout ConfigMap: %s", describe_failure(error)
+                )
+
+    @staticmethod
+    def _declares_nothing(configmap: Any | None) -> bool:
+        """The ConfigMap exists and declares no version (an admin's half-written record is left alone)."""
+        if configmap is None:
+            return False
         try:
-            if leader_url_from(configmap) != self.own_url():
-                self.configmap.announce_leader(self.own_url())
-            with contextlib.suppress(InvalidRollout):  # an admin's half-written record is not overwritten
-                if record_from(configmap) is not None:
-                    return
-                version = self.trained_version()
-                if version is not None and self.configmap.publish(self.record_for(version)):
-                    self.events("Normal", "ModelPublished", f"declared model {version} (none was declared)")
-        except ClusterUnavailable as error:
-            if not self.configmap_missing:
-                logger.warning("as the leader, could not update the rollout ConfigMap: %s", error.detail)
+            return record_from(configmap) is None
+        except InvalidRollout:
+            return False
 
     def _started_leading(self) -> None:
         self.events("Normal", "LeaderElected", "now the leader trainer")
