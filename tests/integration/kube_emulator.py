@@ -4,9 +4,10 @@ kmock's ``KubernetesEmulator`` keeps objects in memory. Two gaps matter to Helm,
 :class:`HelmFriendlyEmulator`:
 
 - ``/api/v1`` reports ``groupVersion`` "/v1"; client-go's discovery then maps no core kinds.
-- Helm writes its release record as a Secret with a protobuf body, which the emulator cannot parse.
-  Those writes are answered with a minimal JSON Secret (client-go accepts JSON answers) and counted;
-  the release record is Helm's own bookkeeping, not something the chart renders.
+- Helm writes its release record as a Secret with a protobuf body, which kmock cannot parse. Those
+  writes are decoded (:mod:`tests.integration.kube_protobuf`), stored and counted, and served back
+  as JSON (client-go accepts JSON answers); lists honour equality label selectors, as Helm's
+  release lookups need. So ``helm upgrade`` finds the release it upgrades.
 
 The rollout and leader-election loops need what an API server does with versions, fixed in
 :class:`VersionedEmulator`:
@@ -39,7 +40,6 @@ import contextlib
 import copy
 import itertools
 import random
-import re
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -53,6 +53,7 @@ import kmock
 import yaml
 from kmock._internal import k8s, rendering
 
+from tests.integration.kube_protobuf import secret_from_protobuf
 from tests.integration.kube_rbac import (
     ADMIN_TOKEN,
     RBAC_GROUP,
@@ -61,7 +62,21 @@ from tests.integration.kube_rbac import (
     service_account_token,
 )
 
-RELEASE_SECRET_NAME = re.compile(rb"sh\.helm\.release\.v1\.[a-z0-9.-]+\.v[0-9]+")
+
+def labels_match(selector: str | None, labels: dict[str, str]) -> bool:
+    """Whether ``labels`` satisfy an equality-based label selector (``a=b,c!=d,e``)."""
+    for term in filter(None, (selector or "").split(",")):
+        if "!=" in term:
+            key, _, value = term.partition("!=")
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, _, value = term.replace("==", "=").partition("=")
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.strip() not in labels:
+            return False
+    return True
 
 
 class HelmFriendlyEmulator(kmock.KubernetesEmulator):
@@ -80,13 +95,16 @@ class HelmFriendlyEmulator(kmock.KubernetesEmulator):
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if "protobuf" not in raw_request.headers.get("content-type", ""):
             return await super().__call__(raw_request)
-        body = await raw_request.read()
-        match = RELEASE_SECRET_NAME.search(body)
-        name = match.group().decode() if match else raw_request.path.rsplit("/", 1)[-1]
-        namespace = raw_request.path.split("/namespaces/")[1].split("/")[0]
+        secret = secret_from_protobuf(await raw_request.read())
+        secret["metadata"]["namespace"] = raw_request.path.split("/namespaces/")[1].split("/")[0]
         self.release_writes += 1
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}}
+        await self._keep_secret(secret)
         return aiohttp.web.json_response(secret, status=201 if raw_request.method == "POST" else 200)
+
+    async def _keep_secret(self, secret: dict[str, Any]) -> None:
+        """Store a Secret written in protobuf (Helm's release record), so that it is read back as JSON."""
+        metadata = secret["metadata"]
+        self.objects["v1/secrets", metadata["namespace"], metadata["name"]] = secret
 
     async def _serve_version(self, request: Any) -> Any:
         payload = await super()._serve_version(request)
@@ -146,6 +164,11 @@ class VersionedEmulator(HelmFriendlyEmulator):
     def _stamp(self, metadata: dict[str, Any]) -> None:
         self.current_revision = next(self.revision)
         metadata["resourceVersion"] = str(self.current_revision)
+
+    async def _keep_secret(self, secret: dict[str, Any]) -> None:
+        async with self.writes:
+            self._stamp(secret["metadata"])
+            await super()._keep_secret(secret)
 
     def _stored_rbac(self, plural: str) -> list[dict[str, Any]]:
         return [
@@ -232,10 +255,13 @@ class VersionedEmulator(HelmFriendlyEmulator):
         )
 
     def _current(self, request: rendering.Request) -> list[dict[str, Any]]:
+        selector = request.params.get("labelSelector")
         return [
             copy.deepcopy(obj.raw)
             for (resource, namespace, name), obj in self.objects.items()
-            if not obj.deleted and self._matches(request, resource, namespace, name)
+            if not obj.deleted
+            and self._matches(request, resource, namespace, name)
+            and labels_match(selector, (obj.raw.get("metadata") or {}).get("labels") or {})
         ]
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from helm_sdkpy import Configuration
-from helm_sdkpy.actions import Install
+from helm_sdkpy.actions import Install, Upgrade
 from helm_sdkpy.exceptions import HelmError
 
 from tests.integration.kube_emulator import KubeEmulator
@@ -62,6 +62,19 @@ def install(
     objects = strict_documents(release["manifest"])
     hooks = [doc for hook in release.get("hooks") or [] for doc in strict_documents(hook["manifest"])]
     return objects, hooks
+
+
+def upgrade(cluster: KubeEmulator, release_name: str = "pl", namespace: str = "default") -> int:
+    """``helm upgrade --reuse-values`` of an installed release; returns the new revision.
+
+    Helm creates what the release renders and the cluster lacks (a deleted object) and leaves alone
+    what it never rendered (a ConfigMap's ``data`` written since).
+    """
+    config = Configuration(namespace=namespace, kubeconfig=str(cluster.kubeconfig))
+    release = asyncio.run(
+        Upgrade(config).run(release_name, str(CHART), values={}, wait=False, timeout=60, reuse_values=True)
+    )
+    return int(release["version"])
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import http.server
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 from benchmarks.servers import free_port
-from kubernetes import client, config, utils
+from kubernetes import client, config
 
 from podlatency.cluster.configmap import LEADER_ANNOTATION, PINNED_ANNOTATION
 from podlatency.registry import ModelRegistry
@@ -34,7 +33,7 @@ from podlatency.training import TrainingOptions, synthetic_training_set, train_b
 from podlatency.workload import generate, pod_rows
 from tests.integration.conftest import ServerProcess
 from tests.integration.kube_emulator import KubeEmulator
-from tests.integration.test_chart_install import install
+from tests.integration.test_chart_install import install, upgrade
 
 NAMESPACE = "default"
 CONFIGMAP = "pl-podlatency-model"
@@ -411,16 +410,6 @@ def test_a_standby_takes_over_from_a_crashed_leader(
     assert trainers[standby_name].request("POST", "/v1/samples", {"samples": rows}).status == 202
 
 
-def chart_configmap() -> dict[str, Any]:
-    """The rollout ConfigMap as the chart renders it for release ``pl`` (what ``helm upgrade`` creates)."""
-    with tempfile.TemporaryDirectory() as folder, KubeEmulator(Path(folder)) as scratch:
-        objects, _ = install(scratch, {}, release_name="pl", namespace=NAMESPACE)
-    [configmap] = [
-        obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == CONFIGMAP
-    ]
-    return configmap
-
-
 def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_default(
     tmp_path: Path, model_dir: Path, cluster: KubeEmulator, kube: client.ApiClient, start_server: Any
 ) -> None:
@@ -428,7 +417,8 @@ def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_def
 
     Trainers may not create it, so the leader does not try: it logs once what is missing and how to
     restore it, the gauge says it is gone, and a retrain answers 503 naming the ConfigMap. A trainer
-    started meanwhile has only the embedded default. When the chart's ConfigMap is back, the leader
+    started meanwhile has only the embedded default. When ``helm upgrade`` (real Helm) has created
+    the chart's ConfigMap again, the leader
     names itself and declares the trained version it serves, never an untrained default; the new
     trainer follows it and forwards samples to the leader; and when the leader goes, the new trainer
     leads without declaring its default.
@@ -465,9 +455,7 @@ def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_def
     default = eventually(lambda: serving(newcomer), "the newcomer's embedded default", timeout=60)
     assert default != trained
 
-    restored = chart_configmap()
-    # As helm upgrade creates what is missing: the object from the rendered manifest.
-    utils.create_from_dict(kube, restored, namespace=NAMESPACE)  # type: ignore[no-untyped-call]
+    assert upgrade(cluster, release_name="pl", namespace=NAMESPACE) == 2  # creates what the release lacks
     eventually(lambda: announced_leader(kube) == leader.url, "the leader naming itself again")
     eventually(lambda: declared(kube).get("version") == trained, "the trained version declared again")
     eventually(lambda: serving(newcomer) == trained, "the newcomer following it")
@@ -477,6 +465,8 @@ def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_def
     assert "restore it with `helm upgrade`" in missing[0]
     assert "exists again" in leader.log()
     assert metric(leader, "podlatency_rollout_configmap_exists") == 1
+    assert upgrade(cluster, release_name="pl", namespace=NAMESPACE) == 3
+    assert declared(kube)["version"] == trained, "an upgrade leaves the declared version alone"
 
     leader.stop()
     eventually(lambda: lease_holder(kube) == "trainer-b", "the newcomer leading", timeout=15)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 
-from podlatency.cluster.api import API_FAILURES
+from podlatency.cluster.api import API_FAILURES, REQUEST_TIMEOUT_S, describe_failure
 from podlatency.cluster.follower import EventType, log_event
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,6 @@ class KubeEvents:
             count=1,
         )
         try:
-            self.core.create_namespaced_event(self.namespace, event, _request_timeout=10)
+            self.core.create_namespaced_event(self.namespace, event, _request_timeout=REQUEST_TIMEOUT_S)
         except API_FAILURES as error:
-            logger.warning("could not record event %s: %s", reason, error)
+            logger.warning("could not record event %s: %s", reason, describe_failure(error))

@@ -84,10 +84,9 @@ class ModelFollower:
         self.events = events
         self.fetch = fetch
         self._lock = threading.Lock()
-        self.last_record: RolloutRecord | None = None
-        """The last record applied (a failed one is retried between watches)."""
         self.declared: RolloutRecord | None = None
-        """What is declared now; ``None`` when nothing is (or the ConfigMap is gone)."""
+        """What is declared now (:meth:`declare`; a failed one is retried between watches); ``None``
+        when nothing is, or the ConfigMap is gone."""
         self.mismatch_since: float | None = None
         """Since when (Unix seconds) the model in service has not been the declared one."""
 
@@ -100,7 +99,6 @@ class ModelFollower:
         checked against the declared SHA-256.
         """
         with self._lock:
-            self.last_record = record
             current = self.service.holder.current_or_none()
             if current is not None and current.version == record.version:
                 return True
@@ -146,6 +144,6 @@ class ModelFollower:
         return matches
 
     def retry(self) -> bool:
-        """Apply the last record again (after a failure); True when its version is in service."""
-        record = self.last_record
+        """Apply what is declared now again (after a failure); True when its version is in service."""
+        record = self.declared
         return record is not None and self.apply(record)
