@@ -12,12 +12,12 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from podlatency.bundle import ModelBundle
 from podlatency.cluster.configmap import RolloutConfigMap
@@ -27,6 +27,7 @@ from podlatency.errors import ClusterUnavailable
 from podlatency.settings import Settings
 from tests.integration.kube_emulator import KubeEmulator
 from tests.integration.test_chart_install import install
+from tests.integration.test_kube_rollout import api_for, eventually
 
 NAMESPACE = "default"
 CONFIGMAP = "pl-podlatency-model"
@@ -38,22 +39,6 @@ def busy_cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
     with KubeEmulator(tmp_path, max_watch_s=1.0) as emulator:
         install(emulator, {}, release_name="pl", namespace=NAMESPACE)
         yield emulator
-
-
-def api_for(kubeconfig: Path) -> client.ApiClient:
-    configuration = client.Configuration()
-    config.load_kube_config(str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_the_follow_loop_outlives_bookmarks_expiries_garbage_and_its_own_callbacks(

@@ -56,8 +56,14 @@ def cluster(tmp_path: Path) -> Iterator[KubeEmulator]:
 
 @pytest.fixture
 def kube(cluster: KubeEmulator) -> client.ApiClient:
+    """The tests' own client: the emulator's admin."""
+    return api_for(cluster.kubeconfig)
+
+
+def api_for(kubeconfig: Path) -> client.ApiClient:
+    """A client that authenticates as ``kubeconfig`` says."""
     configuration = client.Configuration()
-    config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+    config.load_kube_config(str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration)
 
 
@@ -150,6 +156,14 @@ def observed_samples(slowdown: float, seed: int, count: int = 4000) -> list[dict
     ]
 
 
+def send_slower_fleet(trainer: ServerProcess, seed: int) -> list[dict[str, Any]]:
+    """Two batches of samples from a fleet twice as slow, accepted by ``trainer``; returns the last."""
+    for batch in range(2):
+        rows = observed_samples(2.0, seed=seed + batch)
+        assert trainer.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    return rows
+
+
 def mean_ttft(server: ServerProcess) -> float:
     predictions = server.request("POST", "/v1/predict", PROBE).json()["predictions"]
     return float(sum(p["ttft_ms"] for p in predictions)) / len(predictions)
@@ -212,9 +226,7 @@ def test_one_trainer_leads_publishes_and_hands_over(
     before = mean_ttft(predictor)
 
     # A better model from a slower fleet: published by the leader, followed by everyone.
-    for batch in range(2):
-        rows = observed_samples(2.0, seed=20 + batch)
-        assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    rows = send_slower_fleet(leader, seed=20)
     outcome = leader.request("POST", "/v1/retrain").json()
     assert outcome["published"], outcome
     second_version = outcome["version"]
@@ -436,9 +448,7 @@ def test_a_deleted_configmap_is_reported_and_recovered_without_the_untrained_def
 
     client.CoreV1Api(kube).delete_namespaced_config_map(CONFIGMAP, NAMESPACE)
     eventually(lambda: metric(leader, "podlatency_rollout_configmap_exists") == 0, "the gauge")
-    for batch in range(2):
-        rows = observed_samples(2.0, seed=40 + batch)
-        assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    rows = send_slower_fleet(leader, seed=40)
     refused = leader.request("POST", "/v1/retrain")
     assert refused.status == 503
     assert refused.json()["error"] == "rollout_configmap_missing"

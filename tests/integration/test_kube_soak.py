@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from benchmarks.servers import free_port
-from kubernetes import client, config
+from kubernetes import client
 
 from podlatency.cluster.configmap import PINNED_ANNOTATION
 from tests.integration.conftest import ServerProcess
@@ -28,6 +28,7 @@ from tests.integration.test_chart_install import install
 from tests.integration.test_kube_rollout import (
     CONFIGMAP,
     NAMESPACE,
+    api_for,
     create_pod,
     declared,
     events,
@@ -36,6 +37,7 @@ from tests.integration.test_kube_rollout import (
     metric,
     observed_samples,
     rollout_env,
+    send_slower_fleet,
     serving,
 )
 
@@ -83,9 +85,7 @@ def test_rollout_is_followed_after_minutes_of_bookmarks_expiries_and_compactions
     rollback by patching the ConfigMap is followed by all three within seconds. No watch thread
     died, no rollout failed.
     """
-    configuration = client.Configuration()
-    config.load_kube_config(str(busy_cluster.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
-    kube = client.ApiClient(configuration)
+    kube = api_for(busy_cluster.kubeconfig)
     trainers: dict[str, ServerProcess] = {}
     for name in ("trainer-a", "trainer-b"):
         create_pod(kube, name)
@@ -126,9 +126,7 @@ def test_rollout_is_followed_after_minutes_of_bookmarks_expiries_and_compactions
     assert all("410 Gone" in server.log() for server in everyone), "every watch outlived compactions"
 
     # A publish, followed by all within seconds.
-    for batch in range(2):
-        rows = observed_samples(2.0, seed=50 + batch)
-        assert leader.request("POST", "/v1/samples", {"samples": rows}).status == 202
+    send_slower_fleet(leader, seed=50)
     outcome = leader.request("POST", "/v1/retrain").json()
     assert outcome["published"], outcome
     second_version = outcome["version"]

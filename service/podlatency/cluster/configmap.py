@@ -2,8 +2,9 @@
 
 Predictors and trainers watch it, resuming from the last ``resourceVersion`` (which BOOKMARK events
 move on) and re-listing when the API server answers 410 Gone or anything else goes wrong: the watch
-thread ends only when the process stops. The leader trainer publishes into it with an optimistic-concurrency
-replace, and never over a ConfigMap that carries the pin annotation (``podlatency.io/pinned: "true"``).
+thread ends only when the process stops. The leader trainer publishes into it with an
+optimistic-concurrency replace, and never over a ConfigMap that carries the pin annotation
+(``podlatency.io/pinned: "true"``).
 The leader also names its own address in it (``podlatency.io/leader-url``), so that standby trainers
 forward the samples they receive to it: trainers need no rights over pods. Trainers may not create
 the ConfigMap (the chart does): RBAC cannot limit ``create`` to one name.
@@ -154,8 +155,8 @@ class RolloutConfigMap:
             "release that installed podlatency"
         )
 
-    def _metadata(self, annotations: dict[str, str] | None = None) -> client.V1ObjectMeta:
-        return client.V1ObjectMeta(name=self.name, namespace=self.namespace, annotations=annotations)
+    def _metadata(self) -> client.V1ObjectMeta:
+        return client.V1ObjectMeta(name=self.name, namespace=self.namespace)
 
     def _modify(self, change: Callable[[Any], bool], what: str) -> bool:
         """Read the ConfigMap, ``change`` it in place and replace it; True when it was written.

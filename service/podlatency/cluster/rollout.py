@@ -217,8 +217,12 @@ class ClusterRollout:
                 if self._declares_nothing(configmap):
                     fresh, _ = self.configmap.read()
                     version = self.trained_version()
-                    if self._declares_nothing(fresh) and version is not None:
-                        self.configmap.publish(self.record_for(version))
+                    published = (
+                        version is not None
+                        and self._declares_nothing(fresh)
+                        and self.configmap.publish(self.record_for(version))
+                    )
+                    if published:
                         self.events("Normal", "ModelPublished", f"declared model {version} (none was)")
             except ClusterUnavailable as error:
                 if not self.configmap_missing:
