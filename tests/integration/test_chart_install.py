@@ -269,8 +269,8 @@ def test_trainer_storage_and_switching_trainers_off(cluster: KubeEmulator) -> No
     volumes = named(objects, "Deployment", "pl-podlatency-trainer")["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "models", "persistentVolumeClaim": {"claimName": "pl-podlatency-trainer"}}
     single_node_volume = {"persistence": {"enabled": True, "accessModes": ["ReadWriteOnce"]}}
-    with pytest.raises(HelmError, match="ReadWriteMany"):
-        install(cluster, {"trainer": single_node_volume})
+    with pytest.raises(HelmError, match="ReadWriteMany"):  # a new release: Helm refuses to reuse "pl"
+        install(cluster, {"trainer": single_node_volume}, release_name="single")
 
     fresh = cluster.kubeconfig.parent / "fresh-cluster"
     fresh.mkdir()
