@@ -29,6 +29,7 @@ def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_bench_writes_its_results(tmp_path: Path) -> None:
     """A short benchmark run measures real servers, the naive one among them, and writes every figure."""
     result = run_module(

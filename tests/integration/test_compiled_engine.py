@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from podlatency.compiled import platform_key
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
@@ -44,6 +46,7 @@ def small_model_folder(folder: Path, seed: int) -> str:
     return bundle.version
 
 
+@pytest.mark.slow
 def test_a_new_model_compiles_and_switches_under_load_failing_no_request(
     tmp_path: Path, start_server: Any
 ) -> None:

@@ -31,6 +31,7 @@ def compare(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.slow
 def test_short_comparison_of_every_endpoint(tmp_path: Path) -> None:
     """A few seconds of real Locust per endpoint: all get requests, none fail, and the report parses."""
     result = compare("--users", "4", "--duration", "2", "--warmup", "1", "--out", str(tmp_path))
@@ -92,6 +93,7 @@ def test_full_comparison(tmp_path: Path) -> None:
     assert by_name["v1-predict"]["rps"] > 5 * by_name["to-thread"]["rps"]
 
 
+@pytest.mark.slow
 def test_distributed_mode(tmp_path: Path) -> None:
     """With --processes 2 Locust runs master and workers, and their requests are counted together."""
     result = compare(

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from benchmarks.clients import concurrent
 from benchmarks.otlp_receiver import OtlpReceiver, attribute
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -163,6 +164,7 @@ def closed_port() -> int:
     return port
 
 
+@pytest.mark.slow
 def test_collector_down_for_two_minutes_keeps_memory_flat_and_counts_drops(
     tmp_path: Path, model_dir: Path
 ) -> None:
