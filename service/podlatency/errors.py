@@ -23,6 +23,7 @@ The hierarchy::
     ├── SettingsError (500)            the configuration cannot be used
     ├── DeviceUnavailable (500)        ``cuda`` was asked for and there is no usable GPU
     └── CompileFailed (500)            a model could not be compiled; XGBoost keeps serving it (never sent)
+        └── CompileSuperseded (500)    another model replaced it before its compile finished (never sent)
 
 The HTTP layer maps them to responses in one place (:mod:`podlatency.web.errors`); the core never
 imports a web framework.

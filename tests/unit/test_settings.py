@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from podlatency.errors import SettingsError
-from podlatency.settings import Settings
+from podlatency.settings import ENV_PREFIX, Settings
 
 
 def test_environment_is_read_with_one_prefix(tmp_path: Path) -> None:
@@ -66,3 +68,33 @@ def test_bad_booleans_and_log_levels_are_refused() -> None:
         Settings.from_env({"PODLATENCY_VARIANTS": "maybe"})
     with pytest.raises(SettingsError, match="PODLATENCY_LOG_LEVEL"):
         Settings.from_env({"PODLATENCY_LOG_LEVEL": "loud"})
+
+
+def documented_settings() -> dict[str, str]:
+    """docs/configuration.md's table: each ``PODLATENCY_*`` variable and its documented default."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(PODLATENCY_[A-Z0-9_]+)` \| ([^|]*) \|", text, flags=re.MULTILINE)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_the_configuration_doc_lists_every_setting_and_no_other() -> None:
+    """docs/configuration.md has a row for every Settings field and for nothing else.
+
+    Each default it shows as a literal is the field's default; an empty default is shown as what it
+    means (``MODEL_DIR/compiled``, ``http://HOST:PORT``), and words or paths are not compared.
+    """
+    documented = documented_settings()
+    fields = {ENV_PREFIX + field.name.upper(): field for field in dataclasses.fields(Settings)}
+    assert sorted(documented) == sorted(fields), "documented and defined variables differ"
+    for name, shown in documented.items():
+        default = fields[name].default
+        literal = re.fullmatch(r"`([^`]*)`", shown)
+        if literal is None or isinstance(default, Path) or default in ("", dataclasses.MISSING):
+            continue  # described in words or by what empty means: nothing to compare
+        value = literal.group(1)
+        if isinstance(default, bool):
+            assert value == str(default).lower(), name
+        elif isinstance(default, (int, float)):
+            assert float(value) == float(default), name
+        else:
+            assert value == str(default), name
