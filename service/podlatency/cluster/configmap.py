@@ -221,18 +221,16 @@ class RolloutConfigMap:
                 self._guarded(on_quiet, "retrying the declared rollout")
                 # A watch the server ended at once (no error, no events) is not retried in a busy loop.
                 pause = max(0.0, WATCH_MIN_S - (time.monotonic() - started))
-            except ApiException as error:
-                if error.status == HTTP_GONE:
-                    logger.info("watch of ConfigMap %s expired (410 Gone); listing it again", self.name)
-                    resource_version = ""
-                    continue
-                failures, pause = failures + 1, self._backoff(failures + 1)
-                self._failed(describe_failure(error), pause)
-                resource_version = ""
             except Exception as error:  # any failure, foreseen or not, must not end the loop
-                failures, pause = failures + 1, self._backoff(failures + 1)
-                self._failed(f"{type(error).__name__}: {describe_failure(error)}", pause)
-                resource_version = ""
+                resource_version = ""  # list again
+                refused = isinstance(error, ApiException)
+                if isinstance(error, ApiException) and error.status == HTTP_GONE:
+                    logger.info("watch of ConfigMap %s expired (410 Gone); listing it again", self.name)
+                    continue
+                failures += 1
+                pause = self._backoff(failures)
+                cause = describe_failure(error)
+                self._failed(cause if refused else f"{type(error).__name__}: {cause}", pause)
             self._stopped.wait(pause)
         self._set_watching(False)
 
