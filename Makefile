@@ -33,8 +33,8 @@ run: $(VENV)/.installed-runtime
 	$(BIN)/podlatency serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check service tests loadtest benchmarks
-	$(BIN)/ruff format --check service tests loadtest benchmarks
+	$(BIN)/ruff check service tests measure
+	$(BIN)/ruff format --check service tests measure
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -46,11 +46,11 @@ test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-runtime
-	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m measure.bench
 
-# The endpoint comparison under Locust (loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
+# The endpoint comparison under Locust (measure/loadtest/README.md); e.g. make loadtest LOADTEST_ARGS="--nthread 0"
 loadtest: $(VENV)/.installed-loadtest
-	$(BIN)/python -m loadtest.compare $(LOADTEST_ARGS)
+	$(BIN)/python -m measure.loadtest.compare $(LOADTEST_ARGS)
 
 # Both container images, tagged as the chart expects them: $(IMAGE):v<appVersion>-cpu and -cuda
 # (docs/kubernetes.md, "Images"); e.g. make image IMAGE=registry.example.com/team/podlatency
@@ -65,7 +65,7 @@ GPU_OUT ?= gpu-results
 gpu-check: $(VENV)/.installed-dev
 	mkdir -p $(GPU_OUT)
 	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $(GPU_OUT)/machine.txt || true
-	$(BIN)/python -m benchmarks.gpu_bench --out $(GPU_OUT)
+	$(BIN)/python -m measure.gpu_bench --out $(GPU_OUT)
 	set -o pipefail; $(BIN)/pytest -m gpu -q tests/unit/test_predictor.py tests/integration/test_benchmarks.py 2>&1 | tee $(GPU_OUT)/gpu-tests.log
 
 # For a GPU machine without network access (scripts/gpu-check.sh runs what gpu-check runs, from these

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make gpu-check` for a GPU machine without network access: the CPU/GPU crossover
-# (`python -m benchmarks.gpu_bench`) and the GPU tests (`pytest -m gpu`), from wheels fetched beforehand.
+# (`python -m measure.gpu_bench`) and the GPU tests (`pytest -m gpu`), from wheels fetched beforehand.
 #
 # Prepare where there is network:   make gpu-wheels        # xgboost, msgspec, treelite, tl2cgen wheels
 # Run on the GPU machine:           bash scripts/gpu-check.sh   (with .gpu-wheels copied beside it)
@@ -19,7 +19,7 @@ export PYTHONPATH="$deps:$PWD/service:$PWD"
   "$PYTHON" -c "import sys, xgboost; print(sys.version.split()[0], 'xgboost', xgboost.__version__, xgboost.build_info().get('USE_CUDA'))" || true
 } | tee "$OUT/machine.txt"
 status=0
-timeout 300 "$PYTHON" -m benchmarks.gpu_bench --out "$OUT" || status=$?
+timeout 300 "$PYTHON" -m measure.gpu_bench --out "$OUT" || status=$?
 timeout 120 "$PYTHON" -m pytest -m gpu -p no:cacheprovider -o addopts="" --timeout 100 -q tests/unit/test_predictor.py \
   2>&1 | tee "$OUT/gpu-tests.log" || status=$?
 exit "$status"

@@ -1,4 +1,4 @@
-"""The ``podlatency`` command: ``serve``, ``train`` and ``samples`` (benchmarks live in ``benchmarks/``)."""
+"""The ``podlatency`` command: ``serve``, ``train`` and ``samples`` (measurement lives in ``measure/``)."""
 
 from __future__ import annotations
 

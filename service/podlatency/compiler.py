@@ -58,7 +58,7 @@ LIBRARY_SUFFIX = ".so"
 class BuildOptions:
     """How a booster becomes a library: gcc's options, and tl2cgen's ``quantize`` and parallelism.
 
-    The defaults are what ``python -m benchmarks.compile_options`` measured (docs/performance.md):
+    The defaults are what ``python -m measure.compile_options`` measured (docs/performance.md):
     ``-Os`` predicts fastest of gcc's levels with the model's code cold, as a server's requests find
     it, for about 1.4x the compile CPU of ``-O1``. ``quantize`` (integer comparisons) is faster still
     but predicts a value one float32 step below a split threshold on the wrong side for some models,

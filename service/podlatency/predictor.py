@@ -84,7 +84,7 @@ class Predictor:
 
     With ``device="cuda"``, a call of at least ``gpu_min_rows`` rows runs on the GPU, with its input
     copied to the device (cupy when installed); a smaller one runs on the CPU copy of the boosters,
-    where a launch and two copies would cost more than the prediction. ``python -m benchmarks.gpu_bench``
+    where a launch and two copies would cost more than the prediction. ``python -m measure.gpu_bench``
     measures the crossover on a given GPU.
     """
 

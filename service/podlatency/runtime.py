@@ -10,7 +10,7 @@ ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrai
 
 Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
 the embedded default in the background), then the watcher; in a cluster the declared version, then the
-rollout loops. Stop order: the loops, the baselines' pool, a compile in progress, then tracing (the span
+rollout loops. Stop order: the loops, a compile in progress, then tracing (the span
 writer, then the exporter, which flushes the spans still queued).
 """
 
@@ -33,7 +33,6 @@ from podlatency.training import TrainingOptions
 from podlatency.watcher import ActiveVersionWatcher
 
 if TYPE_CHECKING:
-    from podlatency.baselines.models import Baselines
     from podlatency.cluster.rollout import ClusterRollout
 
 logger = logging.getLogger(__name__)
@@ -73,12 +72,6 @@ class Runtime:
             objective=settings.objective,
         )
         self.watcher = ActiveVersionWatcher(self.service, settings.watch_interval_s)
-        self.baselines: Baselines | None = None
-        if settings.variants and self.predicts:
-            # Imported only when on: the baselines need pandas, which serving does not.
-            from podlatency.baselines.models import Baselines  # noqa: PLC0415
-
-            self.baselines = Baselines(settings.nthread)
 
     def start(self, *, load_model: bool = True) -> None:
         """Start the background loops and put a model in service (see the module's start order)."""
@@ -117,8 +110,6 @@ class Runtime:
         self.watcher.stop()
         if self.cluster is not None:
             self.cluster.stop()
-        if self.baselines is not None:
-            self.baselines.close()
         self.service.close()
         self.tracing.close()  # makes the spans still queued, and flushes the exporter
 

@@ -55,7 +55,7 @@ class Settings:
     """Worker threads that run the sync handlers in each process.
 
     The batched routes need none (they queue their rows from the event loop); ``/predict/bulk``, the
-    baselines and every route with batching off run on these: a waiting thread costs nothing but
+    seed designs and every route with batching off run on these: a waiting thread costs nothing but
     memory, and more of them make bigger batches (docs/performance.md).
     """
 
@@ -66,7 +66,7 @@ class Settings:
     """Where XGBoost predicts: ``cuda`` needs a GPU, ``auto`` uses one when XGBoost can."""
 
     gpu_min_rows: int = 256
-    """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``benchmarks.gpu_bench`` measures)."""
+    """On ``cuda``, calls with fewer rows run on the CPU (a guess until ``measure.gpu_bench`` measures)."""
 
     nthread: int = 1
     """OpenMP threads per XGBoost predict call (0 = all cores); 1 is fastest under concurrency."""
@@ -143,10 +143,11 @@ class Settings:
     log_level: LogLevel = "info"
     """Log level of the server process (debug, info, warning, error)."""
 
-    variants: bool = False
-    """Serve the baselines (the seed post's four endpoint designs, :mod:`podlatency.baselines`) under
-    ``/variants/``. Off by default, as in the chart: only load comparisons use them, and they import
-    pandas (tens of MB per process); the Locust comparison and ``make bench`` turn them on."""
+    extensions: str = ""
+    """Routes to serve beside podlatency's own: comma-separated ``module:attribute`` import paths, each
+    naming a function that takes the :class:`~podlatency.runtime.Runtime` and returns a
+    :class:`~podlatency.web.extensions.Extension`. Empty by default, as in the chart. The load
+    comparison serves the seed post's endpoint designs this way (``measure.seed_designs:extension``)."""
 
     rollout_configmap: str = ""
     """Kubernetes ConfigMap that declares the model version to serve; empty = follow the model folder."""
@@ -192,6 +193,11 @@ class Settings:
         """Where compiled models are cached (``PODLATENCY_COMPILED_DIR``, else inside the model folder)."""
         return Path(self.compiled_dir).expanduser() if self.compiled_dir else self.model_dir / "compiled"
 
+    @property
+    def extension_paths(self) -> tuple[str, ...]:
+        """``PODLATENCY_EXTENSIONS`` as a tuple of ``module:attribute`` import paths."""
+        return tuple(path.strip() for path in self.extensions.split(",") if path.strip())
+
     def validate(self) -> None:
         """Refuse values no process could run with, naming the variable."""
         checks: list[tuple[bool, str, str]] = [
@@ -226,6 +232,11 @@ class Settings:
             (self.log_level in get_args(LogLevel), "log_level", f"must be one of {get_args(LogLevel)}"),
             (self.watch_timeout_s >= 1, "watch_timeout_s", "must be >= 1"),
             (
+                all(_IMPORT_PATH.fullmatch(path) for path in self.extension_paths),
+                "extensions",
+                "must be comma-separated module:attribute import paths",
+            ),
+            (
                 not self.publish_url or self.publish_url.startswith(("http://", "https://")),
                 "publish_url",
                 "must be an http:// or https:// URL",
@@ -235,6 +246,9 @@ class Settings:
             if not ok:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} {rule}, got {getattr(self, name)!r}")
         check_lease_timings(self.lease_duration_s, self.lease_renew_deadline_s, self.lease_retry_period_s)
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def _slow_ms_valid(value: str) -> bool:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.otlp_receiver import OtlpReceiver
-from benchmarks.servers import LocalServer, ServerFailed
 
+from measure.otlp_receiver import OtlpReceiver
+from measure.servers import LocalServer, ServerFailed
 from podlatency.registry import ModelRegistry
 from tests.integration.kube_emulator import KubeEmulator
 

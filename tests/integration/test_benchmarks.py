@@ -1,4 +1,4 @@
-"""The benchmarks (``benchmarks/``) run as a user runs them, against real servers."""
+"""The benchmarks (``measure/``) run as a user runs them, against real servers."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.Comp
 def test_bench_writes_its_results(tmp_path: Path) -> None:
     """A short benchmark run measures real servers, the naive one among them, and writes every figure."""
     result = run_module(
-        "benchmarks.bench", "--requests", "100", "--concurrent-seconds", "0.5",
+        "measure.bench", "--requests", "100", "--concurrent-seconds", "0.5",
         "--levels", "1,4", "--sweep-seconds", "0.5", "--soak-seconds", "1", "--out", str(tmp_path),
         timeout=300,
     )  # fmt: skip
@@ -49,11 +49,11 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert "served_model_compute" not in head["naive"], "the naive server times no phases"
     assert results["raw_predict"]["compiled"]["p50_ms"] > 0
     assert results["raw_predict"]["xgboost"]["p50_ms"] > 0
-    assert results["server_rss_mb"] > results["server_rss_mb_without_variants"] > 0
+    assert results["server_rss_mb"] > results["server_rss_mb_without_seed_designs"] > 0
     assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
     assert "x naive" in result.stdout
     assert {"1_client_p50<=0.6x_naive", "16_clients_rps>=3x_naive"} <= set(results["targets"])
-    assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "baseline batch", "baseline to-thread"}
+    assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "seed batch", "seed to-thread"}
     assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
     assert results["soak_32_clients"]["rss_end_mb"] > 0
     tracing = results["tracing"]
@@ -69,7 +69,7 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
 @pytest.mark.skipif(cuda_usable(), reason="a GPU is present: the benchmark would run for real")
 def test_gpu_bench_without_gpu_says_so(tmp_path: Path) -> None:
     """The GPU benchmark on a machine without a GPU exits 2 with a plain message and writes nothing."""
-    result = run_module("benchmarks.gpu_bench", "--out", str(tmp_path / "out"))
+    result = run_module("measure.gpu_bench", "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "no usable GPU" in result.stdout
     assert not (tmp_path / "out").exists()
@@ -79,7 +79,7 @@ def test_gpu_bench_without_gpu_says_so(tmp_path: Path) -> None:
 @pytest.mark.skipif(not cuda_usable(), reason="no usable NVIDIA GPU on this machine")
 def test_gpu_bench_measures_the_crossover(tmp_path: Path) -> None:
     """On a GPU, the GPU benchmark times every batch size on CPU and GPU and writes the crossover."""
-    result = run_module("benchmarks.gpu_bench", "--out", str(tmp_path), timeout=300)
+    result = run_module("measure.gpu_bench", "--out", str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "gpu-results.json").read_text())
     assert set(results["median_ms_both_targets"]) == {"1", "7", "64", "512", "4096"}
@@ -94,7 +94,7 @@ def _children(pid: int) -> list[int]:
 def test_killed_bench_takes_its_server_down(tmp_path: Path) -> None:
     """When the benchmark is killed outright, the server it started goes down too."""
     bench = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.bench", "--requests", "100000", "--out", str(tmp_path)],
+        [sys.executable, "-m", "measure.bench", "--requests", "100000", "--out", str(tmp_path)],
         cwd=REPOSITORY,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -58,7 +58,7 @@ def test_a_new_model_compiles_and_switches_under_load_failing_no_request(
     )
     server.wait_for("/readyz", 200)
     run = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.compare", "--host", server.url, "--endpoints", "v1-predict",
+        [sys.executable, "-m", "measure.loadtest.compare", "--host", server.url, "--endpoints", "v1-predict",
          "--users", "4", "--duration", "14", "--warmup", "0.5", "--out", str(tmp_path / "report")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

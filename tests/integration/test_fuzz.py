@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from measure import seed_designs
+
 TOKEN = "fuzz-token"  # noqa: S105  (a test server's token)
 
 
 def test_no_route_answers_5xx_or_hangs(tmp_path: Path, model_dir: Path, start_server: Any) -> None:
-    """Schemathesis over all operations, with the write token, small limits and the seed variants on."""
+    """Schemathesis over all operations, with the write token, small limits and the seed designs on."""
     folder = tmp_path / "models"
     shutil.copytree(model_dir, folder)
     server = start_server(
@@ -31,7 +33,7 @@ def test_no_route_answers_5xx_or_hangs(tmp_path: Path, model_dir: Path, start_se
         PODLATENCY_BATCH_MAX_ROWS="64",
         PODLATENCY_RETRAIN_INTERVAL_S="0",
         PODLATENCY_RETRAIN_MIN_SAMPLES="1000000",
-        PODLATENCY_VARIANTS="true",
+        **seed_designs.serving_env(),
     )
     server.wait_for("/readyz", 200)
     command = [

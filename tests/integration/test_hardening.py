@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.servers import free_port
 
+from measure import seed_designs
+from measure.servers import free_port
 from podlatency.workload import pod_rows
 from tests.integration.conftest import Answer, ServerProcess
 
@@ -170,7 +171,7 @@ def test_a_rolling_restart_under_load_fails_no_request(tmp_path: Path, model_dir
     SIGTERM stops accepting connections and finishes the requests in flight, so no request that
     reached a server fails, and the client's retries to the other replica cover the rest.
     """
-    servers = [ServerProcess(model_dir, env={"PODLATENCY_VARIANTS": "false"}) for _ in range(2)]
+    servers = [ServerProcess(model_dir) for _ in range(2)]
     for server in servers:
         server.launch(tmp_path)
     client = RetryingClient(servers)
@@ -224,13 +225,13 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_spans(
             "OTEL_TRACES_SAMPLER": "always_on",
             "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing is exported before shutdown flushes it
             "PODLATENCY_BATCHING": "false",
-            "PODLATENCY_VARIANTS": "true",  # a baseline's per-row design keeps requests in flight
-        },
+        }
+        | seed_designs.serving_env(),  # the seed's per-row design keeps requests in flight
     ).launch(tmp_path)
     server.wait_for("/readyz", 200)
     body = {"pods": pod_rows(128, seed=9)}  # the seed's per-row design: slow enough to stay in flight
     with ThreadPoolExecutor(max_workers=8) as pool:
-        pending = [pool.submit(post, server, "/variants/to-thread", body) for _ in range(8)]
+        pending = [pool.submit(post, server, "/seed/to-thread", body) for _ in range(8)]
         deadline = time.monotonic() + 10
         while in_flight(server) < 8:
             assert time.monotonic() < deadline, "the 8 requests were never in flight together"
@@ -247,9 +248,9 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_spans(
 
 @pytest.mark.slow
 def test_overload_report_shows_shedding_keeps_latency(tmp_path: Path) -> None:
-    """`python -m loadtest.overload`: with 8x the capacity's users, shedding keeps answered p99 down."""
+    """`python -m measure.loadtest.overload`: 8x the capacity's users; shedding keeps answered p99 down."""
     out = tmp_path / "overload"
-    command = [sys.executable, "-m", "loadtest.overload", "--seconds", "8", "--out", str(out)]
+    command = [sys.executable, "-m", "measure.loadtest.overload", "--seconds", "8", "--out", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     runs = {run["label"]: run for run in json.loads((out / "results.json").read_text())}

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.servers import free_port
 from kubernetes import client, config
 
+from measure.servers import free_port
 from podlatency.cluster.configmap import LEADER_ANNOTATION, PINNED_ANNOTATION
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
@@ -79,7 +79,6 @@ def rollout_env(cluster: KubeEmulator, role: str, **extra: str) -> dict[str, str
         "PODLATENCY_LEASE_RETRY_PERIOD_S": "1",
         "PODLATENCY_WATCH_TIMEOUT_S": "5",
         "PODLATENCY_RETRAIN_INTERVAL_S": "0",
-        "PODLATENCY_VARIANTS": "false",
     } | extra
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.servers import free_port
 from kubernetes import client
 
+from measure.servers import free_port
 from podlatency.cluster.configmap import PINNED_ANNOTATION
 from tests.integration.conftest import ServerProcess
 from tests.integration.kube_emulator import KubeEmulator

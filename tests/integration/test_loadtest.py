@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loadtest.endpoints import ENDPOINTS
-from loadtest.report import PHASE_ORDER
 
+from measure.loadtest.endpoints import ENDPOINTS
+from measure.loadtest.report import PHASE_ORDER
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def compare(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loadtest.compare", *args],
+        [sys.executable, "-m", "measure.loadtest.compare", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -114,7 +114,7 @@ def test_a_model_swap_under_load_fails_no_request(tmp_path: Path, model_dir: Pat
     server = start_server(folder, PODLATENCY_WATCH_INTERVAL_S="0.2")
     old_version = server.wait_for("/readyz", 200).json()["model_version"]
     run = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.compare", "--host", server.url, "--endpoints", "v1-predict",
+        [sys.executable, "-m", "measure.loadtest.compare", "--host", server.url, "--endpoints", "v1-predict",
          "--users", "8", "--duration", "5", "--warmup", "1", "--out", str(tmp_path / "report")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import post_json
-
+from measure.clients import post_json
 from podlatency.bundle import ModelBundle
 from podlatency.registry import ModelRegistry
 from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle

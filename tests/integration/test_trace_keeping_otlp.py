@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.clients import concurrent
-from benchmarks.otlp_receiver import OtlpReceiver, attribute
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from measure.clients import concurrent
+from measure.otlp_receiver import OtlpReceiver, attribute
 from podlatency.workload import pod_rows
 from tests.integration.conftest import ServerProcess, corrupt_copy
 

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind
 
+from measure import seed_designs
 from podlatency.bundle import ModelBundle
 from podlatency.metrics import service_metrics
 from podlatency.registry import ModelRegistry
@@ -45,12 +46,12 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture
 def runtime(model_dir: Path, exporter: InMemorySpanExporter) -> Runtime:
-    return Runtime(cpu_settings(model_dir, max_pods=16, variants=True), all_traced(exporter))
+    return Runtime(cpu_settings(model_dir, max_pods=16), all_traced(exporter))
 
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(runtime)) as test_client:
+    with TestClient(create_app(runtime, extensions=[seed_designs.extension(runtime)])) as test_client:
         wait_ready(test_client)
         yield test_client
 
@@ -259,13 +260,13 @@ def test_status_names_the_stored_objective_before_the_model_is_loaded(tmp_path: 
     assert (status["is_ready"], status["objective_type"], status["quantile"]) == (False, "quantile", 0.9)
 
 
-@pytest.mark.parametrize("variant", ["to-thread", "thread-pool", "dedicated-pool"])
-def test_variant_traces_show_queue_wait_per_pod(
-    client: TestClient[Any], exporter: InMemorySpanExporter, variant: str, runtime: Runtime
+@pytest.mark.parametrize("design", ["to-thread", "thread-pool", "dedicated-pool"])
+def test_seed_design_traces_show_queue_wait_per_pod(
+    client: TestClient[Any], exporter: InMemorySpanExporter, design: str, runtime: Runtime
 ) -> None:
-    """Executor-based variants record, per pod, its wait in the executor queue and its run."""
+    """Executor-based seed designs record, per pod, its wait in the executor queue and its run."""
     exporter.clear()
-    assert client.post(f"/variants/{variant}", json={"pods": pod_rows(5)}).status_code == 200
+    assert client.post(f"/seed/{design}", json={"pods": pod_rows(5)}).status_code == 200
     assert runtime.tracing.writer.flush()
     spans = exporter.get_finished_spans()
     for name in ("queue_wait", "predict_one"):

@@ -64,8 +64,8 @@ def test_every_field_is_read_as_its_declared_type(tmp_path: Path) -> None:
 
 def test_bad_booleans_and_log_levels_are_refused() -> None:
     """A boolean that is not true/false and an unknown log level name their variables."""
-    with pytest.raises(SettingsError, match="PODLATENCY_VARIANTS"):
-        Settings.from_env({"PODLATENCY_VARIANTS": "maybe"})
+    with pytest.raises(SettingsError, match="PODLATENCY_BATCHING"):
+        Settings.from_env({"PODLATENCY_BATCHING": "maybe"})
     with pytest.raises(SettingsError, match="PODLATENCY_LOG_LEVEL"):
         Settings.from_env({"PODLATENCY_LOG_LEVEL": "loud"})
 

@@ -8,8 +8,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 import pytest
-from loadtest.calibration import coverage_by_quarter
 
+from measure.calibration import coverage_by_quarter
 from podlatency.cli import main
 from podlatency.errors import TrainingDataError
 from podlatency.registry import ModelRegistry
@@ -95,7 +95,7 @@ def test_quantile_coverage_holds_on_small_single_regime_data(tmp_path: Path) -> 
 
     Every training row is kept (none lost to a regime's share), for both targets.
 
-    The data set is one draw; ``python -m loadtest.calibration`` measures the spread over many.
+    The data set is one draw; ``python -m measure.calibration`` measures the spread over many.
     """
     rows, _ = single_regime_observations(3_000, seed=3)
     store = SampleStore(tmp_path)

@@ -2,21 +2,24 @@
 
 The runtime (:mod:`podlatency.runtime`) owns the process's components and their start and stop;
 routes receive the ones they need as typed Litestar dependencies (``service``, ``samples``,
-``publisher``, ``retrainer``, ``baselines``).
+``publisher``, ``retrainer``). Code outside the package adds routes as :mod:`extensions
+<podlatency.web.extensions>`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.types import Middleware
 
 from podlatency import __version__
 from podlatency.dataplane import PredictionService
@@ -26,19 +29,20 @@ from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
 from podlatency.web.errors import EXCEPTION_HANDLERS
+from podlatency.web.extensions import Extension, extensions_from_settings
 from podlatency.web.leader import ForwardToLeader
-from podlatency.web.phases import EdgeMiddleware
+from podlatency.web.phases import PREDICTION_PATHS, EdgeMiddleware
 
 logger = logging.getLogger(__name__)
 
 
-def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[Any]:
+def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[HTTPRouteHandler]:
     """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers.
 
     ``/v1/predict``, ``/predict`` and ``/predict/bulk/strict`` have one handler for each batching
     setting (the setting holds for the process).
     """
-    routes: list[Any] = [
+    routes: list[HTTPRouteHandler] = [
         health.healthz,
         health.readyz,
         routes_v1.model_info,
@@ -89,17 +93,19 @@ def dependencies_of(runtime: Runtime) -> dict[str, Provide]:
     def retrainer() -> Retrainer:
         return runtime.retrainer
 
-    def baselines() -> Any:  # podlatency.baselines.models.Baselines, which imports pandas: only when on
-        return runtime.baselines
-
     return {
         provider.__name__: Provide(provider, use_cache=True, sync_to_thread=False)
-        for provider in (service, samples, publisher, retrainer, baselines)
+        for provider in (service, samples, publisher, retrainer)
     }
 
 
-def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
+def create_app(
+    runtime: Runtime, *, load_model: bool = True, extensions: Sequence[Extension] = ()
+) -> Litestar:
     """Wire routes, middleware and error handlers onto ``runtime``; the app starts and stops it.
+
+    ``extensions`` add their routes and dependencies; the app closes them when it stops, before the
+    runtime.
 
     With ``load_model`` a stored model is loaded during start-up, before connections are accepted;
     when there is none, the embedded default is trained in a background thread, so the server answers
@@ -107,10 +113,12 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
     """
     settings = runtime.settings
     route_handlers = role_routes(predicts=runtime.predicts, trains=runtime.trains, batching=settings.batching)
-    if runtime.baselines is not None:
-        from podlatency.baselines import routes as baseline_routes  # noqa: PLC0415  (pandas: only when on)
-
-        route_handlers += baseline_routes.ROUTES
+    dependencies = dependencies_of(runtime)
+    prediction_paths: tuple[str, ...] = PREDICTION_PATHS
+    for extension in extensions:
+        route_handlers += extension.routes
+        dependencies |= extension.dependencies
+        prediction_paths += extension.prediction_paths
     # Guards and error handlers read the settings; the handler pool is the web layer's own.
     state = State({"settings": settings})
 
@@ -121,10 +129,12 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
         runtime.start(load_model=load_model)
 
     def stop(app: Litestar) -> None:
+        for extension in extensions:
+            extension.close()
         runtime.stop()
         state.handler_pool.shutdown(wait=False)
 
-    middleware: list[Any] = [EdgeMiddleware(runtime.tracing, settings.max_in_flight)]
+    middleware: list[Middleware] = [EdgeMiddleware(runtime.tracing, settings.max_in_flight, prediction_paths)]
     if runtime.trains and runtime.cluster is not None:
         # Standby trainers send sample writes on to the leader the rollout ConfigMap names.
         middleware.append(
@@ -132,7 +142,7 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
         )
     return Litestar(
         route_handlers=route_handlers,
-        dependencies=dependencies_of(runtime),
+        dependencies=dependencies,
         middleware=middleware,
         request_max_body_size=settings.max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -151,10 +161,11 @@ def create_app(runtime: Runtime, *, load_model: bool = True) -> Litestar:
 
 
 def app_from_env() -> Litestar:
-    """Factory for ``uvicorn --factory``: settings from ``PODLATENCY_*`` variables.
+    """Factory for ``uvicorn --factory``: settings and extensions from ``PODLATENCY_*`` variables.
 
     Runs in each server process, so each one freezes its start-up heap (see :func:`freeze_startup_heap`).
     """
-    app = create_app(Runtime(Settings.from_env()))
+    runtime = Runtime(Settings.from_env())
+    app = create_app(runtime, extensions=extensions_from_settings(runtime))
     freeze_startup_heap()
     return app

@@ -49,8 +49,8 @@ EDGE_KEY = "podlatency.edge"
 UNTRACED_PATHS = re.compile(r"^/healthz$|^/readyz$|^/metrics$|^/schema")
 """Probes, scrapes and the schema: no spans."""
 
-PREDICTION_PATHS = ("/v1/predict", "/predict", "/variants/")
-"""What the in-flight limit counts (and sheds)."""
+PREDICTION_PATHS = ("/v1/predict", "/predict")
+"""What the in-flight limit counts (and sheds); extensions add theirs."""
 
 
 def untraced(scope: Scope) -> bool:
@@ -139,9 +139,12 @@ class EdgeMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
     should_bypass_for_scope = staticmethod(unobserved)
 
-    def __init__(self, tracing: Tracing, max_in_flight: int = 0) -> None:
+    def __init__(
+        self, tracing: Tracing, max_in_flight: int = 0, prediction_paths: tuple[str, ...] = PREDICTION_PATHS
+    ) -> None:
         self._tracing = tracing
         self.max_in_flight = max_in_flight
+        self._prediction_paths = prediction_paths
         self.in_flight = 0
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
@@ -156,7 +159,7 @@ class EdgeMiddleware(ASGIMiddleware):
         status = 500  # until a response starts
         kept_trace_id: str | None = None  # the request-duration exemplar
         try:
-            if scope["path"].startswith(PREDICTION_PATHS):
+            if scope["path"].startswith(self._prediction_paths):
                 if self.max_in_flight and self.in_flight >= self.max_in_flight:
                     status = Overloaded.status_code
                     await self._shed(send)

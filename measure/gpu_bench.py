@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_bench``: the three predict engines per batch size, and the crossover.
+"""``python -m measure.gpu_bench``: the three predict engines per batch size, and the crossover.
 
 For batch sizes 1, 7, 64, 512 and 4096 rows of the embedded default model it times one predict call
 per target (both targets, the way a request is served) with compiled trees on the CPU, XGBoost
@@ -103,7 +103,7 @@ def run_gpu_benchmark(out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the GPU benchmark."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_bench", description="CPU vs GPU predict time"
+        prog="python -m measure.gpu_bench", description="CPU vs GPU predict time"
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for gpu-results.json")
     return run_gpu_benchmark(parser.parse_args(argv).out)

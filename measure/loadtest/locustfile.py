@@ -1,9 +1,9 @@
-"""Locust users, one per endpoint: the four baselines, ``/v1/predict`` and llm-d's bulk route.
+"""Locust users, one per endpoint: the four seed designs, ``/v1/predict`` and llm-d's bulk route.
 
 Every user sends the same realistic payloads (``LOADTEST_PODS`` pods per request, default 7, a mix of
 idle and queued pods from the synthetic workload) as fast as it can, and validates every answer:
 status 200, JSON, one finite, non-negative ``ttft_ms`` and ``tpot_ms`` per pod. Anything else is a
-Locust failure. Pick users by class name, e.g. ``locust -f loadtest/locustfile.py V1PredictUser``.
+Locust failure. Pick users by class name, e.g. ``locust -f measure/loadtest/locustfile.py V1PredictUser``.
 
 With ``LOADTEST_TIMES_DIR`` set, each Locust process also writes every request's exact response time
 (ms) after the ramp-up to ``<dir>/<pid>.txt``: Locust's own percentiles are read from rounded
@@ -115,27 +115,27 @@ class PredictorUser(FastHttpUser):
 
 
 class ToThreadUser(PredictorUser):
-    """Baseline, the post's original: per-pod ``asyncio.to_thread`` + ``gather``."""
+    """Seed design, the post's original: per-pod ``asyncio.to_thread`` + ``gather``."""
 
-    path = "/variants/to-thread"
+    path = "/seed/to-thread"
 
 
 class ThreadPoolUser(PredictorUser):
-    """Baseline, the post's solution 1: a new thread pool per request."""
+    """Seed design, the post's solution 1: a new thread pool per request."""
 
-    path = "/variants/thread-pool"
+    path = "/seed/thread-pool"
 
 
 class DedicatedPoolUser(PredictorUser):
-    """Baseline, the post's solution 2: one long-lived pool, ``run_in_executor`` per pod."""
+    """Seed design, the post's solution 2: one long-lived pool, ``run_in_executor`` per pod."""
 
-    path = "/variants/dedicated-pool"
+    path = "/seed/dedicated-pool"
 
 
-class BaselineBatchUser(PredictorUser):
-    """Baseline, the post's solution 3: one DataFrame per request."""
+class SeedBatchUser(PredictorUser):
+    """Seed design, the post's solution 3: one DataFrame per request."""
 
-    path = "/variants/batch"
+    path = "/seed/batch"
 
 
 class V1PredictUser(PredictorUser):

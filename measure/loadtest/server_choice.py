@@ -1,12 +1,12 @@
 """Measure the serving set-ups the defaults were chosen by: server, processes, nthread, batching.
 
     pip install granian            # optional: without it only uvicorn set-ups are measured
-    python -m loadtest.server_choice
+    python -m measure.loadtest.server_choice
 
 Each set-up serves the embedded default model; one keep-alive client measures the 1-client p50, then
 32 concurrent clients run for a few seconds (req/s, p50, p99). All on this machine in one run, so the
 figures compare; the clients share the machine's cores with the server. What tracing costs is
-measured by ``make bench`` (:mod:`benchmarks.tracing_cost`).
+measured by ``make bench`` (:mod:`measure.tracing_cost`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.clients import LatencySummary, concurrent, sequential_answers
-from benchmarks.servers import LocalServer, default_model_folder, process_tree_cpu_seconds
-
+from measure.clients import LatencySummary, concurrent, sequential_answers
+from measure.servers import LocalServer, default_model_folder, process_tree_cpu_seconds
 from podlatency.workload import pod_rows
 
 
@@ -54,7 +53,7 @@ class SetUp:
             ]  # fmt: skip
         if self.server == "floor":
             return [
-                sys.executable, "-m", "uvicorn", "loadtest.floor_app:app", "--host", "127.0.0.1",
+                sys.executable, "-m", "uvicorn", "measure.floor_app:app", "--host", "127.0.0.1",
                 "--port", str(port), "--workers", str(self.workers), "--no-access-log",
                 "--log-level", "warning",
             ]  # fmt: skip
@@ -89,7 +88,7 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
         "PODLATENCY_MODEL_DIR": str(model_dir),
         "PODLATENCY_DEVICE": "cpu",
         "PODLATENCY_LOG_LEVEL": "warning",
-        "PODLATENCY_MAX_IN_FLIGHT": "0",  # set-ups are compared unshed (see loadtest.overload)
+        "PODLATENCY_MAX_IN_FLIGHT": "0",  # set-ups are compared unshed (see measure.loadtest.overload)
         **set_up.env,
     }
     server = LocalServer(env, command=set_up.command).start()
@@ -114,7 +113,7 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
 def main(argv: list[str] | None = None) -> int:
     """Measure every available set-up and print a table; write ``server-choice.json``."""
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.server_choice", description=__doc__.split("\n\n")[0]
+        prog="python -m measure.loadtest.server_choice", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each 32-client run")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))

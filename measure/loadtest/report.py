@@ -14,7 +14,7 @@ PHASE_ORDER = (
 )  # fmt: skip
 """Phases in the order a request goes through them; any other phase follows, by name."""
 
-OURS_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
+OURS_COLOUR, SEED_COLOUR = "tab:blue", "tab:gray"
 
 
 def in_request_order(phases: set[str]) -> list[str]:
@@ -24,7 +24,7 @@ def in_request_order(phases: set[str]) -> list[str]:
 
 
 def is_ours(result: dict[str, Any]) -> bool:
-    """Whether an endpoint is one of podlatency's own (the rest are the seed post's baselines)."""
+    """Whether an endpoint is one of podlatency's own (the rest are the seed post's designs)."""
     return bool(str(result["design"]).startswith("ours"))
 
 
@@ -93,7 +93,7 @@ def _milliseconds(value: float) -> str:
 
 
 def chart(summary: dict[str, Any], path: Path) -> None:
-    """Latency percentiles and throughput per endpoint, both on log scales; ours in colour, baselines grey."""
+    """Latency percentiles and throughput per endpoint, on log scales; ours in colour, the seed's grey."""
     import matplotlib as mpl  # noqa: PLC0415  (only the report needs it)
 
     mpl.use("Agg")
@@ -102,7 +102,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     endpoints = summary["endpoints"]
     names = [result["name"] for result in endpoints]
     positions = list(range(len(names)))
-    colours = [OURS_COLOUR if is_ours(result) else BASELINE_COLOUR for result in endpoints]
+    colours = [OURS_COLOUR if is_ours(result) else SEED_COLOUR for result in endpoints]
     figure, (latency_axis, rps_axis) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.27
     shades = ((-width, "p50_ms", "p50", 1.0), (0.0, "p95_ms", "p95", 0.65), (width, "p99_ms", "p99", 0.35))
@@ -125,7 +125,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     rps_axis.set_xticks(positions, names, rotation=30, ha="right")
     from matplotlib.patches import Patch  # noqa: PLC0415
 
-    legend = [Patch(color=OURS_COLOUR, label="podlatency"), Patch(color=BASELINE_COLOUR, label="seed post")]
+    legend = [Patch(color=OURS_COLOUR, label="podlatency"), Patch(color=SEED_COLOUR, label="seed post")]
     rps_axis.legend(handles=legend, loc="upper left")
     settings = summary["settings"]
     figure.suptitle(

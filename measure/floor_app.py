@@ -1,7 +1,7 @@
 """The floor under any Litestar sync handler here: decode the body, answer a constant, nothing else.
 
-``python -m loadtest.server_choice`` serves it with the same uvicorn settings as ``podlatency serve``
-(``uvicorn loadtest.floor_app:app``), to show how much of a prediction request's cost is the HTTP
+``python -m measure.loadtest.server_choice`` serves it with the same uvicorn settings as ``podlatency serve``
+(``uvicorn measure.floor_app:app``), to show how much of a prediction request's cost is the HTTP
 stack itself: what batching cannot remove.
 """
 

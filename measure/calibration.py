@@ -1,6 +1,6 @@
 """How well quantile models hold their quantile across the range of load, over many small data sets.
 
-    python -m loadtest.calibration --draws 12
+    python -m measure.calibration --draws 12
 
 Each draw is a small deployment that sits in one regime (``workload.single_regime_observations``:
 3,000 requests, latency growing with tokens in flight, Gaussian or log-normal noise), kept in a

@@ -1,6 +1,6 @@
 """The seed post's own benchmark, rerun: 10 tasks of 20 ms ``time.sleep`` three ways.
 
-    python -m loadtest.seed_sleep_benchmark
+    python -m measure.seed_designs.sleep_benchmark
 
 The post reported 2,451 ms for ``asyncio.to_thread`` + ``gather`` against 25 ms for
 ``ThreadPoolExecutor.map``, and concluded that mixing asyncio with threads costs ~100x. Run here,

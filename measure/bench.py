@@ -1,23 +1,24 @@
 """``make bench``: serving latency, model compute and memory of real servers, in one run.
 
-    python -m benchmarks.bench [--soak-seconds 120] [--out bench-results]
+    python -m measure.bench [--soak-seconds 120] [--out bench-results]
 
 What it measures, all on this machine in one run so the figures compare:
 
 1. podlatency (compiled trees, the default; and XGBoost, the previous engine) against the naive server
-   a user would write after the seed post (:mod:`benchmarks.versus_naive`): 1-client p50 of a 7-pod
+   a user would write after the seed post (:mod:`measure.versus_naive`): 1-client p50 of a 7-pod
    ``/v1/predict``, and throughput at 16 keep-alive clients, as ratios to the naive server's;
 2. the server's own model compute (its ``predict_ttft`` + ``predict_tpot`` phases) against raw predict
    of the same matrix in this process, compiled and with XGBoost;
-3. resident memory of the serving process with and without the baselines, and of a bare process that
+3. resident memory of the serving process with and without the seed designs, and of a bare process that
    only imports Litestar, uvicorn and XGBoost, for scale;
 4. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
-   baselines' batch design and the seed post's original ``to-thread`` design, interleaved at each
+   seed post's batch design and its original ``to-thread`` design, interleaved at each
    level, best of two rounds per point;
 5. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
 
 podlatency runs with the embedded default model, on the CPU, with no trace exporter, and with the
-baselines on (``PODLATENCY_VARIANTS``; they load pandas) except for one memory reading without them.
+seed designs served beside it (:mod:`measure.seed_designs`; they load pandas) except for one memory
+reading without them.
 Its servers wait until the compiled engine serves (the compile is cached in the model folder).
 """
 
@@ -34,10 +35,11 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.clients import concurrent, sequential
-from benchmarks.servers import LocalServer, default_model_folder, loaded_point
-from benchmarks.tracing_cost import tracing_cost, tracing_lines
-from benchmarks.versus_naive import (
+from measure import seed_designs
+from measure.clients import concurrent, sequential
+from measure.servers import LocalServer, default_model_folder, loaded_point
+from measure.tracing_cost import tracing_cost, tracing_lines
+from measure.versus_naive import (
     head_to_head,
     naive_server,
     raw_predict,
@@ -53,7 +55,7 @@ def bench_server(
     model_dir: Path,
     nthread: int,
     *,
-    variants: bool = True,
+    with_seed_designs: bool = True,
     batching: bool = True,
     engine: str = "auto",
     tracing: dict[str, str] | None = None,
@@ -69,14 +71,14 @@ def bench_server(
             "PODLATENCY_ENGINE": engine,
             "PODLATENCY_NTHREAD": str(nthread),
             "PODLATENCY_LOG_LEVEL": "warning",
-            "PODLATENCY_VARIANTS": "true" if variants else "false",
             "PODLATENCY_BATCHING": "true" if batching else "false",
             # The sweep measures how each design copes with up to 128 clients, so nothing is shed
-            # (shedding is measured on its own: python -m loadtest.overload).
+            # (shedding is measured on its own: python -m measure.loadtest.overload).
             "PODLATENCY_MAX_IN_FLIGHT": "0",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
         }
+        | (seed_designs.serving_env() if with_seed_designs else {})
         | (tracing or {})
     ).start()
     server.wait_until("/readyz", 200)
@@ -99,8 +101,8 @@ def bare_process_rss_mb() -> float:
 SWEEP_ENDPOINTS = (
     ("v1 batching", "batching", "/v1/predict"),
     ("v1 no batching", "no-batching", "/v1/predict"),
-    ("baseline batch", "batching", "/variants/batch"),
-    ("baseline to-thread", "batching", "/variants/to-thread"),
+    ("seed batch", "batching", "/seed/batch"),
+    ("seed to-thread", "batching", "/seed/to-thread"),
 )
 
 
@@ -197,16 +199,16 @@ def run_benchmark(
             for server in servers.values():
                 server.stop()
 
-        server = bench_server(model_dir, nthread=1, variants=False)
+        server = bench_server(model_dir, nthread=1, with_seed_designs=False)
         try:
             sequential(server.port, body, 300)
-            rss_without_variants = server.rss_mb()
+            rss_without_seed_designs = server.rss_mb()
         finally:
             server.stop()
 
         print("tracing off, at the defaults, and on every request:", flush=True)
         tracing = tracing_cost(
-            lambda env: bench_server(model_dir, nthread=1, variants=False, tracing=env),
+            lambda env: bench_server(model_dir, nthread=1, with_seed_designs=False, tracing=env),
             body,
             clients=16,
             seconds=concurrent_seconds,
@@ -245,7 +247,7 @@ def run_benchmark(
         ),
         "tracing": tracing,
         "server_rss_mb": rss_after,
-        "server_rss_mb_without_variants": rss_without_variants,
+        "server_rss_mb_without_seed_designs": rss_without_seed_designs,
         "bare_litestar_xgboost_rss_mb": bare_rss,
         "sweep_seconds_per_round": sweep_seconds,
         "sweep_rounds": sweep_rounds,
@@ -263,7 +265,7 @@ def run_benchmark(
 def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """The throughput issue's targets, where the sweep measured the levels they name."""
     batched, plain, to_thread = (
-        sweep_results[name] for name in ("v1 batching", "v1 no batching", "baseline to-thread")
+        sweep_results[name] for name in ("v1 batching", "v1 no batching", "seed to-thread")
     )
     targets: dict[str, bool] = {}
     if "32" in batched:
@@ -280,8 +282,8 @@ def _print_summary(results: dict[str, Any]) -> None:
         f"served / raw compiled model compute: {results['served_compute_over_raw_compiled_p50']} "
         f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']}; server-like: "
         f"{results['served_compute_over_raw_compiled_server_like_p50']})",
-        f"server RSS: {results['server_rss_mb']} MB, {results['server_rss_mb_without_variants']} MB with "
-        "PODLATENCY_VARIANTS=false",
+        f"server RSS: {results['server_rss_mb']} MB, {results['server_rss_mb_without_seed_designs']} MB "
+        "without the seed designs",
         f"bare Litestar + XGBoost process RSS: {results['bare_litestar_xgboost_rss_mb']} MB",
     ]
     soak_figures = results["soak_32_clients"]
@@ -299,7 +301,7 @@ def _print_summary(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the benchmark."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench",
+        prog="python -m measure.bench",
         description="Serving latency, model compute and memory of a real server.",
     )
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")

@@ -1,13 +1,13 @@
 """Which options compiled trees are built with: compile cost against predict speed, on this machine.
 
-    python -m benchmarks.compile_options [--out bench-results] [--rounds 3]
+    python -m measure.compile_options [--out bench-results] [--rounds 3]
 
 Compiles the embedded default model's two boosters (TTFT and TPOT) with each candidate (gcc
 optimisation level, tl2cgen's ``quantize``, translation units, parallel compiler processes) and
 reports the compile's wall time, CPU time and library size; whether the outputs pass the check a
 server makes before a library serves (equal to XGBoost's on the check matrix); and both targets'
 predict time through the server's own binding (:class:`podlatency.compiled.CompiledModel`): 7 rows
-in the three CPU states of :mod:`benchmarks.cpu_state` (a tight loop, cold caches, server-like) and
+in the three CPU states of :mod:`measure.cpu_state` (a tight loop, cold caches, server-like) and
 98 rows in a tight loop, the best of interleaved rounds. ``podlatency.compiler`` uses the choice this
 measured (docs/performance.md): a rollout compiles in the background, so its CPU and memory are what
 serving gives up.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.cpu_state import CONDITIONS, CpuState
-from benchmarks.servers import default_model_folder
+from measure.cpu_state import CONDITIONS, CpuState
+from measure.servers import default_model_folder
 from podlatency.compiled import CompiledModel, outputs_agree
 from podlatency.compiler import BuildOptions, export_library
 from podlatency.predictor import Predictor
@@ -81,7 +81,7 @@ def predict_rounds(
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every candidate and write ``compile-options.json``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_options", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m measure.compile_options", description=main.__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved predict rounds; the best is kept")
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 A tight loop flatters native code: its instructions, constants and branch history stay in the CPU
 from one call to the next. Between two requests a server runs its HTTP stack instead, which pushes
 the model's code out of the caches and retrains the branch predictors on the interpreter. The three
-conditions here are the ones ``make bench`` and ``benchmarks.compile_options`` report:
+conditions here are the ones ``make bench`` and ``measure.compile_options`` report:
 
 - ``tight``: the same call again and again;
 - ``cold_caches``: 16 MB of memory touched between calls (untimed);
@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from benchmarks.clients import LatencySummary
+from measure.clients import LatencySummary
 
 CONDITIONS = ("tight", "cold_caches", "server_like")
 

@@ -1,4 +1,4 @@
-"""``/variants/``: the seed post's four endpoint designs, reproduced for the load comparison.
+"""``/seed/``: the seed post's four endpoint designs, reproduced for the load comparison.
 
 Each takes the same body as ``/v1/predict`` and answers in the same shape, from the same model, so
 Locust can drive them all alike. What differs is only how each runs the work:
@@ -28,7 +28,7 @@ from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
-from podlatency.baselines.models import BaselineModel, Baselines, PodResult, feature_dict
+from measure.seed_designs.models import PodResult, SeedDesigns, SeedModel, feature_dict
 from podlatency.dataplane import PredictionService
 from podlatency.schema import PredictRequest, decode_predict_request
 from podlatency.spans import PhaseRecorder
@@ -43,13 +43,13 @@ _BODY = json_body_operation(PredictRequest, "Same body as /v1/predict.")
 
 
 def _prepare(
-    body: bytes, service: PredictionService, baselines: Baselines, phases: PhaseRecorder
-) -> tuple[PredictRequest, BaselineModel, str]:
+    body: bytes, service: PredictionService, seed_designs: SeedDesigns, phases: PhaseRecorder
+) -> tuple[PredictRequest, SeedModel, str]:
     with phases.phase("decode"):
         request = decode_predict_request(body, service.settings.max_pods)
     model = service.holder.current()
     phases.attributes |= {"podlatency.pods": len(request.pods), "podlatency.model_version": model.version}
-    return request, baselines.models.for_model(model), model.version
+    return request, seed_designs.models.for_model(model), model.version
 
 
 def _record_pods(phases: PhaseRecorder, submitted_ns: int, results: Sequence[PodResult]) -> None:
@@ -74,19 +74,19 @@ def _answer(
     return Response(content, media_type=JSON)
 
 
-@post("/variants/to-thread", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
+@post("/seed/to-thread", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def to_thread(
     body: RawBody,
     scope: Scope,
     service: NamedDependency[PredictionService],
-    baselines: NamedDependency[Baselines],
+    seed_designs: NamedDependency[SeedDesigns],
 ) -> Response[bytes]:
     """The post's original: a task per pod around ``asyncio.to_thread``, then ``gather``."""
     with request_phases(scope, service) as phases:
-        request, baseline, version = _prepare(body, service, baselines, phases)
+        request, seed_model, version = _prepare(body, service, seed_designs, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
-        tasks = [asyncio.create_task(asyncio.to_thread(baseline.predict_one, row)) for row in rows]
+        tasks = [asyncio.create_task(asyncio.to_thread(seed_model.predict_one, row)) for row in rows]
         results = await asyncio.gather(*tasks)
         phases.record("gather", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
@@ -94,7 +94,7 @@ async def to_thread(
 
 
 @post(
-    "/variants/thread-pool",
+    "/seed/thread-pool",
     sync_to_thread=True,
     status_code=200,
     operation_class=_BODY,
@@ -104,57 +104,57 @@ def thread_pool(
     body: RawBody,
     scope: Scope,
     service: NamedDependency[PredictionService],
-    baselines: NamedDependency[Baselines],
+    seed_designs: NamedDependency[SeedDesigns],
 ) -> Response[bytes]:
     """Solution 1: a sync handler with a fresh ``ThreadPoolExecutor(max_workers=10)`` per request."""
     with request_phases(scope, service) as phases:
-        request, baseline, version = _prepare(body, service, baselines, phases)
+        request, seed_model, version = _prepare(body, service, seed_designs, phases)
         rows = [feature_dict(row) for row in request.pods]
         submitted_ns = time.time_ns()
         with ThreadPoolExecutor(max_workers=PER_REQUEST_POOL_WORKERS) as executor:
-            results = list(executor.map(baseline.predict_one, rows))
+            results = list(executor.map(seed_model.predict_one, rows))
         phases.record("pool_map", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
         return _answer(request, results, version, scope, phases)
 
 
-@post("/variants/dedicated-pool", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
+@post("/seed/dedicated-pool", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def dedicated_pool(
     body: RawBody,
     scope: Scope,
     service: NamedDependency[PredictionService],
-    baselines: NamedDependency[Baselines],
+    seed_designs: NamedDependency[SeedDesigns],
 ) -> Response[bytes]:
     """Solution 2: one long-lived 16-worker pool, ``run_in_executor`` per pod, then ``gather``."""
     with request_phases(scope, service) as phases:
-        request, baseline, version = _prepare(body, service, baselines, phases)
+        request, seed_model, version = _prepare(body, service, seed_designs, phases)
         rows = [feature_dict(row) for row in request.pods]
         loop = asyncio.get_running_loop()
-        pool = baselines.dedicated_pool
+        pool = seed_designs.dedicated_pool
         submitted_ns = time.time_ns()
-        futures = [loop.run_in_executor(pool, baseline.predict_one, row) for row in rows]
+        futures = [loop.run_in_executor(pool, seed_model.predict_one, row) for row in rows]
         results = await asyncio.gather(*futures)
         phases.record("gather", submitted_ns, time.time_ns())
         _record_pods(phases, submitted_ns, results)
         return _answer(request, results, version, scope, phases)
 
 
-@post("/variants/batch", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
+@post("/seed/batch", status_code=200, operation_class=_BODY, responses=PREDICTION_ERRORS)
 async def batch(
     body: RawBody,
     scope: Scope,
     service: NamedDependency[PredictionService],
-    baselines: NamedDependency[Baselines],
+    seed_designs: NamedDependency[SeedDesigns],
 ) -> Response[bytes]:
     """Solution 3: one DataFrame for all pods, one predict per target, run on the event loop."""
     with request_phases(scope, service) as phases:
-        request, baseline, version = _prepare(body, service, baselines, phases)
+        request, seed_model, version = _prepare(body, service, seed_designs, phases)
         with phases.phase("frame"):
-            matrix = baseline.frame([feature_dict(row) for row in request.pods])
+            matrix = seed_model.frame([feature_dict(row) for row in request.pods])
         predictions = {}
         for target in ("ttft", "tpot"):
             with phases.phase(f"predict_{target}"):
-                predictions[target] = baseline.predict_frame(target, matrix)
+                predictions[target] = seed_model.predict_frame(target, matrix)
         with phases.phase("encode"):
             content = encode_predictions(
                 request.pods,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Self
 
-from benchmarks.clients import concurrent
+from measure.clients import concurrent
 from podlatency.processes import die_with_parent
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings

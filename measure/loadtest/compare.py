@@ -1,7 +1,7 @@
 """Drive every endpoint with the same Locust load, one after another, and write a comparison report.
 
-    python -m loadtest.compare                       # starts its own server, 32 users x 20 s each
-    python -m loadtest.compare --host http://127.0.0.1:8000 --users 64 --processes 2
+    python -m measure.loadtest.compare                       # starts its own server, 32 users x 20 s each
+    python -m measure.loadtest.compare --host http://127.0.0.1:8000 --users 64 --processes 2
 
 For each endpoint it runs Locust headless with the same users, spawn rate and duration (stats are
 reset once all users are spawned, so the ramp-up is the warm-up), scrapes the server's
@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchmarks.servers import LocalServer, ServerFailed, default_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.endpoints import ENDPOINTS, Endpoint
-from loadtest.report import write_report
+from measure import seed_designs
+from measure.loadtest.endpoints import ENDPOINTS, Endpoint
+from measure.loadtest.report import write_report
+from measure.servers import LocalServer, ServerFailed, default_model_folder
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -67,7 +68,7 @@ class EndpointResult:
 
 
 class ComparedServer:
-    """``podlatency serve`` with the embedded default model and the baselines, for runs without ``--host``."""
+    """``podlatency serve`` with the embedded default and the seed designs, for runs without ``--host``."""
 
     def __init__(self, nthread: int, threads: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         self._folder = contextlib.ExitStack()
@@ -78,9 +79,9 @@ class ComparedServer:
             "PODLATENCY_NTHREAD": str(nthread),
             "PODLATENCY_THREADS": str(threads),
             "PODLATENCY_LOG_LEVEL": "warning",
-            # The designs are compared under the same queueing; shedding is loadtest.overload's.
+            # The designs are compared under the same queueing; shedding is measure.loadtest.overload's.
             "PODLATENCY_MAX_IN_FLIGHT": "0",
-            "PODLATENCY_VARIANTS": "true",  # the baselines are what it compares against
+            **seed_designs.serving_env(),  # the seed designs are what it compares against
         }
         self._server = LocalServer(settings | (env or {}), log_path=log_path).start()
         try:
@@ -241,7 +242,9 @@ def run_endpoint(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The runner's command line."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m measure.loadtest.compare", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--host", help="target server (loopback only); default: start one with the default model"
     )

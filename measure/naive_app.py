@@ -2,7 +2,7 @@
 
 A Litestar sync handler (on its worker-thread pool) decodes the body with msgspec, builds one float32
 matrix and calls ``inplace_predict`` once per target, with the same boosters. No batching, no
-phases, no spans. ``uvicorn benchmarks.naive_app:app``, with ``NAIVE_MODEL_DIR`` naming a model folder.
+phases, no spans. ``uvicorn measure.naive_app:app``, with ``NAIVE_MODEL_DIR`` naming a model folder.
 """
 
 from __future__ import annotations

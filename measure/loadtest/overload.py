@@ -1,7 +1,7 @@
 """Load shedding under overload, measured with Locust: accepted requests keep their latency.
 
-    python -m loadtest.overload                        # about 2 minutes; writes loadtest-results/overload/
-    python -m loadtest.overload --out docs/overload    # the report the docs quote
+    python -m measure.loadtest.overload                # about 2 minutes; writes loadtest-results/overload/
+    python -m measure.loadtest.overload --out docs/overload    # the report the docs quote
 
 One server process with the embedded default model. First the capacity: ``--capacity-users``
 closed-loop Locust users (no wait) against ``/v1/predict`` with no in-flight limit. Then
@@ -21,8 +21,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtest.compare import ComparedServer, EndpointResult, read_locust_stats, run_endpoint
-from loadtest.endpoints import Endpoint
+from measure.loadtest.compare import ComparedServer, EndpointResult, read_locust_stats, run_endpoint
+from measure.loadtest.endpoints import Endpoint
 from podlatency.settings import Settings
 
 ACCEPTED, SHED = "/v1/predict [accepted]", "/v1/predict [shed]"
@@ -69,8 +69,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     lines = [
         "# Load shedding under overload",
         "",
-        f"`python -m loadtest.overload --seconds {args.seconds:g}` ({args.pods}-pod requests, one server "
-        "process, Locust on the same machine; closed-loop users with no wait).",
+        f"`python -m measure.loadtest.overload --seconds {args.seconds:g}` ({args.pods}-pod requests, "
+        "one server process, Locust on the same machine; closed-loop users with no wait).",
         "",
         "| run | users | in-flight limit | answered req/s | answered p50 ms | answered p99 ms "
         "| shed req/s | shed p50 ms | shed p99 ms | failures |",
@@ -87,7 +87,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run capacity, overload without a limit, overload with the default limit; write the report."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest.overload", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m measure.loadtest.overload", description=__doc__)
     parser.add_argument("--capacity-users", type=int, default=32)
     parser.add_argument("--overload-users", type=int, default=256)
     parser.add_argument("--limit", type=int, default=Settings().max_in_flight)

@@ -1,4 +1,4 @@
-"""The baselines' prediction path: the seed post's, reproduced for the load comparison (not for serving).
+"""The seed designs' prediction path: the seed post's, reproduced for the load comparison (not for serving).
 
 The post predicted one pod at a time: a one-row pandas DataFrame, then the model's predict. Here the
 model's predict is ``Booster.predict`` on a DMatrix built from that DataFrame, the path XGBoost's
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import xgboost as xgb
+from litestar.di import Provide
 
 from podlatency.predictor import LoadedModel
 from podlatency.schema import FEATURE_NAMES, TARGETS, PodMetrics, feature_matrix
@@ -42,7 +43,7 @@ def feature_dict(row: PodMetrics) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, feature_matrix([row])[0].tolist(), strict=True))
 
 
-class BaselineModel:
+class SeedModel:
     """The post's per-row and per-batch predict over one model version."""
 
     def __init__(self, model: LoadedModel, nthread: int) -> None:
@@ -74,22 +75,22 @@ class BaselineModel:
         return np.maximum(predicted * self._scale.get(target, 1.0), 0.0)
 
 
-class BaselineModels:
-    """The :class:`BaselineModel` of whichever version is in service, rebuilt when it changes."""
+class SeedModels:
+    """The :class:`SeedModel` of whichever version is in service, rebuilt when it changes."""
 
     def __init__(self, nthread: int) -> None:
         self._nthread = nthread
-        self._current: BaselineModel | None = None
+        self._current: SeedModel | None = None
         self._lock = threading.Lock()
 
-    def for_model(self, model: LoadedModel) -> BaselineModel:
-        """The baseline model for ``model``'s version."""
+    def for_model(self, model: LoadedModel) -> SeedModel:
+        """The seed model for ``model``'s version."""
         current = self._current
         if current is not None and current.version == model.version:
             return current
         with self._lock:
             if self._current is None or self._current.version != model.version:
-                self._current = BaselineModel(model, self._nthread)
+                self._current = SeedModel(model, self._nthread)
             return self._current
 
 
@@ -97,15 +98,22 @@ DEDICATED_POOL_WORKERS = 16
 """Threads of the dedicated-pool design's long-lived pool (the post's solution 2)."""
 
 
-class Baselines:
-    """What the baseline routes share: the post's models of the version in service, and the dedicated pool."""
+class SeedDesigns:
+    """What the seed design routes share: the post's models of the version served, and the dedicated pool."""
 
     def __init__(self, nthread: int) -> None:
-        self.models = BaselineModels(nthread)
-        self.dedicated_pool = ThreadPoolExecutor(
-            DEDICATED_POOL_WORKERS, thread_name_prefix="baseline-dedicated-"
-        )
+        self.models = SeedModels(nthread)
+        self.dedicated_pool = ThreadPoolExecutor(DEDICATED_POOL_WORKERS, thread_name_prefix="seed-dedicated-")
 
     def close(self) -> None:
         """Let the dedicated pool finish its work and end its threads."""
         self.dedicated_pool.shutdown(wait=True)
+
+
+def provide(designs: SeedDesigns) -> Provide:
+    """``designs`` as the routes' ``seed_designs`` dependency (its annotation resolves in this module)."""
+
+    def seed_designs() -> SeedDesigns:
+        return designs
+
+    return Provide(seed_designs, use_cache=True, sync_to_thread=False)

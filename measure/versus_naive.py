@@ -1,7 +1,7 @@
 """``make bench``, head to head: podlatency against the naive server, and each predict engine raw.
 
 Three servers over the same model folder, measured in one run: the naive server
-(:mod:`benchmarks.naive_app`), podlatency with XGBoost (the previous engine) and podlatency with
+(:mod:`measure.naive_app`), podlatency with XGBoost (the previous engine) and podlatency with
 compiled trees (the default). For each: the 1-client p50 of a 7-pod ``/v1/predict`` and the
 throughput of 16 keep-alive clients, in interleaved rounds (the best round kept). In this process:
 both targets' raw predict on the request's matrix, with XGBoost and with the compiled libraries, in a
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.clients import LatencySummary, sequential, sequential_answers
-from benchmarks.cpu_state import CpuState
-from benchmarks.servers import LocalServer, loaded_point
+from measure.clients import LatencySummary, sequential, sequential_answers
+from measure.cpu_state import CpuState
+from measure.servers import LocalServer, loaded_point
 from podlatency.compiler import Compiler
 from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
@@ -33,7 +33,7 @@ def naive_server(model_dir: Path) -> LocalServer:
 
     def command(port: int) -> list[str]:
         return [
-            sys.executable, "-m", "uvicorn", "benchmarks.naive_app:app", "--host", "127.0.0.1",
+            sys.executable, "-m", "uvicorn", "measure.naive_app:app", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
 
@@ -47,7 +47,7 @@ def raw_predict(
 ) -> dict[str, dict[str, Any]]:
     """Both targets' predict on ``matrix`` in this process: XGBoost ``inplace_predict``, and compiled.
 
-    In the conditions of :mod:`benchmarks.cpu_state`: a tight loop (the best case), cold caches, and
+    In the conditions of :mod:`measure.cpu_state`: a tight loop (the best case), cold caches, and
     (compiled only) server-like, with the request ``body`` decoded between calls.
     """
     registry = ModelRegistry(model_dir)

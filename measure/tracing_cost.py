@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.otlp_receiver import OtlpReceiver
-from benchmarks.servers import LocalServer, loaded_point
+from measure.otlp_receiver import OtlpReceiver
+from measure.servers import LocalServer, loaded_point
 
 TRACING = ("off", "defaults", "every request")
 

@@ -1,6 +1,6 @@
 """What one 7-pod request costs in each design, without HTTP or concurrency.
 
-    python -m loadtest.seed_costs
+    python -m measure.seed_designs.costs
 
 It trains the embedded default model and times, for the same 7 pods and both targets: the seed's
 per-row path (one-row DataFrame -> DMatrix -> predict) run sequentially and through
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from podlatency.baselines.models import BaselineModel, feature_dict
+from measure.seed_designs.models import SeedModel, feature_dict
 from podlatency.bundle import ModelBundle
 from podlatency.predictor import LoadedModel, Predictor
 from podlatency.schema import TARGETS, PodMetrics, feature_matrix
@@ -44,22 +44,22 @@ def costs(bundle: ModelBundle, rows: list[PodMetrics], nthread: int) -> dict[str
     """Median milliseconds of each design for ``rows``, both targets, with ``nthread``."""
     features = [feature_dict(row) for row in rows]
     predictor = Predictor(bundle, "cpu", nthread=nthread)
-    baseline = BaselineModel(LoadedModel(predictor), nthread=nthread)
+    seed_model = SeedModel(LoadedModel(predictor), nthread=nthread)
     loop = asyncio.new_event_loop()
 
     async def to_thread_gather() -> None:
-        await asyncio.gather(*(asyncio.to_thread(baseline.predict_one, row) for row in features))
+        await asyncio.gather(*(asyncio.to_thread(seed_model.predict_one, row) for row in features))
 
     def seed_batch() -> None:
-        matrix = baseline.frame(features)
+        matrix = seed_model.frame(features)
         for target in TARGETS:
-            baseline.predict_frame(target, matrix)
+            seed_model.predict_frame(target, matrix)
 
     one_row = feature_matrix(rows[:1])
     try:
         return {
             "per-row DataFrame + predict, sequential": median_ms(
-                lambda: [baseline.predict_one(r) for r in features]
+                lambda: [seed_model.predict_one(r) for r in features]
             ),
             "per-row, asyncio.to_thread + gather": median_ms(
                 lambda: loop.run_until_complete(to_thread_gather())

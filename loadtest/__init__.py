@@ -1,1 +1,0 @@
-"""The Locust suite and the endpoint comparison runner (``python -m loadtest.compare``)."""
