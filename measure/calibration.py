@@ -21,11 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from podlatency.bundle import ModelBundle
-from podlatency.predictor import Predictor
-from podlatency.samples import ObservedSample, SampleStore, actual_ms
-from podlatency.schema import TARGETS, feature_matrix
-from podlatency.training import TrainingOptions, train_bundle
-from podlatency.workload import single_regime_observations
+from podlatency.engines.predictor import Predictor
+from podlatency.learning.samples import SampleStore, actual_ms
+from podlatency.learning.training import TrainingOptions, train_bundle
+from podlatency.learning.workload import single_regime_observations
+from podlatency.schema import TARGETS, ObservedSample, feature_matrix
 
 ALPHA = 0.9
 

@@ -6,9 +6,9 @@ Compiles the embedded default model's two boosters (TTFT and TPOT) with each can
 optimisation level, tl2cgen's ``quantize``, translation units, parallel compiler processes) and
 reports the compile's wall time, CPU time and library size; whether the outputs pass the check a
 server makes before a library serves (equal to XGBoost's on the check matrix); and both targets'
-predict time through the server's own binding (:class:`podlatency.compiled.CompiledModel`): 7 rows
+predict time through the server's own binding (:class:`podlatency.engines.compiled.CompiledModel`): 7 rows
 in the three CPU states of :mod:`measure.cpu_state` (a tight loop, cold caches, server-like) and
-98 rows in a tight loop, the best of interleaved rounds. ``podlatency.compiler`` uses the choice this
+98 rows in a tight loop, the best of interleaved rounds. ``podlatency.engines.compiling`` uses the choice this
 measured (docs/performance.md): a rollout compiles in the background, so its CPU and memory are what
 serving gives up.
 """
@@ -30,11 +30,11 @@ import numpy as np
 
 from measure.cpu_state import CONDITIONS, CpuState
 from measure.servers import default_model_folder
-from podlatency.compiled import CompiledModel, outputs_agree
-from podlatency.compiler import BuildOptions, export_library
-from podlatency.predictor import Predictor
+from podlatency.engines.compiled import CompiledModel, outputs_agree
+from podlatency.engines.compiling import BuildOptions, export_library
+from podlatency.engines.predictor import Predictor
+from podlatency.learning.workload import pod_rows
 from podlatency.registry import ModelRegistry
-from podlatency.workload import pod_rows
 
 CANDIDATES = (
     BuildOptions(("-O3",), quantize=False),  # tl2cgen's default level

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from podlatency.compiler import Compiler
-from podlatency.predictor import Predictor, cuda_usable
+from podlatency.engines.compiling import Compiler
+from podlatency.engines.predictor import Predictor, cuda_usable
+from podlatency.learning.training import TrainingOptions, embedded_default
+from podlatency.learning.workload import generate
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, embedded_default
-from podlatency.workload import generate
 
 BATCH_SIZES = (1, 7, 64, 512, 4096)
 POINT_SECONDS = 0.5

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from measure.clients import concurrent
+from podlatency.learning.training import TrainingOptions, embedded_default
 from podlatency.processes import die_with_parent
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, embedded_default
 
 
 class ServerFailed(RuntimeError):

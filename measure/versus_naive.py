@@ -21,8 +21,8 @@ import numpy as np
 from measure.clients import LatencySummary, sequential, sequential_answers
 from measure.cpu_state import CpuState
 from measure.servers import LocalServer, loaded_point
-from podlatency.compiler import Compiler
-from podlatency.predictor import Predictor
+from podlatency.engines.compiling import Compiler
+from podlatency.engines.predictor import Predictor
 from podlatency.registry import ModelRegistry
 
 CONTENDERS = ("naive", "podlatency xgboost", "podlatency compiled")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from podlatency.bundle import ModelBundle
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.registry import ModelRegistry
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from locust import FastHttpUser, constant, events, task
 
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 
 PODS = int(os.environ.get("LOADTEST_PODS", "7"))
 PAYLOAD_VARIETY = 64

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from measure.clients import LatencySummary, concurrent, sequential_answers
 from measure.servers import LocalServer, default_model_folder, process_tree_cpu_seconds
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import msgspec
 
 from measure.seed_designs.models import SeedModel, feature_dict
 from podlatency.bundle import ModelBundle
-from podlatency.predictor import LoadedModel, Predictor
+from podlatency.engines.predictor import LoadedModel, Predictor
+from podlatency.learning.training import TrainingOptions, embedded_default
+from podlatency.learning.workload import pod_rows
 from podlatency.schema import TARGETS, PodMetrics, feature_matrix
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, embedded_default
-from podlatency.workload import pod_rows
 
 REPEATS = 300
 

@@ -24,7 +24,7 @@ import pandas as pd
 import xgboost as xgb
 from litestar.di import Provide
 
-from podlatency.predictor import LoadedModel
+from podlatency.engines.predictor import LoadedModel
 from podlatency.schema import FEATURE_NAMES, TARGETS, PodMetrics, feature_matrix
 
 

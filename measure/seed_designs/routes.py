@@ -29,9 +29,9 @@ from litestar.params import RawBody
 from litestar.types import Scope
 
 from measure.seed_designs.models import PodResult, SeedDesigns, SeedModel, feature_dict
-from podlatency.dataplane import PredictionService
+from podlatency.prediction_service import PredictionService
 from podlatency.schema import PredictRequest, decode_predict_request
-from podlatency.spans import PhaseRecorder
+from podlatency.tracing.phase_spans import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.openapi import PREDICTION_ERRORS, json_body_operation
 from podlatency.web.phases import request_phases

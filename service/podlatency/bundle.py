@@ -40,7 +40,7 @@ class ModelBundle:
 
     ``prediction_scale`` holds, per target of a quantile model, the factor its booster's output is
     multiplied by: the calibration that makes the quantile hold on rows the booster never saw
-    (:func:`podlatency.training.calibrate`). Targets not in it are not scaled.
+    (:func:`podlatency.learning.training.calibrate`). Targets not in it are not scaled.
     """
 
     boosters: dict[str, xgb.Booster]

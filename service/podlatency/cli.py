@@ -86,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run uvicorn on the app factory; flags become PODLATENCY_* variables so every worker sees them."""
     import uvicorn  # noqa: PLC0415  (keeps `podlatency train --help` fast)
 
-    from podlatency.predictor import resolve_device  # noqa: PLC0415
+    from podlatency.engines.predictor import resolve_device  # noqa: PLC0415
 
     overrides = {
         field.name: getattr(args, field.name, None)
@@ -117,7 +117,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _ensure_model(settings: Settings) -> None:
     """Train the embedded default once, before several workers start, so none serves later than another."""
-    from podlatency.dataplane import PredictionService  # noqa: PLC0415
+    from podlatency.prediction_service import PredictionService  # noqa: PLC0415
 
     service = PredictionService(settings)
     if service.registry.active_version() is None:
@@ -126,13 +126,9 @@ def _ensure_model(settings: Settings) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Train from a sample file or the synthetic workload; nothing is written on bad input."""
+    from podlatency.learning.sample_files import read_samples  # noqa: PLC0415
+    from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle  # noqa: PLC0415
     from podlatency.registry import ModelRegistry  # noqa: PLC0415
-    from podlatency.training import (  # noqa: PLC0415
-        TrainingOptions,
-        read_samples,
-        synthetic_training_set,
-        train_bundle,
-    )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic is not None:
@@ -157,7 +153,7 @@ def train(args: argparse.Namespace) -> int:
 def samples(args: argparse.Namespace) -> int:
     """Write a synthetic samples file."""
     from podlatency.errors import TrainingDataError  # noqa: PLC0415
-    from podlatency.training import write_synthetic_samples  # noqa: PLC0415
+    from podlatency.learning.sample_files import write_synthetic_samples  # noqa: PLC0415
 
     if args.synthetic < 1 or args.slowdown <= 0:
         raise TrainingDataError("--synthetic must be >= 1 and --slowdown > 0")

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import msgspec
 
-from podlatency.dataplane import RolloutStatus
-from podlatency.schema import PodMetrics
+from podlatency.prediction_service import RolloutStatus
+from podlatency.schema import MAX_SAMPLES_PER_REQUEST, ObservedSample, PodMetrics
 
 MAX_BULK_ROWS = 10_000
 
@@ -69,6 +69,12 @@ class BulkPredictionResponseWithErrors(msgspec.Struct, frozen=True):
     successful_predictions: int
     failed_predictions: int
     processing_time_ms: float
+
+
+class TrainingDataBulkRequest(msgspec.Struct, frozen=True):
+    """Body of llm-d's ``POST /add_training_data_bulk``."""
+
+    entries: Annotated[list[ObservedSample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_REQUEST)]
 
 
 class StatusResponse(msgspec.Struct, frozen=True):

@@ -6,7 +6,7 @@ in; nothing here imports a web framework.
 What a process runs depends on its role (``PODLATENCY_ROLE``): predictors serve predictions and follow
 the model folder (:class:`~podlatency.watcher.ActiveVersionWatcher`) or, in a cluster, the rollout
 ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrain
-(:class:`~podlatency.retraining.Retrainer`); ``both`` does all of it.
+(:class:`~podlatency.learning.retraining.Retrainer`); ``both`` does all of it.
 
 Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
 the embedded default in the background), then the watcher; in a cluster the declared version, then the
@@ -21,15 +21,16 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from podlatency.compiler import Compiler
-from podlatency.dataplane import PredictionService
-from podlatency.keeping import slow_thresholds
+from podlatency.engines.compiling import Compiler
+from podlatency.learning.publishing import FolderPublisher, Publisher
+from podlatency.learning.retraining import Retrainer, RetrainPolicy
+from podlatency.learning.samples import SampleStore
+from podlatency.learning.training import TrainingOptions
 from podlatency.metrics import service_metrics
-from podlatency.retraining import FolderPublisher, Publisher, Retrainer, RetrainPolicy
-from podlatency.samples import SampleStore
+from podlatency.prediction_service import PredictionService
 from podlatency.settings import Settings
-from podlatency.tracing import Tracing
-from podlatency.training import TrainingOptions
+from podlatency.tracing.otel import Tracing
+from podlatency.tracing.tail_sampling import slow_thresholds
 from podlatency.watcher import ActiveVersionWatcher
 
 if TYPE_CHECKING:

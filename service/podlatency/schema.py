@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -106,6 +107,40 @@ class PredictResponse(msgspec.Struct, frozen=True):
     predictions: list[PodPrediction]
     model_version: str
     timing_ms: dict[str, float]
+
+
+Latency = Annotated[float, msgspec.Meta(ge=0.0, le=float(MAX_COUNT))]
+"""An observed latency in milliseconds (0 = not observed)."""
+MAX_SAMPLES_PER_REQUEST = 10_000
+ACTUAL_COLUMNS = {"ttft": "actual_ttft_ms", "tpot": "actual_tpot_ms"}
+"""Each target's observed-latency field (and column of a samples file)."""
+
+
+class ObservedSample(PodMetrics, frozen=True, kw_only=True):
+    """A pod's metrics and what the request actually took (llm-d's shape; unknown fields ignored).
+
+    ``timestamp`` (RFC3339, as the router sends it) is kept with the row; it does not change learning.
+    """
+
+    actual_ttft_ms: Latency
+    actual_tpot_ms: Latency
+    timestamp: datetime | None = None
+
+
+class StrictObservedSample(PodFeatures, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The same, with unknown fields refused (our ``/v1`` API)."""
+
+    actual_ttft_ms: Latency
+    actual_tpot_ms: Latency
+    timestamp: datetime | None = None
+
+
+class SamplesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/samples``."""
+
+    samples: Annotated[
+        list[StrictObservedSample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_REQUEST)
+    ]
 
 
 _PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from podlatency.dataplane import PredictionService
 from podlatency.errors import PodlatencyError
 from podlatency.metrics import service_metrics
 from podlatency.periodic import PeriodicTask
+from podlatency.prediction_service import PredictionService
 
 logger = logging.getLogger(__name__)
 

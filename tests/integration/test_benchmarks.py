@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from podlatency.predictor import cuda_usable
+from podlatency.engines.predictor import cuda_usable
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from podlatency.predictor import cuda_usable
-from podlatency.workload import pod_rows
+from podlatency.engines.predictor import cuda_usable
+from podlatency.learning.workload import pod_rows
 
 
 def run_cli(

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from podlatency.compiled import platform_key
+from podlatency.engines.compiled import platform_key
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import pod_rows
 from podlatency.registry import ModelRegistry
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
-from podlatency.workload import pod_rows
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ import pytest
 
 from measure import seed_designs
 from measure.servers import free_port
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 from tests.integration.conftest import Answer, ServerProcess
 
 SAMPLE = pod_rows(1)[0] | {"actual_ttft_ms": 120.0, "actual_tpot_ms": 12.0}

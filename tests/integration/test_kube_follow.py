@@ -22,8 +22,8 @@ from kubernetes import client
 from podlatency.bundle import ModelBundle
 from podlatency.cluster.configmap import RolloutConfigMap
 from podlatency.cluster.rollout import ClusterRollout
-from podlatency.dataplane import PredictionService
 from podlatency.errors import ClusterUnavailable
+from podlatency.prediction_service import PredictionService
 from podlatency.settings import Settings
 from tests.integration.kube_emulator import KubeEmulator
 from tests.integration.test_chart_install import install

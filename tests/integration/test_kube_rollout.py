@@ -28,9 +28,9 @@ from kubernetes import client, config
 
 from measure.servers import free_port
 from podlatency.cluster.configmap import LEADER_ANNOTATION, PINNED_ANNOTATION
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import generate, pod_rows
 from podlatency.registry import ModelRegistry
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
-from podlatency.workload import generate, pod_rows
 from tests.integration.conftest import ServerProcess
 from tests.integration.kube_emulator import KubeEmulator
 from tests.integration.test_chart_install import install, upgrade

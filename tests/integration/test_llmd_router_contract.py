@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from podlatency.cli import main as cli_main
-from podlatency.workload import generate, router_observations
+from podlatency.learning.workload import generate, router_observations
 
 GO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 LEARNING_ENV = {

@@ -14,8 +14,8 @@ import pytest
 
 from measure.loadtest.endpoints import ENDPOINTS
 from measure.loadtest.report import PHASE_ORDER
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.registry import ModelRegistry
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from measure import seed_designs
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 
 DESIGNS = ["to-thread", "thread-pool", "dedicated-pool", "batch"]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from measure.clients import post_json
 from podlatency.bundle import ModelBundle
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import generate, pod_rows
 from podlatency.registry import ModelRegistry
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
-from podlatency.workload import generate, pod_rows
 from tests.integration.conftest import corrupt_copy
 
 ROW = {

@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from measure.clients import concurrent
 from measure.otlp_receiver import OtlpReceiver, attribute
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 from tests.integration.conftest import ServerProcess, corrupt_copy
 
 PHASES = {

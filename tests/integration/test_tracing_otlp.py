@@ -9,7 +9,7 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from podlatency.workload import pod_rows
+from podlatency.learning.workload import pod_rows
 
 PHASES = {
     "dispatch", "decode", "frame", "batch_wait", "predict_ttft", "predict_tpot", "resume", "encode",

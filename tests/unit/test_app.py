@@ -23,15 +23,15 @@ from opentelemetry.trace import SpanKind
 
 from measure import seed_designs
 from podlatency.bundle import ModelBundle
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import generate, pod_rows
 from podlatency.metrics import service_metrics
 from podlatency.registry import ModelRegistry
 from podlatency.runtime import Runtime
 from podlatency.settings import Settings
-from podlatency.tracing import Tracing
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.tracing.otel import Tracing
 from podlatency.web.app import create_app
 from podlatency.web.batched import INLINE_BODY_BYTES
-from podlatency.workload import generate, pod_rows
 
 PHASES = {
     "dispatch", "decode", "frame", "batch_wait", "predict_ttft", "predict_tpot", "resume", "encode",

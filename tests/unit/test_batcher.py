@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from podlatency.batcher import BatchOutcome, FloatMatrix, MicroBatcher, TargetArrays
+from podlatency.engines.batching import BatchOutcome, FloatMatrix, MicroBatcher, TargetArrays
 
 
 class RowSums:

@@ -14,11 +14,11 @@ import pytest
 import xgboost as xgb
 
 from podlatency.bundle import ModelBundle, load_bundle
+from podlatency.engines.predictor import Predictor
 from podlatency.errors import ModelLoadError
-from podlatency.predictor import Predictor
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.registry import ModelRegistry
 from podlatency.schema import FEATURE_NAMES
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 
 def test_round_trip_keeps_version_and_predictions(tmp_path: Path, small_bundle: ModelBundle) -> None:

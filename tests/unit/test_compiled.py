@@ -12,14 +12,20 @@ import numpy as np
 import pytest
 
 from podlatency.bundle import ModelBundle
-from podlatency.compiled import ENGINE_COMPILED, ENGINE_XGBOOST, CompiledModel, check_matrix, outputs_agree
-from podlatency.compiler import BUILD_OPTIONS, MANIFEST_FILE, Compiler, export_library
+from podlatency.engines.compiled import (
+    ENGINE_COMPILED,
+    ENGINE_XGBOOST,
+    CompiledModel,
+    check_matrix,
+    outputs_agree,
+)
+from podlatency.engines.compiling import BUILD_OPTIONS, MANIFEST_FILE, Compiler, export_library
+from podlatency.engines.predictor import Predictor
 from podlatency.errors import CompileFailed
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.metrics import service_metrics
-from podlatency.predictor import Predictor
 from podlatency.registry import ModelRegistry
 from podlatency.schema import FEATURE_NAMES, MAX_COUNT, add_derived_columns
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podlatency.errors import ClientError
-from podlatency.llmd_schema import BulkPredictionRequest, FlushRequest
-from podlatency.samples import SamplesRequest, TrainingDataBulkRequest
+from podlatency.llmd_schema import BulkPredictionRequest, FlushRequest, TrainingDataBulkRequest
 from podlatency.schema import (
     FEATURE_NAMES,
     MAX_COUNT,
     RAW_FEATURES,
     PodMetrics,
     PredictRequest,
+    SamplesRequest,
     decode_json,
     decode_predict_request,
     feature_matrix,

@@ -11,13 +11,13 @@ from litestar import get
 from litestar.di import NamedDependency, Provide
 from litestar.testing import TestClient
 
-from podlatency.dataplane import PredictionService
 from podlatency.errors import SettingsError
+from podlatency.prediction_service import PredictionService
 from podlatency.runtime import Runtime
 from podlatency.settings import Settings
 from podlatency.web.app import create_app
+from podlatency.web.edge import EdgeMiddleware
 from podlatency.web.extensions import Extension, extensions_from_settings, import_extension
-from podlatency.web.phases import EdgeMiddleware
 from tests.unit.test_app import cpu_settings, wait_ready
 
 PACKAGE = Path(__file__).resolve().parents[2] / "service" / "podlatency"

@@ -27,12 +27,17 @@ from podlatency.cluster.configmap import PINNED_ANNOTATION, bookmark_version, re
 from podlatency.cluster.election import LeaseElection, LeaseTimings, _StoppableLeaseLock
 from podlatency.cluster.follower import ModelFollower, RolloutRecord
 from podlatency.cluster.rollout import ClusterRollout
-from podlatency.dataplane import PredictionService
 from podlatency.errors import ClusterUnavailable, InvalidRollout, SettingsError
+from podlatency.learning.training import (
+    TrainingOptions,
+    embedded_default,
+    synthetic_training_set,
+    train_bundle,
+)
 from podlatency.metrics import service_metrics
+from podlatency.prediction_service import PredictionService
 from podlatency.registry import ModelRegistry
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, embedded_default, synthetic_training_set, train_bundle
 
 
 def configmap(data: dict[str, str] | None, annotations: dict[str, str] | None = None) -> client.V1ConfigMap:

@@ -8,10 +8,10 @@ import pytest
 import xgboost as xgb
 
 from podlatency.bundle import ModelBundle
+from podlatency.engines.predictor import ModelHolder, Predictor, cuda_usable, resolve_device
 from podlatency.errors import DeviceUnavailable
-from podlatency.predictor import ModelHolder, Predictor, cuda_usable, resolve_device
+from podlatency.learning.workload import pod_rows
 from podlatency.schema import FEATURE_NAMES, PodMetrics, feature_matrix
-from podlatency.workload import pod_rows
 
 
 def rows(count: int, seed: int = 11) -> list[PodMetrics]:

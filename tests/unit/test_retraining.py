@@ -9,14 +9,15 @@ from pathlib import Path
 import msgspec
 
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import PredictionService
+from podlatency.learning.retraining import Retrainer, RetrainPolicy
+from podlatency.learning.samples import SampleStore
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import generate, router_observations
 from podlatency.metrics import service_metrics
+from podlatency.prediction_service import PredictionService
 from podlatency.registry import ModelRegistry
-from podlatency.retraining import Retrainer, RetrainPolicy
-from podlatency.samples import ObservedSample, SampleStore
+from podlatency.schema import ObservedSample
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
-from podlatency.workload import generate, router_observations
 
 
 def observed(count: int, seed: int, slowdown: float = 1.0) -> list[ObservedSample]:

@@ -9,15 +9,9 @@ import msgspec
 import pytest
 
 from podlatency.errors import InvalidField
-from podlatency.samples import (
-    REGIMES,
-    ObservedSample,
-    SamplesRequest,
-    SampleStore,
-    TrainingDataBulkRequest,
-    regime_of,
-)
-from podlatency.schema import FEATURE_NAMES, decode_json
+from podlatency.learning.samples import REGIMES, SampleStore, regime_of
+from podlatency.llmd_schema import TrainingDataBulkRequest
+from podlatency.schema import FEATURE_NAMES, ObservedSample, SamplesRequest, decode_json
 
 BASE: dict[str, Any] = {
     "kv_cache_percentage": 0.2,

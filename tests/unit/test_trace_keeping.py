@@ -14,11 +14,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind
 
-from podlatency.keeping import FixedThreshold, NeverSlow, SlowThresholds
+from podlatency.learning.workload import pod_rows
 from podlatency.runtime import Runtime
-from podlatency.tracing import Tracing
+from podlatency.tracing.otel import Tracing
+from podlatency.tracing.tail_sampling import FixedThreshold, NeverSlow, SlowThresholds
 from podlatency.web.app import create_app
-from podlatency.workload import pod_rows
 from tests.unit.test_app import PHASES, cpu_settings, wait_ready
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

@@ -17,8 +17,12 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from podlatency.errors import SettingsError
-from podlatency.export import PROBE_INTERVAL_S, BoundedExport, span_drops
-from podlatency.keeping import (
+from podlatency.metrics import service_metrics
+from podlatency.settings import Settings
+from podlatency.tracing.bounded_export import PROBE_INTERVAL_S, BoundedExport, span_drops
+from podlatency.tracing.otel import Tracing, head_sampler
+from podlatency.tracing.phase_spans import PhaseRecorder, SpanWriter
+from podlatency.tracing.tail_sampling import (
     ERROR,
     SAMPLED,
     SLOW,
@@ -30,10 +34,6 @@ from podlatency.keeping import (
     slow_thresholds,
     upper_edge,
 )
-from podlatency.metrics import service_metrics
-from podlatency.settings import Settings
-from podlatency.spans import PhaseRecorder, SpanWriter
-from podlatency.tracing import Tracing, head_sampler
 
 
 def samples_new_trace(sampler: Sampler, trace_id: int = 1) -> bool:
@@ -203,7 +203,7 @@ def test_a_full_span_writer_drops_counts_and_logs_once_a_minute(caplog: pytest.L
     writer = SpanWriter(max_pending=0)  # full from the start
     counter = service_metrics().spans_dropped.labels("writer_full")
     before = counter._value.get()
-    caplog.set_level("WARNING", logger="podlatency.export")
+    caplog.set_level("WARNING", logger="podlatency.tracing.bounded_export")
     with tracing.head.start_as_current_span("request"):
         span_drops()._reported_at = time.monotonic() - 61  # as if the last report were a minute ago
         for _ in range(5):

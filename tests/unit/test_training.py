@@ -12,10 +12,12 @@ import pytest
 from measure.calibration import coverage_by_quarter
 from podlatency.cli import main
 from podlatency.errors import TrainingDataError
+from podlatency.learning.sample_files import read_samples
+from podlatency.learning.samples import SampleStore
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
+from podlatency.learning.workload import generate, single_regime_observations
 from podlatency.registry import ModelRegistry
-from podlatency.samples import ObservedSample, SampleStore
-from podlatency.training import TrainingOptions, read_samples, synthetic_training_set, train_bundle
-from podlatency.workload import generate, single_regime_observations
+from podlatency.schema import ObservedSample
 
 
 def sample_frame(rows: int = 400) -> pd.DataFrame:

@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import PredictionService
+from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.metrics import service_metrics
+from podlatency.prediction_service import PredictionService
 from podlatency.settings import Settings
-from podlatency.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.watcher import ActiveVersionWatcher
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from podlatency.learning.workload import generate, pod_rows
 from podlatency.schema import FEATURE_NAMES
-from podlatency.workload import generate, pod_rows
 
 
 def column(name: str) -> int:

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from podlatency.dataplane import PredictionService
 from podlatency.errors import ModelLoadError, PodlatencyError
 from podlatency.metrics import service_metrics
+from podlatency.prediction_service import PredictionService
 from podlatency.registry import MAX_ARCHIVE_BYTES
 
 logger = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from podlatency.cluster.configmap import RolloutConfigMap, leader_url_from, reco
 from podlatency.cluster.election import LeaseElection, LeaseTimings
 from podlatency.cluster.events import KubeEvents
 from podlatency.cluster.follower import ModelFollower, RolloutRecord
-from podlatency.dataplane import PredictionService, RolloutStatus
 from podlatency.errors import ClusterUnavailable, InvalidRollout, ModelLoadError
+from podlatency.learning.samples import SampleStore
+from podlatency.learning.training import EMBEDDED_DEFAULT_SOURCE
 from podlatency.metrics import service_metrics
-from podlatency.samples import SampleStore
+from podlatency.prediction_service import PredictionService, RolloutStatus
 from podlatency.settings import Settings
-from podlatency.training import EMBEDDED_DEFAULT_SOURCE
 
 logger = logging.getLogger(__name__)
 

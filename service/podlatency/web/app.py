@@ -22,16 +22,17 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.types import Middleware
 
 from podlatency import __version__
-from podlatency.dataplane import PredictionService
-from podlatency.retraining import Publisher, Retrainer
+from podlatency.learning.publishing import Publisher
+from podlatency.learning.retraining import Retrainer
+from podlatency.learning.samples import SampleStore
+from podlatency.prediction_service import PredictionService
 from podlatency.runtime import Runtime, freeze_startup_heap
-from podlatency.samples import SampleStore
 from podlatency.settings import Settings
 from podlatency.web import health, routes_llmd, routes_models, routes_samples, routes_v1
+from podlatency.web.edge import PREDICTION_PATHS, EdgeMiddleware
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.extensions import Extension, extensions_from_settings
 from podlatency.web.leader import ForwardToLeader
-from podlatency.web.phases import PREDICTION_PATHS, EdgeMiddleware
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from litestar import Response
 from litestar.types import Scope
 
-from podlatency.batcher import BatchOutcome
-from podlatency.dataplane import Predictions, PredictionService
-from podlatency.predictor import LoadedModel
+from podlatency.engines.batching import BatchOutcome
+from podlatency.engines.predictor import LoadedModel
+from podlatency.prediction_service import Predictions, PredictionService
 from podlatency.schema import PodMetrics
-from podlatency.spans import PhaseRecorder
+from podlatency.tracing.phase_spans import PhaseRecorder
 from podlatency.web.errors import JSON
 from podlatency.web.phases import HANDLER_DONE_KEY, alone, arrival_ns, new_recorder, request_phases
 

@@ -1,4 +1,4 @@
-"""The bearer token of the write routes (load shedding is in :class:`podlatency.web.phases.EdgeMiddleware`).
+"""The bearer token of the write routes (load shedding is in :class:`podlatency.web.edge.EdgeMiddleware`).
 
 It runs before a handler, so a refused request costs almost nothing.
 """

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 
-from podlatency.dataplane import PredictionService
+from podlatency.prediction_service import PredictionService
 from podlatency.web.openapi import error_responses
 
 

@@ -22,7 +22,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Receive, Scope, Send
 
 from podlatency.errors import BodyTooLarge, NotLeader
-from podlatency.retraining import Publisher
+from podlatency.learning.publishing import Publisher
 from podlatency.web.errors import send_error, send_json
 
 logger = logging.getLogger(__name__)

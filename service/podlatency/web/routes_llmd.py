@@ -19,10 +19,10 @@ from litestar.types import Scope
 
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import MODEL_TYPE, Predictions, PredictionService, reported_quantile
 from podlatency.errors import ModelLoadError, PodlatencyError, Unavailable
+from podlatency.prediction_service import MODEL_TYPE, Predictions, PredictionService, reported_quantile
 from podlatency.schema import PodMetrics, decode_json
-from podlatency.spans import PhaseRecorder
+from podlatency.tracing.phase_spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token

@@ -22,8 +22,8 @@ from litestar.params import Parameter
 
 from podlatency import llmd_schema as llmd
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import MODEL_TYPE, PredictionService, reported_quantile
 from podlatency.errors import NotFound, Unsupported
+from podlatency.prediction_service import MODEL_TYPE, PredictionService, reported_quantile
 from podlatency.registry import ModelRegistry
 from podlatency.schema import TARGETS
 from podlatency.web.errors import JSON

@@ -2,7 +2,7 @@
 
 A request is validated whole before anything is kept: one bad row is a 422 naming it, and none of
 the request's rows are stored. Accepted rows are on disk before the 202 is sent. An actual of 0 is
-"not observed" for that target (:mod:`podlatency.samples`); the answer says how many rows each target
+"not observed" for that target (:mod:`podlatency.learning.samples`); the answer says how many rows each target
 kept.
 
 Also llm-d's training-server routes for the samples: ``GET /data/status`` and ``POST /flush``.
@@ -19,12 +19,13 @@ from litestar.di import NamedDependency
 from litestar.params import RawBody
 
 from podlatency import llmd_schema as llmd
-from podlatency.dataplane import PredictionService
 from podlatency.errors import NotLeader
+from podlatency.learning.publishing import Publisher
+from podlatency.learning.retraining import Retrainer
+from podlatency.learning.samples import AddResult, SampleStore
 from podlatency.metrics import service_metrics
-from podlatency.retraining import Publisher, Retrainer
-from podlatency.samples import AddResult, SamplesRequest, SampleStore, TrainingDataBulkRequest
-from podlatency.schema import TARGETS, decode_json
+from podlatency.prediction_service import PredictionService
+from podlatency.schema import TARGETS, SamplesRequest, decode_json
 from podlatency.web.guards import require_token, require_token_unless_router_samples
 from podlatency.web.openapi import SAMPLE_ERRORS, error_responses, json_body_operation
 
@@ -64,14 +65,14 @@ def _added(result: AddResult) -> dict[str, Any]:
     sync_to_thread=True,
     status_code=202,
     guards=[require_token_unless_router_samples],
-    operation_class=json_body_operation(TrainingDataBulkRequest, "llm-d's training entries."),
+    operation_class=json_body_operation(llmd.TrainingDataBulkRequest, "llm-d's training entries."),
     responses=SAMPLE_ERRORS,
 )
 def add_training_data_bulk(
     body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
 ) -> dict[str, object]:
     """llm-d ``/add_training_data_bulk``: the same, with llm-d's field name and answer."""
-    request = decode_json(body, TrainingDataBulkRequest, lax=True)
+    request = decode_json(body, llmd.TrainingDataBulkRequest, lax=True)
     result = accepting(samples, publisher).add(request.entries)
     return {"message": f"Accepted {result.accepted} training samples."} | _added(result)
 

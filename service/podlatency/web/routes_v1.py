@@ -14,9 +14,9 @@ from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
-from podlatency.dataplane import Predictions, PredictionService
+from podlatency.prediction_service import Predictions, PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
-from podlatency.spans import PhaseRecorder
+from podlatency.tracing.phase_spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
 from podlatency.web.phases import elapsed_ms

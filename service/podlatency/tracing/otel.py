@@ -2,11 +2,11 @@
 
 Configuration follows the standard ``OTEL_*`` variables: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) turns on the OTLP/HTTP exporter behind a batch span processor
-that drops (counted) rather than overflow (:mod:`podlatency.export`);
+that drops (counted) rather than overflow (:mod:`podlatency.tracing.bounded_export`);
 ``OTEL_SERVICE_NAME`` names the service (default ``podlatency``). With no endpoint no span is
 recorded at all: spans would go nowhere. Tests hand in their own span processor.
 
-A trace is kept for one of three reasons (:mod:`podlatency.keeping`):
+A trace is kept for one of three reasons (:mod:`podlatency.tracing.tail_sampling`):
 
 - **head-sampled**: ``OTEL_TRACES_SAMPLER`` (and ``OTEL_TRACES_SAMPLER_ARG``) chose it when it
   arrived. Every sampler is parent-based here: a caller's ``traceparent`` with the sampled flag is
@@ -32,9 +32,9 @@ from opentelemetry.trace import Tracer
 from opentelemetry.util.types import AttributeValue
 
 from podlatency.errors import SettingsError
-from podlatency.export import BoundedExport
-from podlatency.keeping import NeverSlow, SlowThresholds, kept_reason
-from podlatency.spans import ChosenTraceIds, KeptRoot, SpanWriter
+from podlatency.tracing.bounded_export import BoundedExport
+from podlatency.tracing.phase_spans import ChosenTraceIds, KeptRoot, SpanWriter
+from podlatency.tracing.tail_sampling import NeverSlow, SlowThresholds, kept_reason
 
 TRACER_NAME = "podlatency"
 DEFAULT_SERVICE_NAME = "podlatency"

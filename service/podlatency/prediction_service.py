@@ -15,18 +15,18 @@ import numpy as np
 import numpy.typing as npt
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from podlatency.batcher import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.bundle import ModelBundle
-from podlatency.compiler import Compiler
+from podlatency.engines.batching import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
+from podlatency.engines.compiling import Compiler
+from podlatency.engines.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
 from podlatency.errors import ModelLoadError, PodlatencyError
+from podlatency.learning.training import TrainingOptions, embedded_default
 from podlatency.metrics import model_metrics, service_metrics
-from podlatency.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
 from podlatency.settings import Settings
-from podlatency.spans import PhaseRecorder
-from podlatency.tracing import Tracing
-from podlatency.training import TrainingOptions, embedded_default
+from podlatency.tracing.otel import Tracing
+from podlatency.tracing.phase_spans import PhaseRecorder
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Which requests' traces are kept: head-sampled ones, slow ones and failed ones.
 
-The head sampler decides when a request arrives (:mod:`podlatency.tracing`). Every request's phases
+The head sampler decides when a request arrives (:mod:`podlatency.tracing.otel`). Every request's phases
 are timed anyway, so a request the sampler passed over can still be kept once it is answered:
 
 - **slow**: its server time exceeded the route's slow threshold (``PODLATENCY_TRACE_SLOW_MS``): the

@@ -2,7 +2,7 @@
 
 Every ``interval_s`` the retrainer checks whether at least ``min_new_samples`` samples arrived since
 its last attempt. If so it trains a candidate booster for each target that has enough observed rows
-(each on its own rows: an actual of 0 is "not observed", see :mod:`podlatency.samples`), and compares
+(each on its own rows: an actual of 0 is "not observed", see :mod:`podlatency.learning.samples`), and compares
 it with the active model's booster on that target's held-out rows, like with like: mean absolute error
 for mean models; pinball loss and coverage for quantile models. A target's candidate replaces the
 active booster unless it is worse by more than ``tolerance`` (for quantile models, also unless its
@@ -26,18 +26,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from podlatency.bundle import ModelBundle
-from podlatency.dataplane import PredictionService
-from podlatency.metrics import service_metrics
-from podlatency.periodic import PeriodicTask
-from podlatency.predictor import Predictor
-from podlatency.samples import SampleStore
-from podlatency.schema import FEATURE_NAMES, TARGETS
-from podlatency.training import (
+from podlatency.engines.predictor import Predictor
+from podlatency.learning.publishing import FolderPublisher, Publisher
+from podlatency.learning.samples import SampleStore
+from podlatency.learning.training import (
     MIN_TRAINING_ROWS,
     TargetRows,
     TrainedTarget,
@@ -46,6 +42,10 @@ from podlatency.training import (
     evaluate,
     train_target,
 )
+from podlatency.metrics import service_metrics
+from podlatency.periodic import PeriodicTask
+from podlatency.prediction_service import PredictionService
+from podlatency.schema import FEATURE_NAMES, TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -138,44 +138,6 @@ def candidate_scores(trained: TrainedTarget, rows: TargetRows, options: Training
     if trained.scale is not None:
         predicted *= trained.scale
     return evaluate(rows.observed_ms, np.maximum(predicted, 0.0), options)
-
-
-@runtime_checkable  # routes take it as a Litestar dependency, which checks its type
-class Publisher(Protocol):
-    """Where a retrained model goes."""
-
-    def leads(self) -> bool:
-        """Whether this process may retrain and publish now (one trainer of several leads)."""
-        ...
-
-    def publish(self, bundle: ModelBundle) -> bool:
-        """Store ``bundle`` and roll it out; False when something (a pin) keeps it from being published."""
-        ...
-
-    def leader_url(self) -> str | None:
-        """Where samples go when this process does not lead (``None``: it leads, or no leader is known)."""
-        ...
-
-
-class FolderPublisher:
-    """Publishes into the model folder: store, activate (predictors watching the folder follow), serve."""
-
-    def __init__(self, service: PredictionService) -> None:
-        self.service = service
-
-    def leads(self) -> bool:
-        """One process owns a model folder: always."""
-        return True
-
-    def leader_url(self) -> str | None:
-        """Nowhere else: this process leads."""
-        return None
-
-    def publish(self, bundle: ModelBundle) -> bool:
-        """Store and activate ``bundle``, and serve it here at once."""
-        self.service.registry.save(bundle, activate=True)
-        self.service.serve_bundle(bundle)
-        return True
 
 
 class Retrainer:

@@ -1,6 +1,6 @@
 """How a model comes to compiled trees (:class:`Compiler`), while XGBoost keeps serving it.
 
-1. a child process at the lowest CPU priority (``python -m podlatency.compiler``) compiles each
+1. a child process at the lowest CPU priority (``python -m podlatency.engines.compiling``) compiles each
    target's booster from the model folder's UBJSON, one compiler process at a time;
 2. the libraries' SHA-256s go into a manifest beside them, in
    ``<compiled folder>/<version>/<platform>/``, so a restart and the pod's other worker processes
@@ -8,7 +8,7 @@
    options (:data:`BUILD_OPTIONS`), is removed and compiled anew;
 3. before serving, the compiled outputs must equal XGBoost's on a check matrix (random rows, zeros,
    the largest values, every split threshold) within float32 tolerance
-   (:func:`podlatency.compiled.outputs_agree`);
+   (:func:`podlatency.engines.compiled.outputs_agree`);
 4. the predictor switches with one attribute write: calls in flight finish on XGBoost.
 
 Libraries never travel between machines: a bundle archive holds only UBJSON boosters and metadata,
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podlatency.compiled import CompiledModel, outputs_agree, platform_key
+from podlatency.engines.compiled import CompiledModel, outputs_agree, platform_key
 from podlatency.errors import CompileFailed, CompileSuperseded
 from podlatency.metrics import service_metrics
 from podlatency.processes import die_with_parent
 
 if TYPE_CHECKING:
-    from podlatency.predictor import Predictor
+    from podlatency.engines.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Compiler:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         command = [
-            sys.executable, "-m", "podlatency.compiler", "--bundle", str(bundle_folder),
+            sys.executable, "-m", "podlatency.engines.compiling", "--bundle", str(bundle_folder),
             "--out", str(staging), "--compiler", self.compiler, "--targets", ",".join(boosters),
         ]  # fmt: skip
         started = time.monotonic()
@@ -281,7 +281,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# -- the compile child: python -m podlatency.compiler ------------------------------------------------
+# -- the compile child: python -m podlatency.engines.compiling -----------------------------------------
 
 
 def compile_boosters(bundle_folder: Path, targets: list[str], out: Path, compiler: str) -> None:
@@ -310,7 +310,7 @@ def export_library(booster: Any, library: Path, compiler: str, options: BuildOpt
 
 def main(argv: list[str] | None = None) -> int:
     """Compile a bundle's boosters (run by :class:`Compiler` as a low-priority child)."""
-    parser = argparse.ArgumentParser(prog="python -m podlatency.compiler", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m podlatency.engines.compiling", description=main.__doc__)
     parser.add_argument("--bundle", type=Path, required=True, help="the bundle folder (UBJSON boosters)")
     parser.add_argument("--out", type=Path, required=True, help="folder for <target>.so")
     parser.add_argument("--compiler", default="gcc")

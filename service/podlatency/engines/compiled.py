@@ -7,7 +7,7 @@ them into straight-line branches. So a 7-row call costs microseconds instead of 
 millisecond (docs/performance.md measures both).
 
 This module is the engine: a loaded compiled model (:class:`CompiledModel`), and the check a compile
-must pass before it serves (:func:`check_matrix`, :func:`outputs_agree`). :mod:`podlatency.compiler`
+must pass before it serves (:func:`check_matrix`, :func:`outputs_agree`). :mod:`podlatency.engines.compiling`
 compiles, caches and switches.
 """
 

@@ -2,8 +2,9 @@
 
 :class:`PhaseRecorder` notes each phase of a request in about a microsecond; :class:`SpanWriter`'s
 thread makes the spans (with explicit timestamps) and the phase histograms' samples afterwards. A
-request the head sampler passed over but that is kept once answered (:mod:`podlatency.keeping`) gets
-its server span made afterwards too, as a :class:`KeptRoot`, with its phases under it.
+request the head sampler passed over but that is kept once answered
+(:mod:`podlatency.tracing.tail_sampling`) gets its server span made afterwards too, as a
+:class:`KeptRoot`, with its phases under it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from podlatency.export import WRITER_FULL, span_drops
 from podlatency.metrics import phase_histogram
+from podlatency.tracing.bounded_export import WRITER_FULL, span_drops
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Batched prediction: one float32 matrix, one predict call per target, on CPU or GPU.
 
-Three engines: compiled trees on the CPU (:mod:`podlatency.compiled`, once a model's compile has
+Three engines: compiled trees on the CPU (:mod:`podlatency.engines.compiled`, once a model's compile has
 been checked), else XGBoost's ``inplace_predict`` on the CPU, and XGBoost on the GPU for calls big
 enough to pay for it. ``inplace_predict`` skips the DMatrix that ``predict`` builds per call; on a
 float32 C-contiguous numpy matrix it reads the rows where they are. On ``cuda`` the matrix is copied
@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.batcher import MicroBatcher
 from podlatency.bundle import ModelBundle
-from podlatency.compiled import (
+from podlatency.engines.batching import MicroBatcher
+from podlatency.engines.compiled import (
     ENGINE_COMPILED,
     ENGINE_XGBOOST,
     ENGINE_XGBOOST_GPU,

@@ -26,56 +26,19 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
 import msgspec
 import numpy as np
 
+from podlatency.learning.training import TargetRows, TrainingSet
 from podlatency.metrics import service_metrics
-from podlatency.schema import MAX_COUNT, TARGETS, PodFeatures, PodMetrics, feature_matrix
-from podlatency.training import TargetRows, TrainingSet
+from podlatency.schema import TARGETS, ObservedSample, PodMetrics, StrictObservedSample, feature_matrix
 
-Latency = Annotated[float, msgspec.Meta(ge=0.0, le=float(MAX_COUNT))]
-MAX_SAMPLES_PER_REQUEST = 10_000
 QUEUE_EDGES = (1, 4, 16)  # waiting: 0 | 1-3 | 4-15 | 16+
 KV_EDGES = (0.5, 0.8)  # KV-cache use: < 0.5 | 0.5-0.8 | >= 0.8
 PREFIX_EDGES = (1e-9, 0.5)  # prefix-cache score: 0 | (0, 0.5) | >= 0.5
 REGIMES = (len(QUEUE_EDGES) + 1) * (len(KV_EDGES) + 1) * (len(PREFIX_EDGES) + 1)
-
-
-class ObservedSample(PodMetrics, frozen=True, kw_only=True):
-    """A pod's metrics and what the request actually took (llm-d's shape; unknown fields ignored).
-
-    ``timestamp`` (RFC3339, as the router sends it) is kept with the row; it does not change learning.
-    """
-
-    actual_ttft_ms: Latency
-    actual_tpot_ms: Latency
-    timestamp: datetime | None = None
-
-
-class StrictObservedSample(PodFeatures, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The same, with unknown fields refused (our ``/v1`` API)."""
-
-    actual_ttft_ms: Latency
-    actual_tpot_ms: Latency
-    timestamp: datetime | None = None
-
-
-class SamplesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``POST /v1/samples``."""
-
-    samples: Annotated[
-        list[StrictObservedSample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_REQUEST)
-    ]
-
-
-class TrainingDataBulkRequest(msgspec.Struct, frozen=True):
-    """Body of llm-d's ``POST /add_training_data_bulk``."""
-
-    entries: Annotated[list[ObservedSample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_REQUEST)]
 
 
 Regime = tuple[int, int, int]
