@@ -6,6 +6,11 @@ PYTHON_FOR_VENV = $(shell scripts/find-python.sh)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# Processes for the default tier (pytest-xdist): auto = one per CPU; 0 runs it in this process.
+TEST_WORKERS ?= auto
+# The slow tier in two processes: the tests that load the CPU (xdist_group "cpu-bound") one after
+# another in one, the light Kubernetes soak beside them in the other; 0 runs it all in this process.
+SLOW_WORKERS ?= 2
 
 LOADTEST_ARGS ?=
 
@@ -40,10 +45,10 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-dev
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-runtime
 	$(BIN)/python -m measure.bench

@@ -46,9 +46,9 @@ from measure.versus_naive import (
     summary_lines,
     versus_naive_targets,
 )
+from podlatency.learning.workload import pod_rows
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
-from podlatency.workload import pod_rows
 
 
 def bench_server(
@@ -59,10 +59,11 @@ def bench_server(
     batching: bool = True,
     engine: str = "auto",
     tracing: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> LocalServer:
     """A ready ``podlatency serve`` on the model folder, on the CPU, on its engine.
 
-    It traces nothing unless ``tracing`` sets the ``OTEL_*`` variables.
+    It traces nothing unless ``tracing`` sets the ``OTEL_*`` variables; ``env`` adds variables.
     """
     server = LocalServer(
         {
@@ -80,6 +81,7 @@ def bench_server(
         }
         | (seed_designs.serving_env() if with_seed_designs else {})
         | (tracing or {})
+        | (env or {})
     ).start()
     server.wait_until("/readyz", 200)
     server.wait_for_engine("compiled" if engine == "auto" else "xgboost")

@@ -30,6 +30,7 @@ def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.Comp
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cpu-bound")
 def test_bench_writes_its_results(tmp_path: Path) -> None:
     """A short benchmark run measures real servers, the naive one among them, and writes every figure."""
     result = run_module(
@@ -122,3 +123,33 @@ def _state(pid: int) -> str:
     except FileNotFoundError:
         return "gone"
     return next(line for line in status.splitlines() if line.startswith("State:"))
+
+
+def test_versus_revision_refuses_an_unknown_revision_by_name() -> None:
+    """``--rev`` naming no commit is a usage error that names it, before any server starts."""
+    run = run_module("measure.versus_revision", "--rev", "no-such-revision-here", timeout=60)
+    assert run.returncode == 2
+    assert "--rev no-such-revision-here: not a revision of this repository" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("cpu-bound")
+def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path) -> None:
+    """Against HEAD's own package: two real servers, the same predictions, ratios for every figure."""
+    run = run_module(
+        "measure.versus_revision", "--rev", "HEAD", "--rounds", "1", "--seconds", "1", "--requests", "100",
+        "--out", str(tmp_path), timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((tmp_path / "versus-revision.json").read_text())
+    assert report["same_predictions"] is True
+    assert len(report["commit"]) == 40
+    for name in ("revision", "working tree"):
+        figures = report["results"][name]
+        assert figures["one_client"]["p50_ms"] > 0
+        assert figures["concurrent"]["rps"] > 0
+        assert figures["concurrent"]["server_cpu_us_per_request"] > 0
+    assert set(report["working_tree_over_revision"]) == {
+        "one_client_p50", "one_client_cpu_per_request", "concurrent_rps", "concurrent_p99",
+        "concurrent_cpu_per_request",
+    }  # fmt: skip

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -54,7 +53,7 @@ def bookmark_version(raw_object: object) -> str | None:
     return str(version) if version else None
 
 
-def leader_url_from(configmap: Any) -> str | None:
+def leader_url_from(configmap: client.V1ConfigMap) -> str | None:
     """The leader trainer's address the ConfigMap names, if any."""
     metadata = configmap.metadata
     annotations = (metadata.annotations if metadata is not None else None) or {}
@@ -62,7 +61,7 @@ def leader_url_from(configmap: Any) -> str | None:
     return url or None
 
 
-def record_from(configmap: Any) -> RolloutRecord | None:
+def record_from(configmap: client.V1ConfigMap) -> RolloutRecord | None:
     """The rollout record a ConfigMap declares; ``None`` when it declares no version yet."""
     data = configmap.data or {}
     version = str(data.get("version", "")).strip()
@@ -71,7 +70,8 @@ def record_from(configmap: Any) -> RolloutRecord | None:
     missing = [key for key in ("sha256", "url") if not str(data.get(key, "")).strip()]
     if missing:
         raise InvalidRollout(f"version {version} is declared without {' and '.join(missing)}")
-    annotations = configmap.metadata.annotations or {}
+    metadata = configmap.metadata
+    annotations = (metadata.annotations if metadata is not None else None) or {}
     return RolloutRecord(
         version=version,
         sha256=str(data["sha256"]).strip(),
@@ -92,7 +92,7 @@ class RolloutConfigMap:
         self.watching = False
         """Whether :meth:`follow` has the ConfigMap's current state and a watch on it (else it resyncs)."""
 
-    def read(self) -> tuple[Any | None, str]:
+    def read(self) -> tuple[client.V1ConfigMap | None, str]:
         """The ConfigMap (``None`` when absent) and the list's resourceVersion to watch from."""
         listing = self.core.list_namespaced_config_map(
             self.namespace, field_selector=f"metadata.name={self.name}", _request_timeout=REQUEST_TIMEOUT_S
@@ -109,7 +109,7 @@ class RolloutConfigMap:
         """
         declared = {"version": record.version, "sha256": record.sha256, "url": record.url}
 
-        def change(current: Any) -> bool:
+        def change(current: client.V1ConfigMap) -> bool:
             annotations = (current.metadata.annotations if current.metadata is not None else None) or {}
             data = dict(current.data or {})
             if replace_url_only:
@@ -129,7 +129,7 @@ class RolloutConfigMap:
     def announce_leader(self, url: str | None, *, only_if: str | None = None) -> bool:
         """Name ``url`` as the leader's address; with ``None``, clear it if it still names ``only_if``."""
 
-        def change(current: Any) -> bool:
+        def change(current: client.V1ConfigMap) -> bool:
             metadata = current.metadata or self._metadata()
             annotations = dict(metadata.annotations or {})
             if url is None:
@@ -158,7 +158,7 @@ class RolloutConfigMap:
     def _metadata(self) -> client.V1ObjectMeta:
         return client.V1ObjectMeta(name=self.name, namespace=self.namespace)
 
-    def _modify(self, change: Callable[[Any], bool], what: str) -> bool:
+    def _modify(self, change: Callable[[client.V1ConfigMap], bool], what: str) -> bool:
         """Read the ConfigMap, ``change`` it in place and replace it; True when it was written.
 
         ``change`` answers False to leave it as it is. The read's resourceVersion travels with the
@@ -195,7 +195,7 @@ class RolloutConfigMap:
 
     def follow(
         self,
-        on_change: Callable[[Any | None], object],
+        on_change: Callable[[client.V1ConfigMap | None], object],
         on_quiet: Callable[[], object],
         timeout_s: int,
     ) -> None:
@@ -235,7 +235,7 @@ class RolloutConfigMap:
         self._set_watching(False)
 
     def _watch_once(
-        self, on_change: Callable[[Any | None], object], resource_version: str, timeout_s: int
+        self, on_change: Callable[[client.V1ConfigMap | None], object], resource_version: str, timeout_s: int
     ) -> str:
         """One watch from ``resource_version``, until the server ends it; returns the last version seen."""
         self._watch = watch.Watch()

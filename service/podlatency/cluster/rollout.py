@@ -6,7 +6,6 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
 
 from kubernetes import client
 
@@ -94,7 +93,7 @@ class ClusterRollout:
             return False
         return self._apply(configmap)
 
-    def _apply(self, configmap: Any | None) -> bool:
+    def _apply(self, configmap: client.V1ConfigMap | None) -> bool:
         self._note_presence(configmap)
         if configmap is None:
             self.follower.declare(None)
@@ -111,7 +110,7 @@ class ClusterRollout:
             self._keep_leader_record(configmap)
         return record is not None and self.follower.apply(record)
 
-    def _note_presence(self, configmap: Any | None) -> None:
+    def _note_presence(self, configmap: client.V1ConfigMap | None) -> None:
         """Say once, clearly, that the ConfigMap is gone and how to restore it; and when it is back."""
         missing = configmap is None
         service_metrics().rollout_configmap_exists.set(0 if missing else 1)
@@ -204,7 +203,7 @@ class ClusterRollout:
                     return version
         return None
 
-    def _keep_leader_record(self, configmap: Any) -> None:
+    def _keep_leader_record(self, configmap: client.V1ConfigMap) -> None:
         """As the leader: name this trainer in the ConfigMap, and declare a version when none is.
 
         Both the watch thread and the election thread call this; the lock and a fresh read before
@@ -233,7 +232,7 @@ class ClusterRollout:
                 )
 
     @staticmethod
-    def _declares_nothing(configmap: Any | None) -> bool:
+    def _declares_nothing(configmap: client.V1ConfigMap | None) -> bool:
         """The ConfigMap exists and declares no version (an admin's half-written record is left alone)."""
         if configmap is None:
             return False

@@ -1,11 +1,7 @@
 """Compiled trees: each target's booster as native code (treelite + tl2cgen), for calls on the CPU.
 
-Why it is faster for a router's few rows: XGBoost's ``inplace_predict`` is a general tree walker.
-Each call checks its input, sets up its thread pool and output, then walks node arrays whose splits
-are data. tl2cgen writes each tree as nested ``if``s with the thresholds as constants, and gcc turns
-them into straight-line branches. So a 7-row call costs microseconds instead of a fraction of a
-millisecond (docs/performance.md measures both).
-
+tl2cgen writes each tree as nested ``if``s with the thresholds as constants, and gcc turns them into
+straight-line branches (why that is faster for a few rows: docs/architecture.md, "Predict engines").
 This module is the engine: a loaded compiled model (:class:`CompiledModel`), and the check a compile
 must pass before it serves (:func:`check_matrix`, :func:`outputs_agree`). :mod:`podlatency.engines.compiling`
 compiles, caches and switches.
@@ -22,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -30,6 +26,9 @@ import numpy.typing as npt
 
 from podlatency.errors import PodlatencyError
 from podlatency.schema import FEATURE_NAMES, MAX_COUNT, POD_TYPE_CODES, add_derived_columns
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +145,9 @@ def _checked(status: int) -> None:
         raise PodlatencyError("tl2cgen could not predict with a compiled model")
 
 
-def check_matrix(boosters: Mapping[str, Any], columns: list[int] | None, seed: int = 0) -> FloatMatrix:
+def check_matrix(
+    boosters: Mapping[str, xgb.Booster], columns: list[int] | None, seed: int = 0
+) -> FloatMatrix:
     """Rows on which compiled and XGBoost outputs must agree, in the model's columns.
 
     Random rows over each feature's whole range, zeros, every feature at its largest value, and rows
@@ -207,7 +208,7 @@ class _ModelDump(msgspec.Struct):
     learner: _Learner
 
 
-def _threshold_rows(booster: Any, base: FloatMatrix, rng: np.random.Generator) -> FloatMatrix:
+def _threshold_rows(booster: xgb.Booster, base: FloatMatrix, rng: np.random.Generator) -> FloatMatrix:
     """Rows with one feature set to a split threshold, and to the float32 values either side of it.
 
     This runs in the serving process while requests are answered, holding the interpreter lock, so it

@@ -46,6 +46,8 @@ from podlatency.metrics import service_metrics
 from podlatency.processes import die_with_parent
 
 if TYPE_CHECKING:
+    import xgboost as xgb
+
     from podlatency.engines.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ class Compiler:
         return predictor.engine_for(1)
 
     def load_or_compile(
-        self, boosters: Mapping[str, Any], version: str, bundle_folder: Path
+        self, boosters: Mapping[str, xgb.Booster], version: str, bundle_folder: Path
     ) -> tuple[CompiledModel, str]:
         """The version's libraries: from the cache when their hashes hold, else freshly compiled."""
         folder = self.library_folder(version)
@@ -179,7 +181,7 @@ class Compiler:
             shutil.rmtree(folder, ignore_errors=True)
             raise CompileFailed(f"compiled library could not be loaded: {error}") from None
 
-    def _cached(self, folder: Path, boosters: Mapping[str, Any]) -> dict[str, Path] | None:
+    def _cached(self, folder: Path, boosters: Mapping[str, xgb.Booster]) -> dict[str, Path] | None:
         """The cached libraries when the manifest names every target and each hash matches."""
         try:
             manifest = json.loads((folder / MANIFEST_FILE).read_text())
@@ -198,7 +200,7 @@ class Compiler:
         return libraries
 
     def _compile(
-        self, boosters: Mapping[str, Any], version: str, bundle_folder: Path, folder: Path
+        self, boosters: Mapping[str, xgb.Booster], version: str, bundle_folder: Path, folder: Path
     ) -> dict[str, Path]:
         """Run the compile child at the lowest priority; write the libraries and their manifest."""
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +295,7 @@ def compile_boosters(bundle_folder: Path, targets: list[str], out: Path, compile
         export_library(booster, out / f"{target}{LIBRARY_SUFFIX}", compiler, BUILD_OPTIONS)
 
 
-def export_library(booster: Any, library: Path, compiler: str, options: BuildOptions) -> None:
+def export_library(booster: xgb.Booster, library: Path, compiler: str, options: BuildOptions) -> None:
     """Compile one XGBoost booster to the shared library ``library`` (treelite + tl2cgen)."""
     import tl2cgen  # noqa: PLC0415  (the compile child, and the compile-options benchmark)
     import treelite  # noqa: PLC0415
