@@ -272,17 +272,19 @@ def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model
     server = ServerProcess(model_dir, env={"PODLATENCY_LOG_LEVEL": "warning"}).launch(tmp_path)
     assert server.process is not None
     server.wait_for("/readyz", 200)
-    locustfile = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
+    locustfile = Path(__file__).resolve().parents[2] / "measure" / "loadtest" / "locustfile.py"
     command = [
         sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--users", "16",
         "--spawn-rate", "16", "--run-time", f"{seconds}s", "--host", server.url,
         "--csv", str(tmp_path / "soak"), "--only-summary", "--loglevel", "ERROR", "V1PredictUser",
     ]  # fmt: skip
+    log = tmp_path / "locust.log"
     try:
-        locust = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        time.sleep(min(60, seconds / 5))
-        start_mb = server.rss_mb()
-        assert locust.wait(timeout=seconds + 120) == 0
+        with log.open("wb") as output:
+            locust = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            time.sleep(min(60, seconds / 5))
+            start_mb = server.rss_mb()
+            assert locust.wait(timeout=seconds + 120) == 0, log.read_text()[-3000:]
         end_mb = server.rss_mb()
     finally:
         server.stop()
