@@ -160,6 +160,7 @@ def test_optional_parts_appear_only_when_enabled(cluster: KubeEmulator) -> None:
     assert not [
         obj for obj in plain if "jaeger" in obj["metadata"]["name"] or "locust" in obj["metadata"]["name"]
     ]
+    assert settings_of(plain)["PODLATENCY_EXTENSIONS"] == "", "the seed designs are off"
 
 
 def test_everything_on(cluster: KubeEmulator) -> None:
@@ -182,6 +183,10 @@ def test_everything_on(cluster: KubeEmulator) -> None:
     master = next(obj for obj in objects if obj["metadata"]["name"] == "pl-podlatency-locust-master")
     args = master["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--host=http://pl-podlatency:80" in args
+    assert args[args.index("-f") + 1] == "/app/measure/loadtest/locustfile.py", "where the image copies it"
+    assert settings_of(objects)["PODLATENCY_EXTENSIONS"] == "measure.seed_designs:extension"
+    trainer_env = env_of(named(objects, "Deployment", "pl-podlatency-trainer"))
+    assert trainer_env["PODLATENCY_EXTENSIONS"] == "", "trainers serve no predictions, so no seed designs"
     assert "replicas" not in predictor(objects)["spec"], "the autoscaler owns the replica count"
 
 
@@ -195,6 +200,15 @@ def test_schema_refuses_bad_values(cluster: KubeEmulator) -> None:
         install(cluster, {"tracing": {"slowMs": "fast"}})
     assert cluster.emulator is not None
     assert not list(cluster.emulator.objects)
+
+
+def settings_of(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The predictors' PODLATENCY_* settings: the release's settings ConfigMap."""
+    [settings] = [
+        obj for obj in by_kind(objects, "ConfigMap") if "PODLATENCY_MODEL_DIR" in obj.get("data", {})
+    ]
+    data: dict[str, str] = settings["data"]
+    return data
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
