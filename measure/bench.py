@@ -37,6 +37,7 @@ import msgspec
 
 from measure import seed_designs
 from measure.clients import concurrent, sequential
+from measure.ingestion import INGESTION_ROWS, bulk_body, ingestion_point
 from measure.servers import LocalServer, default_model_folder, loaded_point
 from measure.tracing_cost import tracing_cost, tracing_lines
 from measure.versus_naive import (
@@ -86,6 +87,24 @@ def bench_server(
     server.wait_until("/readyz", 200)
     server.wait_for_engine("compiled" if engine == "auto" else "xgboost")
     return server
+
+
+def trainer_ingestion(requests: int, rounds: int) -> dict[str, Any]:
+    """A trainer over a model folder of its own takes bulk requests back to back: its best round."""
+    with default_model_folder() as folder:
+        trainer = bench_server(
+            folder,
+            nthread=1,
+            engine="xgboost",
+            with_seed_designs=False,
+            env={"PODLATENCY_RETRAIN_INTERVAL_S": "0"},
+        )
+        try:
+            body = bulk_body(INGESTION_ROWS, seed=5)
+            points = [ingestion_point(trainer, body, INGESTION_ROWS, requests) for _ in range(rounds)]
+        finally:
+            trainer.stop()
+    return max(points, key=lambda point: float(point["rows_per_s"]))
 
 
 def bare_process_rss_mb() -> float:
@@ -217,6 +236,9 @@ def run_benchmark(
             rounds=2,
         )
 
+        print("ingestion: 10,000-row bulk requests into a trainer", flush=True)
+        ingestion = trainer_ingestion(requests=6, rounds=2)
+
         print(f"concurrency sweep, best of {sweep_rounds} interleaved rounds of {sweep_seconds:g} s:")
         sweep_results, soak_results = sweep_and_soak(
             model_dir, body, levels, sweep_seconds, soak_seconds, sweep_rounds=sweep_rounds
@@ -248,6 +270,7 @@ def run_benchmark(
             served_compute_ms / raw["compiled_server_like"]["p50_ms"], 3
         ),
         "tracing": tracing,
+        "ingestion": ingestion,
         "server_rss_mb": rss_after,
         "server_rss_mb_without_seed_designs": rss_without_seed_designs,
         "bare_litestar_xgboost_rss_mb": bare_rss,
@@ -280,6 +303,12 @@ def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool
 def _print_summary(results: dict[str, Any]) -> None:
     lines = summary_lines(results["head_to_head"], results["raw_predict"])
     lines += tracing_lines(results["tracing"])
+    bulk = results["ingestion"]
+    lines.append(
+        f"ingestion: {bulk['rows_per_s']:.0f} rows/s, {bulk['rows_per_request']}-row request p50 "
+        f"{bulk['p50_ms']:.1f} ms, {bulk['server_cpu_us_per_row']:.1f} µs CPU/row, "
+        f"{bulk['unscored_rows']} rows not scored"
+    )
     lines += [
         f"served / raw compiled model compute: {results['served_compute_over_raw_compiled_p50']} "
         f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']}; server-like: "

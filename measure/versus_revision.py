@@ -8,8 +8,10 @@ run over the same model folder (the embedded default, compiled trees, one worker
 the revision's (its ``service/`` first on ``PYTHONPATH``) and the working tree's. In interleaved
 rounds, each answers a 7-pod ``/v1/predict`` to one keep-alive client (p50, and server CPU per
 request) and to 16 clients (req/s, p99, server CPU per request); each figure keeps its best round.
-Both must give the same predictions for the same body. Ratios are the working tree's over the
-revision's; docs/performance.md reads them.
+Both must give the same predictions for the same body. Then two trainers, one of each, over model
+folders of their own take the router's observations (:mod:`measure.ingestion`: bulk requests of
+10,000 rows back to back; rows per second, latency, CPU per row), in interleaved rounds too. Ratios
+are the working tree's over the revision's; docs/performance.md reads them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import msgspec
 
 from measure.bench import bench_server
 from measure.clients import LatencySummary, sequential_answers
+from measure.ingestion import INGESTION_ROWS, bulk_body, ingestion_point
 from measure.servers import LocalServer, default_model_folder, loaded_point
 from podlatency.learning.workload import pod_rows
 
@@ -81,6 +84,34 @@ def measure(
     return results
 
 
+def measure_ingestion(
+    revision_path: dict[str, str], *, requests: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Two trainers (revision, working tree), each over its own model folder: best round by rows/s."""
+    body = bulk_body(INGESTION_ROWS, seed=5)
+    trainer = {"PODLATENCY_RETRAIN_INTERVAL_S": "0"}
+    results: dict[str, dict[str, Any]] = {}
+    with default_model_folder() as theirs, default_model_folder() as ours:
+        servers = {
+            "revision": bench_server(
+                theirs, nthread=1, engine="xgboost", with_seed_designs=False, env=trainer | revision_path
+            ),
+            "working tree": bench_server(
+                ours, nthread=1, engine="xgboost", with_seed_designs=False, env=trainer
+            ),
+        }
+        try:
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    point = ingestion_point(server, body, INGESTION_ROWS, requests)
+                    if name not in results or point["rows_per_s"] > results[name]["rows_per_s"]:
+                        results[name] = point
+        finally:
+            for server in servers.values():
+                server.stop()
+    return results
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The working tree's figures over the revision's."""
     ours, theirs = results["working tree"], results["revision"]
@@ -90,6 +121,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         "concurrent_rps": ("concurrent", "rps"),
         "concurrent_p99": ("concurrent", "p99_ms"),
         "concurrent_cpu_per_request": ("concurrent", "server_cpu_us_per_request"),
+        "ingestion_rows_per_s": ("ingestion", "rows_per_s"),
+        "ingestion_p50": ("ingestion", "p50_ms"),
+        "ingestion_cpu_per_row": ("ingestion", "server_cpu_us_per_row"),
     }
     return {name: round(ours[kind][key] / theirs[kind][key], 3) for name, (kind, key) in pairs.items()}
 
@@ -101,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per 16-client point")
     parser.add_argument("--requests", type=int, default=1500, help="1-client requests per round")
+    parser.add_argument("--bulk-requests", type=int, default=6, help="10,000-row bulk requests per round")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     body = msgspec.json.encode({"pods": pod_rows(7, seed=11)})
@@ -127,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for server in servers.values():
                     server.stop()
+        ingestion = measure_ingestion(revision_path, requests=args.bulk_requests, rounds=args.rounds)
+    for name, point in ingestion.items():
+        results[name]["ingestion"] = point
     same = (
         results["revision"]["one_client"]["predictions"]
         == results["working tree"]["one_client"]["predictions"]
@@ -142,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{single['server_cpu_us_per_request']:.0f} µs CPU/request; {many['clients']} clients "
             f"{many['rps']:.0f} req/s, p99 {many['p99_ms']:.2f} ms, "
             f"{many['server_cpu_us_per_request']:.0f} µs CPU/request"
+        )
+        bulk = figures["ingestion"]
+        print(
+            f"{'':13s} ingestion {bulk['rows_per_s']:.0f} rows/s, {bulk['rows_per_request']}-row request p50 "
+            f"{bulk['p50_ms']:.1f} ms, {bulk['server_cpu_us_per_row']:.1f} µs CPU/row"
+            + ("" if bulk["unscored_rows"] is None else f", {bulk['unscored_rows']} rows not scored")
         )
     print(f"working tree / {args.rev} ({commit[:10]}): {report['working_tree_over_revision']}")
     print("same predictions" if same else "PREDICTIONS DIFFER")

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import msgspec
 
+from podlatency.learning.live_accuracy import LiveReport
 from podlatency.prediction_service import RolloutStatus
 from podlatency.schema import MAX_SAMPLES_PER_REQUEST, ObservedSample, PodMetrics
 
@@ -95,6 +96,8 @@ class StatusResponse(msgspec.Struct, frozen=True):
     not_ready_reason: str | None
     rollout: RolloutStatus | None = None
     """In a cluster: the version the rollout ConfigMap declares beside the one served (null outside)."""
+    live: LiveReport | None = None
+    """The serving model's accuracy on observed rows (a trainer's; a predictor says it scores none)."""
 
 
 class ModelDownloadInfo(msgspec.Struct, frozen=True):

@@ -13,43 +13,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 # Phases run from ~10 microseconds (frame) to tens of milliseconds under load.
 PHASE_BUCKETS = (
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
-)
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+)  # fmt: skip
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
 # A 7-pod request takes about half a millisecond; under load tens of milliseconds; a shed one less.
 REQUEST_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0015,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    10.0,
-)
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +165,9 @@ def service_metrics() -> ServiceMetrics:
         ),
         retrains=Counter(
             "podlatency_retrains",
-            "Retraining attempts (enough new samples had arrived), by outcome: published, or kept (the "
-            "model in service stays).",
-            ["outcome"],
+            "Retraining attempts by outcome (published, or kept: the model in service stays) and reason "
+            "(samples: enough new ones arrived; drift: live accuracy drifted; request: POST /v1/retrain).",
+            ["outcome", "reason"],
         ),
         last_retrain=Gauge(
             "podlatency_last_retrain_timestamp_seconds",
@@ -368,3 +340,61 @@ def route_metrics(method: str, route: str) -> RouteMetrics:
     """The request metrics of ``method`` on ``route`` (a route template: a bounded set)."""
     in_progress = request_metrics().in_progress.labels(APP_NAME, method, route, "200")
     return RouteMetrics(method, route, in_progress)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMetrics:
+    """Live accuracy of the serving model on observed rows (:mod:`podlatency.learning.live_accuracy`)."""
+
+    scored: Counter
+    unscored: Counter
+    median_relative_error: Gauge
+    mae_ms: Gauge
+    coverage: Gauge
+    drift: Gauge
+    training_figure: Gauge
+
+
+@functools.cache
+def live_metrics() -> LiveMetrics:
+    """The live-accuracy metrics, registered on first use (trainers only)."""
+    window = "over the last PODLATENCY_LIVE_WINDOW observed rows, against the model in service"
+    return LiveMetrics(
+        scored=Counter(
+            "podlatency_live_scored", "Observed rows scored against the serving model.", ["target"]
+        ),
+        unscored=Counter(
+            "podlatency_live_unscored", "Observed rows accepted but not scored (scorer behind, or no model)."
+        ),
+        median_relative_error=Gauge(
+            "podlatency_live_median_relative_error",
+            f"Median of |predicted - actual| / actual {window}.",
+            ["target"],
+            multiprocess_mode="livemax",
+        ),
+        mae_ms=Gauge(
+            "podlatency_live_mae_ms",
+            f"Mean absolute error in ms {window}.",
+            ["target"],
+            multiprocess_mode="livemax",
+        ),
+        coverage=Gauge(
+            "podlatency_live_coverage",
+            f"Share of actuals at or below a quantile model's prediction {window}.",
+            ["target"],
+            multiprocess_mode="livemin",
+        ),
+        drift=Gauge(
+            "podlatency_drift",
+            "1 while the target's live accuracy has drifted from its training figures (docs/models.md).",
+            ["target"],
+            multiprocess_mode="livemax",
+        ),
+        training_figure=Gauge(
+            "podlatency_live_training_figure",
+            "The serving model's held-out figure at training (measure median_relative_error or coverage), "
+            "which the live figures are compared with.",
+            ["target", "measure"],
+            multiprocess_mode="livemax",
+        ),
+    )

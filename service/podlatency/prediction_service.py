@@ -20,6 +20,7 @@ from podlatency.engines.batching import BatchOutcome, Delivery, FloatMatrix, Mic
 from podlatency.engines.compiling import Compiler
 from podlatency.engines.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
 from podlatency.errors import ModelLoadError, PodlatencyError
+from podlatency.learning.live_accuracy import NOT_SCORING, LiveReport
 from podlatency.learning.training import TrainingOptions, embedded_default
 from podlatency.metrics import model_metrics, service_metrics
 from podlatency.registry import ModelRegistry
@@ -78,6 +79,8 @@ class PredictionService:
         """Brings each model in service to compiled trees in the background (None: XGBoost only)."""
         self.rollout_status: Callable[[], RolloutStatus] | None = None
         """In a cluster, set by the rollout loops: the declared version beside the served one."""
+        self.live_report: Callable[[], LiveReport] = lambda: NOT_SCORING
+        """The serving model's live accuracy on observed rows; set by the runtime on trainers."""
 
     def phase_recorder(self, route: str) -> PhaseRecorder:
         """A recorder for one request's phases on ``route``, tagged with the device."""

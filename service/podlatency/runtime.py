@@ -5,13 +5,14 @@ in; nothing here imports a web framework.
 
 What a process runs depends on its role (``PODLATENCY_ROLE``): predictors serve predictions and follow
 the model folder (:class:`~podlatency.watcher.ActiveVersionWatcher`) or, in a cluster, the rollout
-ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples and retrain
+ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples, score them against the serving
+model (:class:`~podlatency.learning.live_accuracy.LiveAccuracy`) and retrain
 (:class:`~podlatency.learning.retraining.Retrainer`); ``both`` does all of it.
 
-Start order: the retrainer's loop, then the model (a stored one before the server accepts connections,
-the embedded default in the background), then the watcher; in a cluster the declared version, then the
-rollout loops. Stop order: the loops, a compile in progress, then tracing (the span
-writer, then the exporter, which flushes the spans still queued).
+Start order: the live scorer and the retrainer's loop, then the model (a stored one before the server
+accepts connections, the embedded default in the background), then the watcher; in a cluster the
+declared version, then the rollout loops. Stop order: the loops and the scorer, a compile in
+progress, then tracing (the span writer, then the exporter, which flushes the spans still queued).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from podlatency.engines.compiling import Compiler
+from podlatency.learning.live_accuracy import LiveAccuracy
 from podlatency.learning.publishing import FolderPublisher, Publisher
 from podlatency.learning.retraining import Retrainer, RetrainPolicy
 from podlatency.learning.samples import SampleStore
@@ -51,7 +53,9 @@ class Runtime:
         if self.predicts and settings.engine == "auto":
             compiler = Compiler(settings.compiled_folder, settings.compiler)
         self.service = PredictionService(settings, self.tracing, compiler=compiler)
-        self.samples = SampleStore(settings.model_dir / "samples", settings.samples_per_bucket)
+        self.samples = SampleStore(
+            settings.model_dir / "samples", settings.samples_per_bucket, recent_rows=settings.live_window
+        )
         self.cluster: ClusterRollout | None = None
         if settings.rollout_configmap:
             # Imported only in a cluster: the kubernetes client is not needed on a model folder.
@@ -73,9 +77,19 @@ class Runtime:
             objective=settings.objective,
         )
         self.watcher = ActiveVersionWatcher(self.service, settings.watch_interval_s)
+        self.live: LiveAccuracy | None = None
+        if self.trains:
+            # Drift retrains at once where retraining is on (PODLATENCY_RETRAIN_INTERVAL_S > 0).
+            on_drift = self.retrainer.on_drift if settings.retrain_interval_s > 0 else None
+            self.live = LiveAccuracy(
+                self.service.holder, settings.live_window, settings.drift_min_rows, on_drift=on_drift
+            )
+            self.service.live_report = self.live.report
 
     def start(self, *, load_model: bool = True) -> None:
         """Start the background loops and put a model in service (see the module's start order)."""
+        if self.live is not None:
+            self.live.start()
         if self.trains and self.settings.retrain_interval_s > 0:
             self.retrainer.start()
         if load_model:
@@ -108,6 +122,8 @@ class Runtime:
     def stop(self) -> None:
         """Stop everything :meth:`start` started, and flush the spans still queued."""
         self.retrainer.stop()
+        if self.live is not None:
+            self.live.stop()
         self.watcher.stop()
         if self.cluster is not None:
             self.cluster.stop()

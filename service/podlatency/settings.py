@@ -122,6 +122,12 @@ class Settings:
     keep_versions: int = 5
     """Model versions kept in the model folder (the active one always among them)."""
 
+    live_window: int = 5000
+    """Trainers: observed rows per target over which the serving model's live accuracy is measured."""
+
+    drift_min_rows: int = 500
+    """Trainers: rows a target's live window needs before drift can be flagged (docs/models.md)."""
+
     default_samples: int = 20_000
     """Synthetic rows the embedded default model is trained on when the model folder is empty."""
 
@@ -219,6 +225,12 @@ class Settings:
             (self.retrain_min_samples >= 1, "retrain_min_samples", "must be >= 1"),
             (self.retrain_tolerance >= 0, "retrain_tolerance", "must be >= 0"),
             (self.keep_versions >= 1, "keep_versions", "must be >= 1"),
+            (self.live_window >= 100, "live_window", "must be >= 100"),
+            (
+                1 <= self.drift_min_rows <= self.live_window,
+                "drift_min_rows",
+                "must be 1..PODLATENCY_LIVE_WINDOW",
+            ),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
             (self.engine in get_args(Engine), "engine", f"must be one of {get_args(Engine)}"),

@@ -48,6 +48,8 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
         assert figures["concurrent"]["rps"] > 0, name
     assert head["podlatency compiled"]["served_model_compute"]["p50_ms"] > 0
     assert "served_model_compute" not in head["naive"], "the naive server times no phases"
+    assert results["ingestion"]["rows_per_request"] == 10_000
+    assert results["ingestion"]["rows_per_s"] > 0
     assert results["raw_predict"]["compiled"]["p50_ms"] > 0
     assert results["raw_predict"]["xgboost"]["p50_ms"] > 0
     assert results["server_rss_mb"] > results["server_rss_mb_without_seed_designs"] > 0
@@ -138,7 +140,7 @@ def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path)
     """Against HEAD's own package: two real servers, the same predictions, ratios for every figure."""
     run = run_module(
         "measure.versus_revision", "--rev", "HEAD", "--rounds", "1", "--seconds", "1", "--requests", "100",
-        "--out", str(tmp_path), timeout=400,
+        "--bulk-requests", "1", "--out", str(tmp_path), timeout=400,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((tmp_path / "versus-revision.json").read_text())
@@ -149,7 +151,9 @@ def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path)
         assert figures["one_client"]["p50_ms"] > 0
         assert figures["concurrent"]["rps"] > 0
         assert figures["concurrent"]["server_cpu_us_per_request"] > 0
+        assert figures["ingestion"]["rows_per_request"] == 10_000
+        assert figures["ingestion"]["rows_per_s"] > 0
     assert set(report["working_tree_over_revision"]) == {
         "one_client_p50", "one_client_cpu_per_request", "concurrent_rps", "concurrent_p99",
-        "concurrent_cpu_per_request",
+        "concurrent_cpu_per_request", "ingestion_rows_per_s", "ingestion_p50", "ingestion_cpu_per_row",
     }  # fmt: skip

@@ -17,7 +17,7 @@ import promql_parser
 import pytest
 from prometheus_client import REGISTRY
 
-from podlatency.metrics import model_metrics, request_metrics, service_metrics
+from podlatency.metrics import live_metrics, model_metrics, request_metrics, service_metrics
 from tests.integration.kube_emulator import KubeEmulator
 from tests.integration.test_chart_install import CHART, install, named, scenario
 
@@ -27,7 +27,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m"}
 
 def exported_metric_names() -> set[str]:
     """Every series name the service can export, as Prometheus sees it (counters' _total, ...)."""
-    service_metrics(), request_metrics(), model_metrics()  # registered on first use
+    service_metrics(), request_metrics(), model_metrics(), live_metrics()  # registered on first use
     names: set[str] = set()
     for family in REGISTRY.collect():
         if family.type == "counter":
@@ -100,7 +100,7 @@ def rules_of(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_alert_rules_are_valid_and_about_exported_metrics(cluster: KubeEmulator) -> None:
-    """Nine alerts render with trainers on, three without; each expression parses and selects our metrics.
+    """Eleven alerts render with trainers on, three without; each expression parses and selects our metrics.
 
     With trainers, every predictor and trainer follows the rollout ConfigMap, and three alerts watch
     that: a pod serving another version than the declared one, a pod that cannot watch, and the
@@ -112,6 +112,7 @@ def test_the_alert_rules_are_valid_and_about_exported_metrics(cluster: KubeEmula
         "PodlatencyPredictorNotReady", "PodlatencyShedding", "PodlatencyRolloutFailed",
         "PodlatencyNoLeader", "PodlatencyModelStale", "PodlatencyHoldoutErrorRising",
         "PodlatencyServingUndeclaredModel", "PodlatencyRolloutWatchDown", "PodlatencyRolloutConfigMapMissing",
+        "PodlatencyLiveDrift", "PodlatencyLiveCoverageLow",
     }  # fmt: skip
     exported = exported_metric_names()
     for name, alert in alerts.items():
@@ -129,6 +130,11 @@ def test_the_alert_rules_are_valid_and_about_exported_metrics(cluster: KubeEmula
     for name in ("PodlatencyServingUndeclaredModel", "PodlatencyRolloutWatchDown"):
         assert followers in alerts[name]["expr"], name
         assert alerts[name]["for"] == "5m"
+    assert "podlatency_drift{" in alerts["PodlatencyLiveDrift"]["expr"]
+    assert alerts["PodlatencyLiveDrift"]["for"] == alerts["PodlatencyLiveCoverageLow"]["for"] == "15m"
+    coverage = alerts["PodlatencyLiveCoverageLow"]["expr"]
+    assert 'type="quantile"' in coverage, "only a quantile model promises a coverage"
+    assert "- 0.05" in coverage
     missing = alerts["PodlatencyRolloutConfigMapMissing"]
     assert "pl-podlatency-model" in missing["annotations"]["summary"]
     assert "helm upgrade pl" in missing["annotations"]["description"]

@@ -78,7 +78,7 @@ def test_a_better_candidate_is_published_and_served(
     service = service_on(tmp_path, model_dir)
     metrics = service_metrics()
     received = metrics.samples_received._value.get()
-    published = metrics.retrains.labels("published")._value.get()
+    published = metrics.retrains.labels("published", "samples")._value.get()
     store = SampleStore(tmp_path / "samples")
     store.add(observed(4000, seed=3, slowdown=2.0))
     assert metrics.samples_received._value.get() - received == 4000
@@ -87,7 +87,7 @@ def test_a_better_candidate_is_published_and_served(
     )
     started = time.time()
     outcome = retrainer.run_once()
-    assert metrics.retrains.labels("published")._value.get() - published == 1
+    assert metrics.retrains.labels("published", "samples")._value.get() - published == 1
     assert metrics.last_retrain._value.get() >= started
     assert metrics.model_ready._value.get() == 1
     assert outcome.published, outcome.reason

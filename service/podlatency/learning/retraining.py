@@ -167,10 +167,17 @@ class Retrainer:
         self._seen_at_last_attempt = 0
         self._task = PeriodicTask("retrainer", policy.interval_s, self.run_once)
         self._lock = threading.Lock()
+        self._drift_lock = threading.Lock()
+        self._drifted: set[str] = set()
+        self._drift_worker: threading.Thread | None = None
         service_metrics().last_retrain.set(time.time())  # "never" reads as "since start"
 
-    def run_once(self) -> RetrainOutcome:
-        """One attempt: train per target, compare with the active model, publish what is not worse."""
+    def run_once(self, reason: str = "samples") -> RetrainOutcome:
+        """One attempt: train per target, compare with the active model, publish what is not worse.
+
+        ``reason`` is what the attempt is counted under: ``samples`` (the interval's check) or
+        ``request`` (``POST /v1/retrain``).
+        """
         with self._lock:
             if not self.publisher.leads():
                 return RetrainOutcome(False, "standby trainer: the leader retrains")
@@ -179,21 +186,65 @@ class Retrainer:
                 return RetrainOutcome(
                     False, f"{new_samples} new samples, waiting for {self.policy.min_new_samples}"
                 )
-            self._seen_at_last_attempt = self.store.seen
-            serving = self.service.holder.current_or_none()
-            outcome = self._attempt(serving.bundle if serving is not None else None)
-            logger.info("retrain: %s", outcome.reason)
-            metrics = service_metrics()
-            metrics.retrains.labels("published" if outcome.published else "kept").inc()
-            metrics.last_retrain.set(time.time())
-            return outcome
+            return self._attempt_now(reason, recent=False)
 
-    def _attempt(self, active: ModelBundle | None) -> RetrainOutcome:
+    def on_drift(self, target: str, reason: str) -> None:
+        """Live accuracy drifted: a retraining attempt at once, on its own thread (see :meth:`run_drift`).
+
+        Drifts that arrive while one attempt runs make one more attempt after it, not one each.
+        """
+        with self._drift_lock:
+            self._drifted.add(target)
+            if self._drift_worker is not None and self._drift_worker.is_alive():
+                return
+            self._drift_worker = threading.Thread(
+                target=self._retrain_while_drifted, name="podlatency-drift-retrain", daemon=True
+            )
+            self._drift_worker.start()
+
+    def _retrain_while_drifted(self) -> None:
+        while True:
+            with self._drift_lock:
+                if not self._drifted:
+                    self._drift_worker = None
+                    return
+                targets, self._drifted = ", ".join(sorted(self._drifted)), set()
+            try:
+                self.run_drift(targets)
+            except Exception:
+                logger.exception("retraining after drift failed")
+
+    def run_drift(self, target: str) -> RetrainOutcome:
+        """An attempt for drift: no wait for the interval or the sample count, on the recent rows only.
+
+        Candidates learn from each target's last rows (the store's recent rows, as many as the live
+        window), so they learn the fleet as it is now, and the guard compares them with the active
+        model on the recent held-out rows, where a drifted fleet shows. The floor is the drift rule's
+        own: the drifted target's live window had at least ``PODLATENCY_DRIFT_MIN_ROWS`` rows.
+        """
+        with self._lock:
+            if not self.publisher.leads():
+                return RetrainOutcome(False, "standby trainer: the leader retrains")
+            logger.info("retrain: %s drifted; retraining on the recent rows now", target)
+            return self._attempt_now("drift", recent=True)
+
+    def _attempt_now(self, reason: str, *, recent: bool) -> RetrainOutcome:
+        """One attempt, counted under ``reason`` (the caller holds the lock)."""
+        self._seen_at_last_attempt = self.store.seen
+        serving = self.service.holder.current_or_none()
+        outcome = self._attempt(serving.bundle if serving is not None else None, recent=recent)
+        logger.info("retrain (%s): %s", reason, outcome.reason)
+        metrics = service_metrics()
+        metrics.retrains.labels("published" if outcome.published else "kept", reason).inc()
+        metrics.last_retrain.set(time.time())
+        return outcome
+
+    def _attempt(self, active: ModelBundle | None, *, recent: bool = False) -> RetrainOutcome:
         objective, alpha = objective_for(self.objective, self.options.quantile_alpha, active)
         options = replace(self.options, objective=objective, quantile_alpha=alpha)
         verdict = Verdict(objective, alpha if objective == "quantile" else None, GUARD_MEASURE[objective])
-        training = self.store.training_set().by_target
-        holdout = self.store.training_set(holdout=True).by_target
+        training = self.store.training_set(recent=recent).by_target
+        holdout = self.store.training_set(holdout=True, recent=recent).by_target
         trained: dict[str, TrainedTarget] = {}
         for target in TARGETS:
             rows, held = len(training[target]), len(holdout[target])

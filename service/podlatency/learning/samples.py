@@ -17,6 +17,10 @@ appended to ``samples.jsonl`` and held-out ones to ``holdout.jsonl`` (fsynced) b
 answered, and replayed on start, so a restart loses none and a held-out row stays held out. A file is
 compacted to what its buckets hold once it grows past twice their budget; :meth:`SampleStore.flush`
 rewrites it at once.
+
+Each split also remembers each target's last rows in arrival order, whatever their regime (the
+last ``recent_rows`` arrivals): a retrain after drift learns the fleet as it is now from them
+(:mod:`podlatency.learning.retraining`).
 """
 
 from __future__ import annotations
@@ -82,12 +86,14 @@ class AddResult:
 class _Split:
     """The training or held-out rows of every target, and the file they are persisted in."""
 
-    def __init__(self, path: Path, per_bucket: int) -> None:
+    def __init__(self, path: Path, per_bucket: int, recent_rows: int) -> None:
         self.path = path
         self.budget = per_bucket * REGIMES
         self.buckets: dict[str, dict[Regime, collections.deque[AnySample]]] = {
             target: {} for target in TARGETS
         }
+        self.recent = {target: collections.deque[AnySample](maxlen=recent_rows) for target in TARGETS}
+        """Each target's last rows in the order they arrived, whatever their regime."""
         self.sizes = dict.fromkeys(TARGETS, 0)
         self.lines_on_disk = 0
 
@@ -96,6 +102,7 @@ class _Split:
         for target in targets:
             buckets = self.buckets[target]
             buckets.setdefault(regime, collections.deque()).append(sample)
+            self.recent[target].append(sample)
             self.sizes[target] += 1
             if self.sizes[target] > self.budget:
                 # The oldest row of the largest regime makes room: floods evict their own rows.
@@ -114,6 +121,7 @@ class _Split:
         flushed = dict(self.sizes)
         for target in TARGETS:
             self.buckets[target].clear()
+            self.recent[target].clear()
             self.sizes[target] = 0
         return flushed
 
@@ -139,14 +147,17 @@ class _Split:
 class SampleStore:
     """Per-target, regime-balanced, persisted samples with a held-out slice."""
 
-    def __init__(self, folder: Path, per_bucket: int = 2000, holdout_every: int = 10) -> None:
+    def __init__(
+        self, folder: Path, per_bucket: int = 2000, holdout_every: int = 10, recent_rows: int = 5000
+    ) -> None:
         self.path = folder / "samples.jsonl"
         self.holdout_path = folder / "holdout.jsonl"
         self.per_bucket = per_bucket
         self.holdout_every = holdout_every
+        self.recent_rows = recent_rows
         self._lock = threading.Lock()
-        self._train = _Split(self.path, per_bucket)
-        self._holdout = _Split(self.holdout_path, per_bucket)
+        self._train = _Split(self.path, per_bucket, recent_rows)
+        self._holdout = _Split(self.holdout_path, per_bucket, self._recent_held_out())
         self._seen_by_target = dict.fromkeys(TARGETS, 0)
         self._seen = 0
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,6 +165,10 @@ class SampleStore:
         for path in (self.path, self.holdout_path):
             path.touch(exist_ok=True)
         self._publish_counts()
+
+    def _recent_held_out(self) -> int:
+        """Held-out rows among a target's last ``recent_rows`` arrivals: both splits span the same rows."""
+        return max(1, self.recent_rows // self.holdout_every)
 
     def _replay(self) -> None:
         decoder = msgspec.json.Decoder(ObservedSample)
@@ -174,8 +189,8 @@ class SampleStore:
     def reload(self) -> None:
         """Forget what is held and replay the files (a trainer taking over a shared volume's samples)."""
         with self._lock:
-            self._train = _Split(self.path, self.per_bucket)
-            self._holdout = _Split(self.holdout_path, self.per_bucket)
+            self._train = _Split(self.path, self.per_bucket, self.recent_rows)
+            self._holdout = _Split(self.holdout_path, self.per_bucket, self._recent_held_out())
             self._seen_by_target = dict.fromkeys(TARGETS, 0)
             self._seen = 0
             self._replay()
@@ -263,11 +278,17 @@ class SampleStore:
                 for target in TARGETS
             }
 
-    def training_set(self, *, holdout: bool = False) -> TrainingSet:
-        """The kept rows (or the held-out ones), each target with its own."""
+    def training_set(self, *, holdout: bool = False, recent: bool = False) -> TrainingSet:
+        """The kept rows (or the held-out ones), each target with its own.
+
+        With ``recent``, only each target's last ``recent_rows`` rows of the split, in arrival order
+        (after a restart, the order the files replay in).
+        """
         split = self._holdout if holdout else self._train
         with self._lock:
-            by_target = {target: split.samples(target) for target in TARGETS}
+            by_target = {
+                target: list(split.recent[target]) if recent else split.samples(target) for target in TARGETS
+            }
         return TrainingSet(
             {
                 target: TargetRows(

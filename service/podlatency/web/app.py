@@ -2,8 +2,8 @@
 
 The runtime (:mod:`podlatency.runtime`) owns the process's components and their start and stop;
 routes receive the ones they need as typed Litestar dependencies (``service``, ``samples``,
-``publisher``, ``retrainer``). Code outside the package adds routes as :mod:`extensions
-<podlatency.web.extensions>`.
+``publisher``, ``retrainer``, and on trainers ``live``). Code outside the package adds routes as
+:mod:`extensions <podlatency.web.extensions>`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.types import Middleware
 
 from podlatency import __version__
+from podlatency.learning.live_accuracy import LiveAccuracy
 from podlatency.learning.publishing import Publisher
 from podlatency.learning.retraining import Retrainer
 from podlatency.learning.samples import SampleStore
@@ -94,9 +95,12 @@ def dependencies_of(runtime: Runtime) -> dict[str, Provide]:
     def retrainer() -> Retrainer:
         return runtime.retrainer
 
+    def live() -> LiveAccuracy | None:
+        return runtime.live
+
     return {
         provider.__name__: Provide(provider, use_cache=True, sync_to_thread=False)
-        for provider in (service, samples, publisher, retrainer)
+        for provider in (service, samples, publisher, retrainer, live)
     }
 
 

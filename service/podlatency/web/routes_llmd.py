@@ -196,6 +196,7 @@ def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
         engine=model.predictor.engine_for(1) if model else None,
         not_ready_reason=None if model else service.holder.not_ready_reason,
         rollout=service.rollout_status() if service.rollout_status is not None else None,
+        live=service.live_report(),
     )
 
 

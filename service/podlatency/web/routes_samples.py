@@ -20,6 +20,7 @@ from litestar.params import RawBody
 
 from podlatency import llmd_schema as llmd
 from podlatency.errors import NotLeader
+from podlatency.learning.live_accuracy import LiveAccuracy
 from podlatency.learning.publishing import Publisher
 from podlatency.learning.retraining import Retrainer
 from podlatency.learning.samples import AddResult, SampleStore
@@ -48,12 +49,17 @@ def accepting(samples: SampleStore, publisher: Publisher) -> SampleStore:
     responses=SAMPLE_ERRORS,
 )
 def add_samples(
-    body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
+    body: RawBody,
+    samples: NamedDependency[SampleStore],
+    publisher: NamedDependency[Publisher],
+    live: NamedDependency[LiveAccuracy],
 ) -> dict[str, Any]:
-    """Keep observed samples for retraining (each target the rows it was observed on)."""
+    """Keep observed samples for retraining (each target the rows it was observed on), and score them."""
     request = decode_json(body, SamplesRequest)
     store = accepting(samples, publisher)
-    return _added(store.add(request.samples)) | {"held": store.counts()}
+    result = store.add(request.samples)
+    live.submit(request.samples)
+    return _added(result) | {"held": store.counts()}
 
 
 def _added(result: AddResult) -> dict[str, Any]:
@@ -69,11 +75,15 @@ def _added(result: AddResult) -> dict[str, Any]:
     responses=SAMPLE_ERRORS,
 )
 def add_training_data_bulk(
-    body: RawBody, samples: NamedDependency[SampleStore], publisher: NamedDependency[Publisher]
+    body: RawBody,
+    samples: NamedDependency[SampleStore],
+    publisher: NamedDependency[Publisher],
+    live: NamedDependency[LiveAccuracy],
 ) -> dict[str, object]:
     """llm-d ``/add_training_data_bulk``: the same, with llm-d's field name and answer."""
     request = decode_json(body, llmd.TrainingDataBulkRequest, lax=True)
     result = accepting(samples, publisher).add(request.entries)
+    live.submit(request.entries)
     return {"message": f"Accepted {result.accepted} training samples."} | _added(result)
 
 
@@ -152,4 +162,4 @@ def flush(
 )
 def retrain(retrainer: NamedDependency[Retrainer]) -> dict[str, object]:
     """Retrain from the observed samples now; the candidate is published only if it is not worse."""
-    return msgspec.to_builtins(retrainer.run_once())  # type: ignore[no-any-return]
+    return msgspec.to_builtins(retrainer.run_once("request"))  # type: ignore[no-any-return]

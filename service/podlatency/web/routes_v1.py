@@ -104,12 +104,15 @@ def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]
 
     Among it the features it knows and those it was trained without; ``engine`` is the engine for a
     router's few rows, ``engines`` each engine in use with the fewest rows it takes; in a cluster,
-    ``rollout`` is the version the rollout ConfigMap declares beside this one (null outside).
+    ``rollout`` is the version the rollout ConfigMap declares beside this one (null outside);
+    ``live`` is the model's accuracy on the observed rows a trainer received since it came into
+    service (a predictor says it scores none).
     """
     loaded = service.holder.current()
     rollout = service.rollout_status() if service.rollout_status is not None else None
     return loaded.bundle.metadata() | {
         "rollout": None if rollout is None else dataclasses.asdict(rollout),
+        "live": dataclasses.asdict(service.live_report()),
         "features_ignored": loaded.bundle.ignored_features(),
         "loaded_at": loaded.loaded_at.isoformat(),
         "device": service.device,
