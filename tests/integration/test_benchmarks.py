@@ -30,7 +30,6 @@ def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.Comp
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_bench_writes_its_results(tmp_path: Path) -> None:
     """A short benchmark run measures real servers, the naive one among them, and writes every figure."""
     result = run_module(
@@ -135,7 +134,6 @@ def test_versus_revision_refuses_an_unknown_revision_by_name() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path) -> None:
     """Against HEAD's own package: two real servers, the same predictions, ratios for every figure."""
     run = run_module(

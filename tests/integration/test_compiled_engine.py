@@ -47,7 +47,6 @@ def small_model_folder(folder: Path, seed: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_a_new_model_compiles_and_switches_under_load_failing_no_request(
     tmp_path: Path, start_server: Any
 ) -> None:

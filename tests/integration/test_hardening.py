@@ -247,7 +247,6 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_spans(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_overload_report_shows_shedding_keeps_latency(tmp_path: Path) -> None:
     """`python -m measure.loadtest.overload`: 8x the capacity's users; shedding keeps answered p99 down."""
     out = tmp_path / "overload"
@@ -261,7 +260,6 @@ def test_overload_report_shows_shedding_keeps_latency(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 @pytest.mark.timeout(1200)
 def test_soak_at_steady_load_has_no_errors_and_flat_memory(tmp_path: Path, model_dir: Path) -> None:
     """Locust at steady load for 10 minutes (PODLATENCY_SOAK_SECONDS): no failure, resident memory flat.

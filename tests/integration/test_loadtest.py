@@ -32,7 +32,6 @@ def compare(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_short_comparison_of_every_endpoint(tmp_path: Path) -> None:
     """A few seconds of real Locust per endpoint: all get requests, none fail, and the report parses."""
     result = compare("--users", "4", "--duration", "2", "--warmup", "1", "--out", str(tmp_path))
@@ -86,7 +85,6 @@ def test_remote_hosts_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_full_comparison(tmp_path: Path) -> None:
     """The default comparison (32 users, 20 s each) runs clean; ours out-serves the seed's original."""
     result = compare("--out", str(tmp_path), timeout=900)
@@ -96,7 +94,6 @@ def test_full_comparison(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_distributed_mode(tmp_path: Path) -> None:
     """With --processes 2 Locust runs master and workers, and their requests are counted together."""
     result = compare(

@@ -168,7 +168,6 @@ def closed_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cpu-bound")
 def test_collector_down_for_two_minutes_keeps_memory_flat_and_counts_drops(
     tmp_path: Path, model_dir: Path
 ) -> None:
