@@ -1,4 +1,4 @@
-"""The ``podlatency`` command: ``serve``, ``train`` and ``samples`` (measurement lives in ``measure/``)."""
+"""The ``podlatency`` command: ``serve``, ``train``, ``samples`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,23 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
 
+def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a stored model on a samples file: report.md, metrics.json and pictures",
+        description="Writes report.md and metrics.json into --out, and with matplotlib (the plots extra) "
+        "the pictures: predicted against actual, error by load regime, calibration (quantile models).",
+    )
+    evaluate.add_argument(
+        "--samples", type=Path, required=True, help="CSV or Parquet of recorded observations"
+    )
+    evaluate.add_argument(
+        "--model-dir", type=Path, default=Path("models"), help="model folder (default ./models)"
+    )
+    evaluate.add_argument("--version", help="the stored version to evaluate (default: the active one)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder to write the report into")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
@@ -79,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_train(commands)
     _add_samples(commands)
+    _add_evaluate(commands)
     return parser
 
 
@@ -162,11 +180,40 @@ def samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Score a stored model on a samples file and write the report; nothing is written on bad input."""
+    from podlatency.errors import TrainingDataError  # noqa: PLC0415
+    from podlatency.learning.evaluation import evaluate_model, write_report  # noqa: PLC0415
+    from podlatency.learning.sample_files import read_samples  # noqa: PLC0415
+    from podlatency.registry import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry(args.model_dir)
+    version = args.version or registry.active_version()
+    if version is None:
+        raise TrainingDataError(
+            f"{args.model_dir}: no active model; name one with --version", field="model_dir"
+        )
+    bundle = registry.load(version)
+    data = read_samples(args.samples)
+    evaluation = evaluate_model(bundle, data, args.samples.name)
+    written = write_report(evaluation, args.out)
+    for target, figures in evaluation.targets.items():
+        overall = figures.overall
+        line = f"  {target}: {overall.rows} rows, median relative error {overall.median_relative_error:.3f}"
+        if overall.coverage is not None:
+            line += f", coverage {overall.coverage:.3f}"
+        print(line)
+    print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
+    if not any(path.suffix == ".png" for path in written):
+        print("no pictures: they need matplotlib; pip install 'podlatency[plots]'", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podlatency`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        handler = {"serve": serve, "train": train, "samples": samples}[args.command]
+        handler = {"serve": serve, "train": train, "samples": samples, "evaluate": evaluate}[args.command]
         return handler(args)
     except PodlatencyError as error:
         print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)

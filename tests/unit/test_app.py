@@ -28,6 +28,7 @@ from podlatency.learning.workload import generate, pod_rows
 from podlatency.metrics import service_metrics
 from podlatency.registry import ModelRegistry
 from podlatency.runtime import Runtime
+from podlatency.schema import FEATURE_NAMES
 from podlatency.settings import Settings
 from podlatency.tracing.otel import Tracing
 from podlatency.web.app import create_app
@@ -399,3 +400,13 @@ def test_compiled_trees_take_over_and_a_lone_request_is_predicted_where_it_is(
         batcher = runtime.service.holder.current().batcher
         assert batcher is not None
         assert batcher._relief is None, "a lone request never needed the batch thread"
+
+
+def test_the_model_route_says_which_features_matter(client: TestClient[Any]) -> None:
+    """``/v1/model`` carries each target's feature importance: shares of the gain, largest first."""
+    importance = client.get("/v1/model").json()["feature_importance"]
+    assert set(importance) == {"ttft", "tpot"}
+    for shares in importance.values():
+        assert set(shares) == set(FEATURE_NAMES)
+        assert list(shares.values()) == sorted(shares.values(), reverse=True)
+        assert sum(shares.values()) == pytest.approx(1.0, abs=0.01)

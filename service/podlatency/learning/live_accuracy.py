@@ -137,6 +137,17 @@ def regime_label(index: int) -> str:
     return f"waiting {waiting}, kv {cache}, prefix {prefix}"
 
 
+def figures_by_regime(
+    predicted: FloatArray, actual: FloatArray, regimes: npt.NDArray[np.int64], alpha: float | None
+) -> dict[str, Figures]:
+    """The figures of each regime with at least :data:`REGIME_MIN_ROWS` rows, by label, least load first."""
+    counts = np.bincount(regimes, minlength=REGIMES)
+    return {
+        regime_label(int(index)): Figures.of(predicted[regimes == index], actual[regimes == index], alpha)
+        for index in np.flatnonzero(counts >= REGIME_MIN_ROWS)
+    }
+
+
 class _Window:
     """The last ``size`` scored rows of one target: predicted, actual and regime, in a ring."""
 
@@ -167,13 +178,8 @@ class _Window:
 
     def by_regime(self, alpha: float | None) -> dict[str, Figures]:
         """Each regime's figures, for regimes with at least :data:`REGIME_MIN_ROWS` rows in the window."""
-        predicted, actual = self.predicted[: self.filled], self.actual[: self.filled]
-        regime = self.regime[: self.filled]
-        counts = np.bincount(regime, minlength=REGIMES)
-        return {
-            regime_label(int(index)): Figures.of(predicted[regime == index], actual[regime == index], alpha)
-            for index in np.flatnonzero(counts >= REGIME_MIN_ROWS)
-        }
+        filled = self.filled
+        return figures_by_regime(self.predicted[:filled], self.actual[:filled], self.regime[:filled], alpha)
 
 
 class LiveAccuracy:

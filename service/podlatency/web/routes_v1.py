@@ -14,6 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import RawBody
 from litestar.types import Scope
 
+from podlatency.learning.evaluation import model_feature_importance
 from podlatency.prediction_service import Predictions, PredictionService
 from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
 from podlatency.tracing.phase_spans import PhaseRecorder
@@ -106,13 +107,15 @@ def model_info(service: NamedDependency[PredictionService]) -> dict[str, object]
     router's few rows, ``engines`` each engine in use with the fewest rows it takes; in a cluster,
     ``rollout`` is the version the rollout ConfigMap declares beside this one (null outside);
     ``live`` is the model's accuracy on the observed rows a trainer received since it came into
-    service (a predictor says it scores none).
+    service (a predictor says it scores none); ``feature_importance`` each feature's share of each
+    target's gain.
     """
     loaded = service.holder.current()
     rollout = service.rollout_status() if service.rollout_status is not None else None
     return loaded.bundle.metadata() | {
         "rollout": None if rollout is None else dataclasses.asdict(rollout),
         "live": dataclasses.asdict(service.live_report()),
+        "feature_importance": model_feature_importance(loaded.bundle),
         "features_ignored": loaded.bundle.ignored_features(),
         "loaded_at": loaded.loaded_at.isoformat(),
         "device": service.device,
