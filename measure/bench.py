@@ -37,7 +37,7 @@ import msgspec
 
 from measure import seed_designs
 from measure.clients import concurrent, sequential
-from measure.ingestion import INGESTION_ROWS, bulk_body, ingestion_point
+from measure.ingestion import TRAINER_ENV, best_ingestion
 from measure.servers import LocalServer, default_model_folder, loaded_point
 from measure.tracing_cost import tracing_cost, tracing_lines
 from measure.versus_naive import (
@@ -89,22 +89,21 @@ def bench_server(
     return server
 
 
+def trainer_server(model_dir: Path, env: dict[str, str] | None = None) -> LocalServer:
+    """A ready trainer (and predictor) on its own model folder: XGBoost, never retraining."""
+    return bench_server(
+        model_dir, nthread=1, engine="xgboost", with_seed_designs=False, env=TRAINER_ENV | (env or {})
+    )
+
+
 def trainer_ingestion(requests: int, rounds: int) -> dict[str, Any]:
     """A trainer over a model folder of its own takes bulk requests back to back: its best round."""
     with default_model_folder() as folder:
-        trainer = bench_server(
-            folder,
-            nthread=1,
-            engine="xgboost",
-            with_seed_designs=False,
-            env={"PODLATENCY_RETRAIN_INTERVAL_S": "0"},
-        )
+        trainer = trainer_server(folder)
         try:
-            body = bulk_body(INGESTION_ROWS, seed=5)
-            points = [ingestion_point(trainer, body, INGESTION_ROWS, requests) for _ in range(rounds)]
+            return best_ingestion({"trainer": trainer}, requests=requests, rounds=rounds)["trainer"]
         finally:
             trainer.stop()
-    return max(points, key=lambda point: float(point["rows_per_s"]))
 
 
 def bare_process_rss_mb() -> float:

@@ -22,6 +22,8 @@ from podlatency.learning.workload import router_observations
 
 INGESTION_ROWS = 10_000
 """Rows per bulk request: the most llm-d's API takes in one."""
+TRAINER_ENV = {"PODLATENCY_RETRAIN_INTERVAL_S": "0"}
+"""A trainer that takes rows and does not retrain while it is measured."""
 
 
 def bulk_body(rows: int, seed: int = 0) -> bytes:
@@ -83,3 +85,17 @@ def unscored_rows(server: LocalServer) -> int | None:
     connection.close()
     live = answer.get("live")
     return None if live is None else int(live["unscored_rows"])
+
+
+def best_ingestion(
+    servers: dict[str, LocalServer], *, requests: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Each server's best round by rows/s, the servers taking turns round by round."""
+    body = bulk_body(INGESTION_ROWS, seed=5)
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for name, server in servers.items():
+            point = ingestion_point(server, body, INGESTION_ROWS, requests)
+            if name not in best or point["rows_per_s"] > best[name]["rows_per_s"]:
+                best[name] = point
+    return best

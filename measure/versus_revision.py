@@ -27,9 +27,9 @@ from typing import Any
 
 import msgspec
 
-from measure.bench import bench_server
+from measure.bench import bench_server, trainer_server
 from measure.clients import LatencySummary, sequential_answers
-from measure.ingestion import INGESTION_ROWS, bulk_body, ingestion_point
+from measure.ingestion import best_ingestion
 from measure.servers import LocalServer, default_model_folder, loaded_point
 from podlatency.learning.workload import pod_rows
 
@@ -88,28 +88,13 @@ def measure_ingestion(
     revision_path: dict[str, str], *, requests: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
     """Two trainers (revision, working tree), each over its own model folder: best round by rows/s."""
-    body = bulk_body(INGESTION_ROWS, seed=5)
-    trainer = {"PODLATENCY_RETRAIN_INTERVAL_S": "0"}
-    results: dict[str, dict[str, Any]] = {}
     with default_model_folder() as theirs, default_model_folder() as ours:
-        servers = {
-            "revision": bench_server(
-                theirs, nthread=1, engine="xgboost", with_seed_designs=False, env=trainer | revision_path
-            ),
-            "working tree": bench_server(
-                ours, nthread=1, engine="xgboost", with_seed_designs=False, env=trainer
-            ),
-        }
+        servers = {"revision": trainer_server(theirs, revision_path), "working tree": trainer_server(ours)}
         try:
-            for _ in range(rounds):
-                for name, server in servers.items():
-                    point = ingestion_point(server, body, INGESTION_ROWS, requests)
-                    if name not in results or point["rows_per_s"] > results[name]["rows_per_s"]:
-                        results[name] = point
+            return best_ingestion(servers, requests=requests, rounds=rounds)
         finally:
             for server in servers.values():
                 server.stop()
-    return results
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -214,18 +214,19 @@ class Retrainer:
             except Exception:
                 logger.exception("retraining after drift failed")
 
-    def run_drift(self, target: str) -> RetrainOutcome:
+    def run_drift(self, targets: str) -> RetrainOutcome:
         """An attempt for drift: no wait for the interval or the sample count, on the recent rows only.
 
         Candidates learn from each target's last rows (the store's recent rows, as many as the live
         window), so they learn the fleet as it is now, and the guard compares them with the active
         model on the recent held-out rows, where a drifted fleet shows. The floor is the drift rule's
-        own: the drifted target's live window had at least ``PODLATENCY_DRIFT_MIN_ROWS`` rows.
+        own: a drifted target's live window had at least ``PODLATENCY_DRIFT_MIN_ROWS`` rows.
+        ``targets`` names the drifted targets, for the log.
         """
         with self._lock:
             if not self.publisher.leads():
                 return RetrainOutcome(False, "standby trainer: the leader retrains")
-            logger.info("retrain: %s drifted; retraining on the recent rows now", target)
+            logger.info("retrain: %s drifted; retraining on the recent rows now", targets)
             return self._attempt_now("drift", recent=True)
 
     def _attempt_now(self, reason: str, *, recent: bool) -> RetrainOutcome:
