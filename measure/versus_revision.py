@@ -8,7 +8,9 @@ run over the same model folder (the embedded default, compiled trees, one worker
 the revision's (its ``service/`` first on ``PYTHONPATH``) and the working tree's. In interleaved
 rounds, each answers a 7-pod ``/v1/predict`` to one keep-alive client (p50, and server CPU per
 request) and to 16 clients (req/s, p99, server CPU per request); each figure keeps its best round.
-Both must give the same predictions for the same body. Then two trainers, one of each, over model
+Both must give the same predictions for the same body. Then the same at 16 clients with tracing at
+its defaults (an OTLP endpoint, the 1% head share, slow and failed requests kept), each exporting to
+a receiver of its own, as the chart deploys them. Then two trainers, one of each, over model
 folders of their own take the router's observations (:mod:`measure.ingestion`: bulk requests of
 10,000 rows back to back; rows per second, latency, CPU per row), in interleaved rounds too. Ratios
 are the working tree's over the revision's; docs/performance.md reads them.
@@ -30,6 +32,7 @@ import msgspec
 from measure.bench import bench_server, trainer_server
 from measure.clients import LatencySummary, sequential_answers
 from measure.ingestion import best_ingestion
+from measure.otlp_receiver import OtlpReceiver
 from measure.servers import LocalServer, default_model_folder, loaded_point
 from podlatency.learning.workload import pod_rows
 
@@ -84,6 +87,38 @@ def measure(
     return results
 
 
+def measure_traced(
+    models: Path, revision_path: dict[str, str], body: bytes, *, seconds: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """16 clients against each revision with tracing at its defaults: best round by req/s."""
+    receivers = {name: OtlpReceiver() for name in ("revision", "working tree")}
+    best: dict[str, dict[str, Any]] = {}
+    try:
+        servers = {
+            name: bench_server(
+                models,
+                nthread=1,
+                with_seed_designs=False,
+                tracing={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+                env=revision_path if name == "revision" else None,
+            )
+            for name, receiver in receivers.items()
+        }
+        try:
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    point = loaded_point(server, body, 16, seconds) | {"clients": 16}
+                    if name not in best or point["rps"] > best[name]["rps"]:
+                        best[name] = point
+        finally:
+            for server in servers.values():
+                server.stop()
+    finally:
+        for receiver in receivers.values():
+            receiver.close()
+    return best
+
+
 def measure_ingestion(
     revision_path: dict[str, str], *, requests: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
@@ -106,6 +141,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         "concurrent_rps": ("concurrent", "rps"),
         "concurrent_p99": ("concurrent", "p99_ms"),
         "concurrent_cpu_per_request": ("concurrent", "server_cpu_us_per_request"),
+        "traced_rps": ("traced", "rps"),
+        "traced_cpu_per_request": ("traced", "server_cpu_us_per_request"),
         "ingestion_rows_per_s": ("ingestion", "rows_per_s"),
         "ingestion_p50": ("ingestion", "p50_ms"),
         "ingestion_cpu_per_row": ("ingestion", "server_cpu_us_per_row"),
@@ -147,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for server in servers.values():
                     server.stop()
+            traced = measure_traced(models, revision_path, body, seconds=args.seconds, rounds=args.rounds)
         ingestion = measure_ingestion(revision_path, requests=args.bulk_requests, rounds=args.rounds)
     for name, point in ingestion.items():
         results[name]["ingestion"] = point
+        results[name]["traced"] = traced[name]
     same = (
         results["revision"]["one_client"]["predictions"]
         == results["working tree"]["one_client"]["predictions"]
@@ -165,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{single['server_cpu_us_per_request']:.0f} µs CPU/request; {many['clients']} clients "
             f"{many['rps']:.0f} req/s, p99 {many['p99_ms']:.2f} ms, "
             f"{many['server_cpu_us_per_request']:.0f} µs CPU/request"
+        )
+        print(
+            f"{'':13s} tracing at its defaults: {figures['traced']['rps']:.0f} req/s, "
+            f"{figures['traced']['server_cpu_us_per_request']:.0f} µs CPU/request"
         )
         bulk = figures["ingestion"]
         print(

@@ -149,9 +149,11 @@ def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path)
         assert figures["one_client"]["p50_ms"] > 0
         assert figures["concurrent"]["rps"] > 0
         assert figures["concurrent"]["server_cpu_us_per_request"] > 0
+        assert figures["traced"]["rps"] > 0
         assert figures["ingestion"]["rows_per_request"] == 10_000
         assert figures["ingestion"]["rows_per_s"] > 0
     assert set(report["working_tree_over_revision"]) == {
         "one_client_p50", "one_client_cpu_per_request", "concurrent_rps", "concurrent_p99",
-        "concurrent_cpu_per_request", "ingestion_rows_per_s", "ingestion_p50", "ingestion_cpu_per_row",
+        "concurrent_cpu_per_request", "traced_rps", "traced_cpu_per_request", "ingestion_rows_per_s",
+        "ingestion_p50", "ingestion_cpu_per_row",
     }  # fmt: skip
