@@ -160,7 +160,11 @@ def read_response_times(folder: Path, result: EndpointResult) -> None:
     One set of numbers, so a p99 never exceeds the max; to the microsecond, so sub-10-ms endpoints
     are not rounded to whole milliseconds. Without the files, Locust's own (rounded) figures stay.
     """
-    values = [float(line) for file in sorted(folder.glob("*.txt")) for line in file.read_text().split()]
+    values = [
+        value
+        for file in sorted(folder.glob("*.json"))
+        for value in json.loads(file.read_text()).get(result.path, [])
+    ]
     if not values:
         return
     ordered = np.sort(np.asarray(values))

@@ -21,7 +21,13 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from measure.loadtest.compare import ComparedServer, EndpointResult, read_locust_stats, run_endpoint
+from measure.loadtest.compare import (
+    ComparedServer,
+    EndpointResult,
+    read_locust_stats,
+    read_response_times,
+    run_endpoint,
+)
 from measure.loadtest.endpoints import Endpoint
 from podlatency.settings import Settings
 
@@ -59,6 +65,7 @@ def run(label: str, users: int, limit: int, args: argparse.Namespace, workdir: P
         accepted = run_endpoint(endpoint, options, server.url, server=server, workdir=folder, label=label)
         shed = EndpointResult(label, SHED, design)
         read_locust_stats(folder / label, SHED, shed)
+        read_response_times(folder / f"{label}-times", shed)
     finally:
         server.stop()
     return Run(label, users, limit, accepted, shed)
