@@ -1,8 +1,9 @@
 """The naive server ``make bench`` measures podlatency against: what a user writes after the seed post.
 
 A Litestar sync handler (on its worker-thread pool) decodes the body with msgspec, builds one float32
-matrix and calls ``inplace_predict`` once per target, with the same boosters. No batching, no
-phases, no spans. ``uvicorn measure.naive_app:app``, with ``NAIVE_MODEL_DIR`` naming a model folder.
+matrix and calls ``inplace_predict`` once per target, with the same boosters (their load trend and
+calibration applied, so its answers are podlatency's). No batching, no phases, no spans.
+``uvicorn measure.naive_app:app``, with ``NAIVE_MODEL_DIR`` naming a model folder.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 from pathlib import Path
 
 import msgspec
-import xgboost as xgb
 from litestar import Litestar, Response, get, post
 from litestar.params import RawBody
 
+from podlatency.bundle import ModelBundle
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodFeatures, feature_matrix
 
@@ -23,16 +24,16 @@ class Request(msgspec.Struct):
     pods: list[PodFeatures]
 
 
-def load_boosters() -> dict[str, xgb.Booster]:
+def load_bundle() -> ModelBundle:
     bundle = ModelRegistry(Path(os.environ["NAIVE_MODEL_DIR"])).load_active()
     if bundle is None:
         raise SystemExit("NAIVE_MODEL_DIR holds no active model")
     for booster in bundle.boosters.values():
         booster.set_param({"nthread": 1})
-    return bundle.boosters
+    return bundle
 
 
-BOOSTERS = load_boosters()
+BUNDLE = load_bundle()
 
 
 @post("/v1/predict", sync_to_thread=True, status_code=200)
@@ -40,7 +41,12 @@ def predict(body: RawBody) -> Response[bytes]:
     """Decode, one matrix, one ``inplace_predict`` per target, encode."""
     pods = msgspec.json.decode(body, type=Request).pods
     matrix = feature_matrix(pods)
-    predicted = {target: booster.inplace_predict(matrix).tolist() for target, booster in BOOSTERS.items()}
+    predicted = {
+        target: BUNDLE.latencies(
+            target, booster.inplace_predict(matrix, predict_type="margin"), matrix
+        ).tolist()
+        for target, booster in BUNDLE.boosters.items()
+    }
     pairs = zip(predicted["ttft"], predicted["tpot"], strict=True)
     answer = [{"ttft_ms": ttft, "tpot_ms": tpot} for ttft, tpot in pairs]
     return Response(msgspec.json.encode({"predictions": answer}), media_type="application/json")

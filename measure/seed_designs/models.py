@@ -50,7 +50,7 @@ class SeedModel:
         self.version = model.version
         # The model's own columns (a bundle trained before some features existed knows fewer) and calibration.
         self._columns = list(model.bundle.feature_names)
-        self._scale = model.bundle.prediction_scale
+        self._bundle = model.bundle  # its load trend and calibration, applied as /v1/predict does
         self._boosters = {target: booster.copy() for target, booster in model.bundle.boosters.items()}
         for booster in self._boosters.values():
             booster.set_param({"nthread": nthread})
@@ -59,20 +59,35 @@ class SeedModel:
         """The post's ``process_prediction``: a one-row DataFrame, then predict, per target."""
         started_ns = time.time_ns()
         frame = pd.DataFrame([features], columns=self._columns)
+        values = frame.to_numpy(np.float32)
         ttft, tpot = (
-            float(self._boosters[target].predict(xgb.DMatrix(frame))[0]) * self._scale.get(target, 1.0)
+            float(
+                self._bundle.latencies(
+                    target, self._boosters[target].predict(xgb.DMatrix(frame), output_margin=True), values
+                )[0]
+            )
             for target in TARGETS
         )
-        return PodResult(max(ttft, 0.0), max(tpot, 0.0), started_ns, time.time_ns())
+        return PodResult(ttft, tpot, started_ns, time.time_ns())
 
-    def frame(self, rows: Sequence[dict[str, float]]) -> xgb.DMatrix:
+    def frame(self, rows: Sequence[dict[str, float]]) -> SeedFrame:
         """The post's batch design, first half: one DataFrame for all pods (as a DMatrix)."""
-        return xgb.DMatrix(pd.DataFrame(list(rows), columns=self._columns))
+        frame = pd.DataFrame(list(rows), columns=self._columns)
+        return SeedFrame(xgb.DMatrix(frame), frame.to_numpy(np.float32))
 
-    def predict_frame(self, target: str, matrix: xgb.DMatrix) -> npt.NDArray[np.float64]:
+    def predict_frame(self, target: str, frame: SeedFrame) -> npt.NDArray[np.float64]:
         """The post's batch design, second half: one predict per target."""
-        predicted = np.asarray(self._boosters[target].predict(matrix), dtype=np.float64)
-        return np.maximum(predicted * self._scale.get(target, 1.0), 0.0)
+        return self._bundle.latencies(
+            target, self._boosters[target].predict(frame.dmatrix, output_margin=True), frame.values
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SeedFrame:
+    """The batch design's DataFrame as XGBoost's DMatrix, and its values for the load trend."""
+
+    dmatrix: xgb.DMatrix
+    values: npt.NDArray[np.float32]
 
 
 class SeedModels:

@@ -2,7 +2,8 @@
 
 On disk a bundle is a folder::
 
-    metadata.json     feature names and order, targets, objective, calibration, metrics, trained_at, version
+    metadata.json     feature names and order, targets, objective, load trend, calibration, metrics,
+                      trained_at, version
     ttft.ubj          the TTFT booster in XGBoost's own UBJSON format
     tpot.ubj          the TPOT booster
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import xgboost as xgb
 
 from podlatency.errors import ModelLoadError
@@ -38,9 +42,14 @@ FORMAT_VERSION = 1
 class ModelBundle:
     """Immutable: a new model is a new bundle, swapped in whole.
 
-    ``prediction_scale`` holds, per target of a quantile model, the factor its booster's output is
-    multiplied by: the calibration that makes the quantile hold on rows the booster never saw
-    (:func:`podlatency.learning.training.calibrate`). Targets not in it are not scaled.
+    ``prediction_scale`` holds, per target, the factor its latencies are multiplied by: the
+    calibration that makes a quantile hold, or a mean match, on rows the booster never saw
+    (:mod:`podlatency.learning.training`). Targets not in it are not scaled.
+
+    ``log_latency`` says the boosters' margins are the natural log of the latency in ms (older bundles
+    predict milliseconds). ``load_trend`` holds, per target, slopes per unit of ``log1p`` of some
+    features (in margin units), added to the margin: what keeps pods whose load differs apart
+    (:mod:`podlatency.learning.load_order`). :func:`as_latencies` applies all three.
     """
 
     boosters: dict[str, xgb.Booster]
@@ -53,6 +62,8 @@ class ModelBundle:
     source: str
     version: str = field(default="")
     prediction_scale: dict[str, float] = field(default_factory=dict)
+    load_trend: dict[str, dict[str, float]] = field(default_factory=dict)
+    log_latency: bool = False
 
     @classmethod
     def create(
@@ -66,12 +77,17 @@ class ModelBundle:
         training_rows: int,
         source: str,
         prediction_scale: dict[str, float] | None = None,
+        load_trend: dict[str, dict[str, float]] | None = None,
+        log_latency: bool = False,
         feature_names: tuple[str, ...] = FEATURE_NAMES,
     ) -> ModelBundle:
         """A bundle with its content-hash version filled in."""
         raw = {target: bytes(booster.save_raw("ubj")) for target, booster in boosters.items()}
         scale = dict(prediction_scale or {})
-        version = content_version(raw, feature_names, objective, quantile_alpha, scale)
+        trend = {target: dict(slopes) for target, slopes in (load_trend or {}).items() if slopes}
+        version = content_version(
+            raw, feature_names, objective, quantile_alpha, scale, load_trend=trend, log_latency=log_latency
+        )
         return cls(
             boosters=boosters,
             feature_names=feature_names,
@@ -83,7 +99,18 @@ class ModelBundle:
             source=source,
             version=version,
             prediction_scale=scale,
+            load_trend=trend,
+            log_latency=log_latency,
         )
+
+    def trend_vector(self, target: str) -> npt.NDArray[np.float64] | None:
+        """``target``'s load trend as one slope per column of :attr:`feature_names` (``None``: none)."""
+        return trend_vector(self.load_trend.get(target, {}), self.feature_names)
+
+    def latencies(self, target: str, raw: Any, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """``target``'s booster output on ``matrix`` (this bundle's columns) as latencies."""
+        scale = self.prediction_scale.get(target)
+        return as_latencies(raw, matrix, self.trend_vector(target), scale, log_latency=self.log_latency)
 
     def feature_importance(self, target: str) -> dict[str, float]:
         """Each feature's share of the target's booster's total split gain (0 for features never split on)."""
@@ -107,6 +134,8 @@ class ModelBundle:
             "objective": self.objective,
             "quantile_alpha": self.quantile_alpha,
             "prediction_scale": self.prediction_scale,
+            "load_trend": self.load_trend,
+            "log_latency": self.log_latency,
             "metrics": self.metrics,
             "trained_at": self.trained_at,
             "training_rows": self.training_rows,
@@ -138,23 +167,107 @@ class ModelBundle:
         return folder
 
 
+def trend_vector(
+    slopes: dict[str, float], feature_names: tuple[str, ...] = FEATURE_NAMES
+) -> npt.NDArray[np.float64] | None:
+    """A load trend as one slope per column of ``feature_names`` (``None`` for no trend)."""
+    if not slopes:
+        return None
+    return np.array([slopes.get(name, 0.0) for name in feature_names], dtype=np.float64)
+
+
+def trend_of(matrix: npt.NDArray[np.float32], trend: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The load trend's value for each row: its slopes times ``log1p`` of the features.
+
+    On ``log1p``, so the trend grows ever more slowly: the first requests on a pod count, and a count
+    a billion times larger than usual adds a fifth at most, not a billion times the slope.
+    """
+    return np.log1p(matrix, dtype=np.float64) @ trend
+
+
+def as_latencies(
+    raw: Any,
+    matrix: npt.NDArray[np.float32],
+    trend: npt.NDArray[np.float64] | None,
+    scale: float | None,
+    *,
+    log_latency: bool,
+) -> npt.NDArray[np.float64]:
+    """A booster's raw output on ``matrix`` as latencies in ms.
+
+    In float64: the load trend added, back from logs (``log_latency``), calibration applied, clipped at 0.
+    """
+    predicted = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if trend is not None:
+        predicted += trend_of(matrix, trend)
+    if log_latency:
+        predicted = np.exp(predicted)
+    if scale is not None:
+        predicted *= scale
+    return np.maximum(predicted, 0.0)
+
+
 def content_version(
     raw_boosters: dict[str, bytes],
     feature_names: tuple[str, ...],
     objective: str,
     quantile_alpha: float | None,
     prediction_scale: dict[str, float] | None = None,
+    *,
+    load_trend: dict[str, dict[str, float]] | None = None,
+    log_latency: bool = False,
 ) -> str:
     """The first 16 hex digits of a SHA-256 over everything that decides predictions."""
     digest = hashlib.sha256()
     decisive: list[object] = [list(feature_names), objective, quantile_alpha]
-    if prediction_scale:  # absent from bundles that are not calibrated, whose versions stay as they were
+    # Each is absent from bundles without it, whose versions stay as they were.
+    if prediction_scale:
         decisive.append(sorted(prediction_scale.items()))
+    if log_latency:
+        decisive.append("log_latency")
+    if load_trend:
+        decisive.append(
+            {"load_trend": {target: sorted(slopes.items()) for target, slopes in sorted(load_trend.items())}}
+        )
     digest.update(json.dumps(decisive).encode())
     for target in sorted(raw_boosters):
         digest.update(target.encode())
         digest.update(hashlib.sha256(raw_boosters[target]).digest())
     return digest.hexdigest()[:16]
+
+
+def read_load_trend(
+    metadata: dict[str, Any], folder: Path, feature_names: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """The metadata's ``load_trend``: per target of :data:`TARGETS`, finite slopes of model features."""
+    try:
+        load_trend = {
+            str(target): {str(name): float(slope) for name, slope in slopes.items()}
+            for target, slopes in metadata.get("load_trend", {}).items()
+        }
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: load_trend is not slopes by feature ({error})"
+        ) from None
+    strange = [
+        f"{target}.{name}"
+        for target, slopes in load_trend.items()
+        for name, slope in slopes.items()
+        if target not in TARGETS or name not in feature_names or not math.isfinite(slope)
+    ]
+    if strange:
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: load_trend holds no finite slope of a model feature: {strange}"
+        )
+    return load_trend
+
+
+def read_log_latency(metadata: dict[str, Any], folder: Path) -> bool:
+    """The metadata's ``log_latency`` (absent: false)."""
+    log_latency = metadata.get("log_latency", False)
+    if not isinstance(log_latency, bool):
+        raise ModelLoadError(f"{folder / METADATA_FILE}: log_latency is {log_latency!r}, not true or false")
+    return log_latency
 
 
 def load_bundle(folder: Path) -> ModelBundle:
@@ -176,6 +289,8 @@ def load_bundle(folder: Path) -> ModelBundle:
         prediction_scale = {
             str(key): float(value) for key, value in metadata.get("prediction_scale", {}).items()
         }
+        load_trend = read_load_trend(metadata, folder, feature_names)
+        log_latency = read_log_latency(metadata, folder)
         expected_version = str(metadata["version"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelLoadError(f"{folder / METADATA_FILE}: missing or invalid field {error}") from None
@@ -206,7 +321,15 @@ def load_bundle(folder: Path) -> ModelBundle:
                 f"its metadata names {len(feature_names)}"
             )
         boosters[target] = booster
-    actual_version = content_version(raw, feature_names, objective, quantile_alpha, prediction_scale)
+    actual_version = content_version(
+        raw,
+        feature_names,
+        objective,
+        quantile_alpha,
+        prediction_scale,
+        load_trend=load_trend,
+        log_latency=log_latency,
+    )
     if actual_version != expected_version:
         raise ModelLoadError(
             f"{folder}: content hash {actual_version} does not match recorded version {expected_version}"
@@ -222,6 +345,8 @@ def load_bundle(folder: Path) -> ModelBundle:
         source=str(metadata.get("source", "")),
         version=expected_version,
         prediction_scale=prediction_scale,
+        load_trend=load_trend,
+        log_latency=log_latency,
     )
 
 

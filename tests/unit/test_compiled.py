@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from measure.load_order import monotone_violations
 from podlatency.bundle import ModelBundle
 from podlatency.engines.compiled import (
     ENGINE_COMPILED,
@@ -22,10 +24,11 @@ from podlatency.engines.compiled import (
 from podlatency.engines.compiling import BUILD_OPTIONS, MANIFEST_FILE, Compiler, export_library
 from podlatency.engines.predictor import Predictor
 from podlatency.errors import CompileFailed
+from podlatency.learning import workload
 from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.metrics import service_metrics
 from podlatency.registry import ModelRegistry
-from podlatency.schema import FEATURE_NAMES, MAX_COUNT, add_derived_columns
+from podlatency.schema import FEATURE_NAMES, MAX_COUNT, TARGETS, add_derived_columns
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +66,19 @@ def rows_at_every_bound(count: int = 64, seed: int = 3) -> np.ndarray:
     return np.ascontiguousarray(matrix)
 
 
+def served(predictor: Predictor, target: str, rows: np.ndarray) -> np.ndarray:
+    """One target's served predictions (the compiled engine, once in use)."""
+    return predictor.predict_all(rows)[target]
+
+
 @pytest.mark.parametrize("objective", ["mean", "quantile"])
 def test_compiled_predictions_equal_xgboost_at_every_bound(
     objective: str, small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
 ) -> None:
     """Both objectives: compiled outputs equal XGBoost's within float32 tolerance.
 
-    On random rows, each feature at its bounds and every split threshold; served predictions (scaled,
-    clipped) agree the same way.
+    On random rows, each feature at its bounds and every split threshold; served predictions (load
+    trend, logs, scale, clipping) agree the same way, and stay monotone in load.
     """
     bundle = small_bundle if objective == "mean" else quantile_bundle
     assert bundle.objective == objective
@@ -87,6 +95,10 @@ def test_compiled_predictions_equal_xgboost_at_every_bound(
     on_compiled = predictor.predict_all(matrix)
     for target in bundle.boosters:
         np.testing.assert_allclose(on_compiled[target], on_xgboost[target], rtol=1e-5, atol=1e-3)
+    # Monotone in load on the compiled engine too (tests/unit/test_load_order.py for XGBoost).
+    pods = workload.generate(200, seed=22).features
+    compiled_predict = {target: functools.partial(served, predictor, target) for target in TARGETS}
+    assert monotone_violations(compiled_predict, pods) == dict.fromkeys(TARGETS, 0)
     compiler.close()
 
 
@@ -188,18 +200,19 @@ def test_a_model_replaced_mid_compile_stops_its_compile(
     compiler.close()
 
 
-def test_the_check_catches_quantized_trees_that_split_one_float32_step_off(
-    small_bundle: ModelBundle, tmp_path: Path
-) -> None:
+def test_the_check_catches_quantized_trees_that_split_one_float32_step_off(tmp_path: Path) -> None:
     """Why compiled trees are not quantized: the check refuses it for this model.
 
-    With tl2cgen's ``quantize`` this model's TTFT trees put a value one float32 step below a split
-    threshold on the wrong side. Only the check matrix's rows beside each threshold show it; the
-    plain build agrees everywhere.
+    With tl2cgen's ``quantize`` this model's TTFT trees (fitted on milliseconds, without constraints)
+    put a value one float32 step below a split threshold on the wrong side. Only the check matrix's
+    rows beside each threshold show it; the plain build agrees everywhere.
     """
-    booster = small_bundle.boosters["ttft"]
+    fitted_on_ms = TrainingOptions(rounds=50, log_latency=False, monotone=False, load_trend=False)
+    booster = train_bundle(synthetic_training_set(5_000, seed=1), fitted_on_ms, source="test").boosters[
+        "ttft"
+    ]
     matrix = check_matrix({"ttft": booster}, None)
-    expected = np.asarray(booster.inplace_predict(matrix, validate_features=False)).reshape(-1)
+    expected = np.asarray(booster.inplace_predict(matrix, validate_features=False, predict_type="margin"))
     disagreeing = {}
     for name, options in {"plain": BUILD_OPTIONS, "quantized": replace(BUILD_OPTIONS, quantize=True)}.items():
         export_library(booster, tmp_path / f"{name}.so", "gcc", options)

@@ -20,12 +20,17 @@ def rows(count: int, seed: int = 11) -> list[PodMetrics]:
 
 @pytest.mark.parametrize("count", [1, 7, 300])
 def test_predictions_equal_xgboost_predict(small_bundle: ModelBundle, count: int) -> None:
-    """inplace_predict on our float32 matrix equals Booster.predict on a DMatrix of the same rows."""
+    """inplace_predict on our float32 matrix equals Booster.predict on a DMatrix of the same rows.
+
+    Both as latencies: the margin, the bundle's load trend, back from logs, clipped at 0.
+    """
     predictor = Predictor(small_bundle, "cpu", nthread=1)
     matrix = feature_matrix(rows(count))
     ours = predictor.predict_all(matrix)
     for target, booster in small_bundle.boosters.items():
-        reference = np.maximum(booster.predict(xgb.DMatrix(matrix)), 0.0)
+        reference = small_bundle.latencies(
+            target, booster.predict(xgb.DMatrix(matrix), output_margin=True), matrix
+        )
         np.testing.assert_allclose(ours[target], reference, rtol=1e-6, atol=1e-4)
         assert ours[target].shape == (count,)
 

@@ -53,7 +53,7 @@ HELD_GIL_MAX_ROWS = 512
 
 
 class CompiledModel:
-    """One bundle's boosters as loaded native libraries: raw (unscaled) predictions per target.
+    """One bundle's boosters as loaded native libraries: raw outputs (margins, before any link) per target.
 
     Small calls go straight to tl2cgen's C API (``include/tl2cgen/c_api.h``) through a binding that
     keeps the GIL: each of tl2cgen's Python calls releases and takes back the GIL, and in a busy
@@ -107,7 +107,9 @@ class CompiledModel:
             started_ns = time.time_ns()
             if len(matrix) > HELD_GIL_MAX_ROWS:
                 dmatrix = self._dmatrix(matrix, dtype="float32")
-                return self._each_target(started_ns, lambda predictor: predictor.predict(dmatrix).reshape(-1))
+                return self._each_target(
+                    started_ns, lambda predictor: predictor.predict(dmatrix, pred_margin=True).reshape(-1)
+                )
             rows = np.ascontiguousarray(matrix, dtype=np.float32)
             handle = ctypes.c_void_p()
             _checked(self._create(rows.ctypes.data, b"float32", rows.shape[0], rows.shape[1],
@@ -122,7 +124,7 @@ class CompiledModel:
     def _held(self, predictor: Any, handle: ctypes.c_void_p, rows: int) -> npt.NDArray[np.float32]:
         """One target's outputs through the GIL-keeping binding: one target, one class, a value per row."""
         out = np.zeros(rows, dtype=np.float32)
-        _checked(self._predict_batch(predictor.handle, handle, 0, 0, out.ctypes.data))
+        _checked(self._predict_batch(predictor.handle, handle, 0, 1, out.ctypes.data))  # margins
         return out
 
     def _each_target(

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.bundle import ModelBundle
+from podlatency.bundle import ModelBundle, as_latencies
 from podlatency.engines.batching import MicroBatcher
 from podlatency.engines.compiled import (
     ENGINE_COMPILED,
@@ -100,6 +100,7 @@ class Predictor:
             else [FEATURE_NAMES.index(name) for name in bundle.feature_names]
         )
         self._scale = bundle.prediction_scale
+        self._trend = {target: bundle.trend_vector(target) for target in bundle.boosters}
         # Private copies: device and thread settings are per predictor, the bundle stays untouched.
         self._boosters = {"cpu": self._copies("cpu")}
         if device == "cuda":
@@ -131,7 +132,9 @@ class Predictor:
         matrix = check_matrix(self.bundle.boosters, self._columns)
         candidate, _ = compiled.predict_timed(matrix)
         reference = {
-            target: np.asarray(booster.inplace_predict(matrix, validate_features=False)).reshape(-1)
+            target: np.asarray(
+                booster.inplace_predict(matrix, validate_features=False, predict_type="margin")
+            ).reshape(-1)
             for target, booster in self._boosters["cpu"].items()
         }
         return candidate, reference
@@ -156,19 +159,19 @@ class Predictor:
             return self._cupy.asarray(matrix)
         return matrix
 
-    def _predict(self, target: str, on_device: Any, device: str) -> npt.NDArray[np.float64]:
-        result = self._boosters[device][target].inplace_predict(on_device, validate_features=False)
+    def _predict(
+        self, target: str, matrix: FloatMatrix, on_device: Any, device: str
+    ) -> npt.NDArray[np.float64]:
+        booster = self._boosters[device][target]
+        result = booster.inplace_predict(on_device, validate_features=False, predict_type="margin")
         if device == "cuda" and self._cupy is not None:
             result = self._cupy.asnumpy(result)
-        return self._finish(target, result)
+        return self._finish(target, result, matrix)
 
-    def _finish(self, target: str, raw: Any) -> npt.NDArray[np.float64]:
-        """A booster's raw output as latencies: float64, conformal scale applied, clipped at 0 ms."""
-        predicted = np.asarray(raw, dtype=np.float64).reshape(-1)
+    def _finish(self, target: str, raw: Any, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
+        """A booster's raw output on ``matrix`` (the model's columns) as latencies."""
         scale = self._scale.get(target)
-        if scale is not None:
-            predicted *= scale
-        return np.maximum(predicted, 0.0)
+        return as_latencies(raw, matrix, self._trend[target], scale, log_latency=self.bundle.log_latency)
 
     def _model_columns(self, matrix: FloatMatrix) -> FloatMatrix:
         return matrix if self._columns is None else np.ascontiguousarray(matrix[:, self._columns])
@@ -176,7 +179,8 @@ class Predictor:
     def predict_target(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
         """One XGBoost ``inplace_predict`` call for all rows, clipped at 0 ms (evaluation, benchmarks)."""
         device = self.device_for(len(matrix))
-        return self._predict(target, self._on_device(self._model_columns(matrix), device), device)
+        columns = self._model_columns(matrix)
+        return self._predict(target, columns, self._on_device(columns, device), device)
 
     def predict_timed(
         self, matrix: FloatMatrix
@@ -184,15 +188,18 @@ class Predictor:
         """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns)."""
         device = self.device_for(len(matrix))
         compiled = self._compiled  # read once: a switch lands between calls, never inside one
+        columns = self._model_columns(matrix)
         if compiled is not None and device == "cpu":
-            raw, compiled_times = compiled.predict_timed(self._model_columns(matrix))
-            return {target: self._finish(target, raw[target]) for target in self.targets}, compiled_times
-        on_device = self._on_device(self._model_columns(matrix), device)
+            raw, compiled_times = compiled.predict_timed(columns)
+            return {
+                target: self._finish(target, raw[target], columns) for target in self.targets
+            }, compiled_times
+        on_device = self._on_device(columns, device)
         by_target: dict[str, npt.NDArray[np.float64]] = {}
         times: dict[str, tuple[int, int]] = {}
         for target in self.targets:
             started_ns = time.time_ns()
-            by_target[target] = self._predict(target, on_device, device)
+            by_target[target] = self._predict(target, columns, on_device, device)
             times[target] = (started_ns, time.time_ns())
         return by_target, times
 

@@ -27,8 +27,6 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from podlatency.bundle import ModelBundle
 from podlatency.engines.predictor import Predictor
 from podlatency.learning.publishing import FolderPublisher, Publisher
@@ -134,10 +132,7 @@ def holdout_scores(bundle: ModelBundle, holdout: dict[str, TargetRows]) -> dict[
 
 def candidate_scores(trained: TrainedTarget, rows: TargetRows, options: TrainingOptions) -> dict[str, float]:
     """A freshly trained target's held-out measures, its calibration applied."""
-    predicted = np.asarray(trained.booster.inplace_predict(rows.features), dtype=np.float64)
-    if trained.scale is not None:
-        predicted *= trained.scale
-    return evaluate(rows.observed_ms, np.maximum(predicted, 0.0), options)
+    return evaluate(rows.observed_ms, trained.latencies(rows.features), options)
 
 
 class Retrainer:
@@ -263,6 +258,7 @@ class Retrainer:
             active is not None
             and (active.objective, active.quantile_alpha) == (objective, verdict.quantile)
             and active.feature_names == FEATURE_NAMES
+            and active.log_latency == options.log_latency  # a bundle's targets share one output scale
         )
         if active is not None and comparable:
             kept = self._compare(active, trained, holdout, options, verdict)
@@ -276,6 +272,8 @@ class Retrainer:
                         active.boosters[target],
                         active.prediction_scale.get(target),
                         active.metrics.get(target, {}),
+                        active.load_trend.get(target, {}),
+                        active.log_latency,
                     )
             return self._publish(assemble_bundle(kept, options, "observed-samples", training_rows), verdict)
         change = "no model in service" if active is None else f"the model in service is {describe(active)}"
@@ -361,4 +359,6 @@ def describe(bundle: ModelBundle) -> str:
         kind = f"a {bundle.objective} model"
     if bundle.feature_names != FEATURE_NAMES:
         kind += f" trained without {', '.join(bundle.ignored_features())}"
+    if not bundle.log_latency:
+        kind += " fitted on milliseconds (not monotone in load)"
     return kind

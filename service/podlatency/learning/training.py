@@ -8,21 +8,29 @@ Sources of rows: the synthetic workload (the embedded default), a file of record
 ``actual_tpot_ms`` is 0) and, when streamed, a TPOT row (its ``actual_ttft_ms`` is 0). Each target
 therefore trains, holds out and is evaluated on its own rows: those where its actual is above 0.
 
+**Boosters learn the log of the latency,** with monotone constraints, minus a small load trend
+that the bundle carries and serving adds back: predictions are monotone in load and keep pods whose
+load differs apart (:mod:`podlatency.learning.load_order`).
+
+A mean model is gamma regression: its trees sum to the log of the mean latency. A quantile model
+learns the quantile of the log latency, which is the log of the latency's quantile.
+
 **Quantile models are calibrated.** A booster fitted with the quantile objective covers its own
 training rows at the quantile, but fresh rows less often: its leaves fit their rows' noise, most on
-small data (docs/llm-d-router.md). So each target's
-predictions are scaled by the factor that makes them cover the held-out rows at the quantile (split
-conformal calibration on the ratio actual / predicted), and the booster is then refitted on all the
-target's rows (the factor found for fewer rows is, if anything, conservative for more). The metrics
-reported are cross-fitted (each half of the held-out rows is scored with the factor found on the
-other half), so they are honest.
+small data (docs/llm-d-router.md). So each target's predictions are scaled by the factor that makes
+them cover the held-out rows at the quantile (split conformal calibration on the ratio actual /
+predicted), and the booster is then refitted on all the target's rows (the factor found for fewer
+rows is, if anything, conservative for more). The metrics reported are cross-fitted (each half of
+the held-out rows is scored with the factor found on the other half), so they are honest.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,9 +38,10 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.bundle import ModelBundle
+from podlatency.bundle import ModelBundle, as_latencies, trend_of, trend_vector
 from podlatency.errors import TrainingDataError
 from podlatency.learning import workload
+from podlatency.learning.load_order import load_trend, monotone_constraints
 from podlatency.schema import (
     ACTUAL_COLUMNS,
     FEATURE_NAMES,
@@ -57,6 +66,10 @@ class TrainingOptions:
     max_depth: int = 6
     learning_rate: float = 0.1
     holdout_share: float = 0.2
+    # Logs, monotone constraints and the load trend (load_order.py): off only to measure their worth.
+    log_latency: bool = True
+    monotone: bool = True
+    load_trend: bool = True
     # One OpenMP thread: with all cores, training beside busy processes slowed from 0.8 s to 28 s
     # (20k rows, two CPU-bound neighbours on 2 cores): OpenMP teams spin while waiting for each other.
     nthread: int = 1
@@ -97,15 +110,25 @@ class TrainingSet:
 
 @dataclass(frozen=True, slots=True)
 class TrainedTarget:
-    """One target's booster, its calibration factor (quantile models) and its held-out metrics."""
+    """One target's booster, how its output becomes latencies, and its held-out metrics."""
 
     booster: xgb.Booster
     scale: float | None
     metrics: dict[str, float]
+    load_trend: dict[str, float] = field(default_factory=dict)
+    log_latency: bool = False
+
+    def latencies(self, features: FloatMatrix) -> FloatArray:
+        """The target's predictions for ``features``, as its bundle will serve them."""
+        raw, trend = (
+            self.booster.inplace_predict(features, predict_type="margin"),
+            trend_vector(self.load_trend),
+        )
+        return as_latencies(raw, features, trend, self.scale, log_latency=self.log_latency)
 
 
-def booster_params(options: TrainingOptions) -> dict[str, Any]:
-    """XGBoost's parameters for ``options``."""
+def booster_params(options: TrainingOptions, target: str) -> dict[str, Any]:
+    """XGBoost's parameters for ``target`` as ``options`` say."""
     params: dict[str, Any] = {
         "tree_method": "hist",
         "max_depth": options.max_depth,
@@ -113,9 +136,12 @@ def booster_params(options: TrainingOptions) -> dict[str, Any]:
         "nthread": options.nthread,
         "seed": options.seed,
     }
+    if options.monotone:
+        params["monotone_constraints"] = monotone_constraints(target)
     if options.objective == "quantile":
         return params | {"objective": "reg:quantileerror", "quantile_alpha": options.quantile_alpha}
-    return params | {"objective": "reg:squarederror"}
+    # Gamma regression learns the log of the mean: the mean itself, not a typical value below it.
+    return params | {"objective": "reg:gamma" if options.log_latency else "reg:squarederror"}
 
 
 def train_target(target: str, rows: TargetRows, options: TrainingOptions) -> TrainedTarget:
@@ -129,34 +155,65 @@ def train_target(target: str, rows: TargetRows, options: TrainingOptions) -> Tra
     order = np.random.default_rng(options.seed).permutation(count)
     holdout = max(2, int(count * options.holdout_share))
     test_index, train_index = order[:holdout], order[holdout:]
-    train_matrix = xgb.DMatrix(
-        rows.features[train_index], label=rows.observed_ms[train_index], feature_names=list(FEATURE_NAMES)
-    )
-    booster = xgb.train(booster_params(options), train_matrix, num_boost_round=options.rounds)
-    # Serving hands XGBoost plain numpy matrices, so boosters carry no feature names.
-    booster.feature_names = None
+    # The trend is a scale (each feature's range), not a fit: all rows set it. Its slopes are logs.
+    trend = load_trend(target, rows.features) if options.load_trend and options.log_latency else {}
+    booster = fit_booster(target, rows.features[train_index], rows.observed_ms[train_index], trend, options)
     observed = rows.observed_ms[test_index]
-    predicted = np.asarray(booster.inplace_predict(rows.features[test_index]), dtype=np.float64)
-    if options.objective != "quantile":
-        return TrainedTarget(booster, None, evaluate(observed, np.maximum(predicted, 0.0), options))
+    unscaled = TrainedTarget(booster, None, {}, trend, options.log_latency)
+    predicted = unscaled.latencies(rows.features[test_index])
+    calibration = calibration_for(options)
+    if calibration is None:
+        return replace(unscaled, metrics=evaluate(observed, predicted, options))
     half = len(observed) // 2
     first, second = slice(0, half), slice(half, None)
     cross_fitted = np.concatenate(
         [
-            predicted[first] * conformal_scale(observed[second], predicted[second], options.quantile_alpha),
-            predicted[second] * conformal_scale(observed[first], predicted[first], options.quantile_alpha),
+            predicted[first] * calibration(observed[second], predicted[second]),
+            predicted[second] * calibration(observed[first], predicted[first]),
         ]
     )
     metrics = evaluate(np.concatenate([observed[first], observed[second]]), cross_fitted, options)
-    scale = conformal_scale(observed, predicted, options.quantile_alpha)
+    scale = calibration(observed, predicted)
+    if options.objective != "quantile":
+        return replace(unscaled, scale=scale, metrics=metrics)
     # Refitted on every row: a quantile's local estimates are noisy, and more rows make them less so.
-    refitted = xgb.train(
-        booster_params(options),
-        xgb.DMatrix(rows.features, label=rows.observed_ms, feature_names=list(FEATURE_NAMES)),
-        num_boost_round=options.rounds,
-    )
-    refitted.feature_names = None
-    return TrainedTarget(refitted, scale, metrics)
+    refitted = fit_booster(target, rows.features, rows.observed_ms, trend, options)
+    return replace(unscaled, booster=refitted, scale=scale, metrics=metrics)
+
+
+def calibration_for(options: TrainingOptions) -> Callable[[FloatArray, FloatArray], float] | None:
+    """How held-out rows set the factor predictions are scaled by (``None``: not scaled)."""
+    if options.objective == "quantile":
+        return functools.partial(conformal_scale, alpha=options.quantile_alpha)
+    return None
+
+
+def fit_booster(
+    target: str,
+    features: FloatMatrix,
+    observed_ms: FloatArray,
+    trend: dict[str, float],
+    options: TrainingOptions,
+) -> xgb.Booster:
+    """One booster whose output (a margin) plus the load trend is the (log) latency.
+
+    A quantile is learned on the log latency minus the trend; a mean (gamma regression, whose margin
+    is the log of the mean) on the latency divided by ``exp(trend)``: either way serving adds the trend
+    to the margin. Without logs (a measurement), the trend is in milliseconds.
+    """
+    vector = trend_vector(trend)
+    shift = np.zeros(len(features)) if vector is None else trend_of(features, vector)
+    if not options.log_latency:
+        label = observed_ms - shift
+    elif options.objective == "quantile":
+        label = np.log(observed_ms) - shift
+    else:
+        label = observed_ms * np.exp(-shift)
+    matrix = xgb.DMatrix(features, label=label, feature_names=list(FEATURE_NAMES))
+    booster = xgb.train(booster_params(options, target), matrix, num_boost_round=options.rounds)
+    # Serving hands XGBoost plain numpy matrices, so boosters carry no feature names.
+    booster.feature_names = None
+    return booster
 
 
 def conformal_scale(observed: FloatArray, predicted: FloatArray, alpha: float) -> float:
@@ -191,7 +248,17 @@ def assemble_bundle(
         prediction_scale={
             target: result.scale for target, result in trained.items() if result.scale is not None
         },
+        load_trend={target: result.load_trend for target, result in trained.items()},
+        log_latency=shared_log_latency(trained),
     )
+
+
+def shared_log_latency(trained: dict[str, TrainedTarget]) -> bool:
+    """Whether the targets' boosters learned logs: all or none, as a bundle holds one flag."""
+    flags = {result.log_latency for result in trained.values()}
+    if len(flags) > 1:
+        raise ValueError("a bundle's boosters must all learn logs, or none")
+    return flags.pop() if flags else False
 
 
 def train_bundle(

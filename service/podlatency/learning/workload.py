@@ -226,3 +226,37 @@ def single_regime_observations(
 def pod_rows(count: int, seed: int = 0, queued_share: float = 0.4) -> list[dict[str, object]]:
     """``count`` realistic request rows (a mix of idle and queued pods), e.g. for load tests."""
     return generate(count, seed=seed, queued_share=queued_share).rows()
+
+
+def fleet_decisions(
+    decisions: int, candidates: int = 4, seed: int = 0, queued_share: float = 0.2
+) -> npt.NDArray[np.float32]:
+    """Scheduling decisions as a router sees them: ``(decisions, candidates, features)`` float32.
+
+    The candidates of one decision are pods of one balanced, aggregated fleet asked about the same
+    request. They share its prompt (``input_token_length``, ``encoder_input_size``, the prefix-cache
+    score) and, as a router that balances load keeps them, a fleet-wide load level (a pod state drawn
+    as :func:`generate` draws them, a ``queued_share`` of them with a queue); each differs from that
+    level by a few running requests, a request or two in its queue, a few points of KV-cache use and
+    the prefill work that comes with them: the near-ties a router has to rank. Router-shaped: a new
+    request has generated no tokens, and the router reports no ``decode_tokens_in_flight``.
+    """
+    rng = np.random.default_rng(seed + 1)
+    level = generate(decisions, seed=seed, queued_share=queued_share).features
+    fleet = np.repeat(level[:, None, :], candidates, axis=1)
+    column = FEATURE_NAMES.index
+    shape = (decisions, candidates)
+    extra_running = rng.poisson(1.5, shape).astype(np.float32)
+    fleet[:, :, column("num_request_running")] += extra_running
+    queued = fleet[:, :, column("num_request_waiting")] > 0
+    fleet[:, :, column("num_request_waiting")] += queued * rng.integers(0, 3, shape)
+    kv = fleet[:, :, column("kv_cache_percentage")] + rng.normal(0.0, 0.02, shape) + extra_running / 120.0
+    fleet[:, :, column("kv_cache_percentage")] = np.round(np.clip(kv, 0.0, 1.0), 4)
+    fleet[:, :, column("prefill_tokens_in_flight")] += np.round(
+        extra_running * rng.lognormal(np.log(90.0), 0.8, shape)
+    )
+    for unreported in ("num_tokens_generated", "decode_tokens_in_flight", "pod_type_code"):
+        fleet[:, :, column(unreported)] = 0.0
+    flat = fleet.reshape(decisions * candidates, len(FEATURE_NAMES))
+    add_derived_columns(flat)
+    return flat.reshape(decisions, candidates, len(FEATURE_NAMES))
