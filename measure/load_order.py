@@ -9,7 +9,7 @@ it trains three ways on the same rows: plain boosters, monotone constraints alon
 constraints with the load trend (what podlatency trains, :mod:`podlatency.learning.load_order`). Each
 is scored on:
 
-- held-out error: median relative error, and coverage for the quantile;
+- held-out error: median relative error and MAE, and for the quantile coverage and pinball loss;
 - **apart**: the share of scheduling decisions (:func:`~podlatency.learning.workload.fleet_decisions`,
   2,000 decisions of 4 candidate pods, a fifth of pods queued) in which every two candidates whose
   load differs got different predictions, per target;
@@ -135,7 +135,7 @@ def score(bundle: ModelBundle, fleet: FloatMatrix, pods: FloatMatrix) -> dict[st
         target: {
             name: round(value, 4)
             for name, value in bundle.metrics[target].items()
-            if name in {"median_ape", "coverage", "mae_ms"}
+            if name in {"median_ape", "coverage", "pinball_loss", "mae_ms"}
         }
         for target in TARGETS
     }
@@ -171,19 +171,22 @@ def report(results: list[dict[str, object]]) -> str:
     """The results as a Markdown table."""
     lines = [
         "| objective | rows | training | median rel. error TTFT / TPOT | MAE ms TTFT / TPOT "
-        "| coverage TTFT / TPOT | decisions apart TTFT / TPOT | monotone violations |",
-        "|---|---|---|---|---|---|---|---|",
+        "| coverage TTFT / TPOT | pinball loss TTFT / TPOT | decisions apart TTFT / TPOT "
+        "| monotone violations |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for item in results:
         error, apart, violations = item["held_out"], item["apart"], item["monotone_violations"]
         if not (isinstance(error, dict) and isinstance(apart, dict) and isinstance(violations, dict)):
             raise TypeError("a result without its scores")
         ttft, tpot = error["ttft"], error["tpot"]
-        coverage = f"{ttft['coverage']:.3f} / {tpot['coverage']:.3f}" if "coverage" in ttft else ""
+        quantile = "coverage" in ttft
+        coverage = f"{ttft['coverage']:.3f} / {tpot['coverage']:.3f}" if quantile else ""
+        pinball = f"{ttft['pinball_loss']:.2f} / {tpot['pinball_loss']:.3f}" if quantile else ""
         lines.append(
             f"| {item['objective']} | {item['source']} | {item['variant']} "
             f"| {ttft['median_ape']:.3f} / {tpot['median_ape']:.3f} "
-            f"| {ttft['mae_ms']:.1f} / {tpot['mae_ms']:.2f} | {coverage} "
+            f"| {ttft['mae_ms']:.1f} / {tpot['mae_ms']:.2f} | {coverage} | {pinball} "
             f"| {apart['ttft']:.1%} / {apart['tpot']:.1%} | {sum(violations.values())} |"
         )
     return "\n".join(lines) + "\n"
