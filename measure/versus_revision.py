@@ -1,6 +1,7 @@
 """Serving speed of the working tree against another revision (its parent by default), side by side.
 
     python -m measure.versus_revision [--rev HEAD~1] [--rounds 3] [--seconds 4] [--out DIR]
+    python -m measure.versus_revision --rev HEAD~1 --own-models    # a change that changes the model
 
 A change that should not slow serving is measured against the revision before it in one run on one
 machine: ``git archive`` extracts the revision's package into a temporary folder, and two servers
@@ -10,7 +11,9 @@ rounds, each answers a 7-pod ``/v1/predict`` to one keep-alive client (p50, and 
 request) and to 16 clients (req/s, p99, server CPU per request); each figure keeps its best round.
 Both must give the same predictions for the same body. Then the same at 16 clients with tracing at
 its defaults (an OTLP endpoint, the 1% head share, slow and failed requests kept), each exporting to
-a receiver of its own, as the chart deploys them. Then two trainers, one of each, over model
+a receiver of its own, as the chart deploys them. With ``--own-models`` each server instead starts on
+an empty folder and trains the embedded default its own code trains (for a change to training,
+whose predictions are meant to differ). Then two trainers, one of each, over model
 folders of their own take the router's observations (:mod:`measure.ingestion`: bulk requests of
 10,000 rows back to back; rows per second, latency, CPU per row), in interleaved rounds too. Ratios
 are the working tree's over the revision's; docs/performance.md reads them.
@@ -19,11 +22,13 @@ are the working tree's over the revision's; docs/performance.md reads them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +93,7 @@ def measure(
 
 
 def measure_traced(
-    models: Path, revision_path: dict[str, str], body: bytes, *, seconds: float, rounds: int
+    models: dict[str, Path], revision_path: dict[str, str], body: bytes, *, seconds: float, rounds: int
 ) -> dict[str, dict[str, Any]]:
     """16 clients against each revision with tracing at its defaults: best round by req/s."""
     receivers = {name: OtlpReceiver() for name in ("revision", "working tree")}
@@ -96,7 +101,7 @@ def measure_traced(
     try:
         servers = {
             name: bench_server(
-                models,
+                models[name],
                 nthread=1,
                 with_seed_designs=False,
                 tracing={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
@@ -120,16 +125,37 @@ def measure_traced(
 
 
 def measure_ingestion(
-    revision_path: dict[str, str], *, requests: int, rounds: int
+    revision_path: dict[str, str], *, requests: int, rounds: int, own_models: bool
 ) -> dict[str, dict[str, Any]]:
     """Two trainers (revision, working tree), each over its own model folder: best round by rows/s."""
-    with default_model_folder() as theirs, default_model_folder() as ours:
-        servers = {"revision": trainer_server(theirs, revision_path), "working tree": trainer_server(ours)}
+    with model_folders(own=own_models, shared=False) as models:
+        servers = {
+            "revision": trainer_server(models["revision"], revision_path),
+            "working tree": trainer_server(models["working tree"]),
+        }
         try:
             return best_ingestion(servers, requests=requests, rounds=rounds)
         finally:
             for server in servers.values():
                 server.stop()
+
+
+@contextlib.contextmanager
+def model_folders(*, own: bool, shared: bool = True) -> Iterator[dict[str, Path]]:
+    """Per server its model folder.
+
+    The embedded default (one ``shared`` folder, or one each), or (``own``) an empty one each, where
+    each server trains the embedded default its own code trains.
+    """
+    if not own:
+        with default_model_folder() as theirs, default_model_folder() as ours:
+            yield {"revision": theirs, "working tree": theirs if shared else ours}
+        return
+    with tempfile.TemporaryDirectory(prefix="podlatency-revision-models-") as folder:
+        folders = {name: Path(folder) / name.replace(" ", "-") for name in ("revision", "working tree")}
+        for path in folders.values():
+            path.mkdir()
+        yield folders
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -159,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="1-client requests per round")
     parser.add_argument("--bulk-requests", type=int, default=6, help="10,000-row bulk requests per round")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--own-models", action="store_true", help="each serves the embedded default its own code trains"
+    )
     args = parser.parse_args(argv)
     body = msgspec.json.encode({"pods": pod_rows(7, seed=11)})
     with tempfile.TemporaryDirectory(prefix="podlatency-revision-") as folder:
@@ -167,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError:
             parser.error(f"--rev {args.rev}: not a revision of this repository")
         revision_path = {"PYTHONPATH": str(Path(folder) / "service")}
-        with default_model_folder() as models:
+        with model_folders(own=args.own_models) as models:
             servers = {
-                "revision": bench_server(models, nthread=1, with_seed_designs=False, env=revision_path),
-                "working tree": bench_server(models, nthread=1, with_seed_designs=False),
+                "revision": bench_server(
+                    models["revision"], nthread=1, with_seed_designs=False, env=revision_path
+                ),
+                "working tree": bench_server(models["working tree"], nthread=1, with_seed_designs=False),
             }
             try:
                 results = measure(
@@ -185,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 for server in servers.values():
                     server.stop()
             traced = measure_traced(models, revision_path, body, seconds=args.seconds, rounds=args.rounds)
-        ingestion = measure_ingestion(revision_path, requests=args.bulk_requests, rounds=args.rounds)
+        ingestion = measure_ingestion(
+            revision_path, requests=args.bulk_requests, rounds=args.rounds, own_models=args.own_models
+        )
     for name, point in ingestion.items():
         results[name]["ingestion"] = point
         results[name]["traced"] = traced[name]
@@ -193,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         results["revision"]["one_client"]["predictions"]
         == results["working tree"]["one_client"]["predictions"]
     )
-    report = {"revision": args.rev, "commit": commit, "same_predictions": same} | {
+    report = {
+        "revision": args.rev,
+        "commit": commit,
+        "own_models": args.own_models,
+        "same_predictions": same,
+    } | {
         "results": results,
         "working_tree_over_revision": ratios(results),
     }
@@ -216,11 +254,17 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if bulk["unscored_rows"] is None else f", {bulk['unscored_rows']} rows not scored")
         )
     print(f"working tree / {args.rev} ({commit[:10]}): {report['working_tree_over_revision']}")
-    print("same predictions" if same else "PREDICTIONS DIFFER")
+    print(
+        "same predictions"
+        if same
+        else "predictions differ (each its own model)"
+        if args.own_models
+        else "PREDICTIONS DIFFER"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "versus-revision.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / 'versus-revision.json'}")
-    return 0 if same else 1
+    return 0 if same or args.own_models else 1
 
 
 if __name__ == "__main__":
