@@ -158,3 +158,27 @@ def test_a_target_without_rows_keeps_the_active_booster(
     served = service.holder.current().bundle
     assert served.boosters["tpot"].save_raw("ubj") == small_bundle.boosters["tpot"].save_raw("ubj")
     assert served.boosters["ttft"].save_raw("ubj") != small_bundle.boosters["ttft"].save_raw("ubj")
+
+
+def test_a_model_fitted_on_milliseconds_is_replaced_without_comparison(tmp_path: Path) -> None:
+    """A bundle from before the load order (no logs, no constraints) is superseded whole, and says why.
+
+    Its targets cannot be mixed with new ones (a bundle's boosters share one output scale), so the
+    next retrain publishes a complete new model, monotone in load, instead of comparing per target.
+    """
+    fitted_on_ms = TrainingOptions(rounds=30, log_latency=False, monotone=False, load_trend=False)
+    older = train_bundle(synthetic_training_set(3_000, seed=12), fitted_on_ms, "older")
+    assert not older.log_latency
+    assert not older.load_trend
+    ModelRegistry(tmp_path / "models").save(older)
+    service = PredictionService(Settings(model_dir=tmp_path / "models", device="cpu"))
+    service.bootstrap()
+    store = SampleStore(tmp_path / "samples")
+    store.add(router_rows(1_500, seed=14))
+    outcome = Retrainer(service, store, RetrainPolicy(min_new_samples=100), TrainingOptions()).run_once()
+    assert outcome.published, outcome.reason
+    assert "fitted on milliseconds" in outcome.reason
+    assert "without comparison" in outcome.reason
+    served = service.holder.current().bundle
+    assert served.log_latency
+    assert set(served.load_trend) == {"ttft", "tpot"}
