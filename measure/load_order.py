@@ -93,15 +93,16 @@ def raised(rows: FloatMatrix, feature: str, step: float) -> FloatMatrix:
 def monotone_violations(predict: Mapping[str, Predict], rows: FloatMatrix) -> dict[str, int]:
     """Per target, how many (pod, feature, step) raises moved a prediction against its direction."""
     violations = {}
-    for target, directions in MONOTONE_FEATURES.items():
-        base = predict[target](rows)
+    for target, predict_target in predict.items():
+        directions = MONOTONE_FEATURES[target]
+        base = predict_target(rows)
         count = 0
         for feature, direction in directions.items():
             if feature not in RAW_FEATURES:
                 continue  # derived columns move with their raw ones
             steps = (0.02, 0.1, 0.4) if feature in FRACTIONS else (1, 4, 64, 2048)
             for step in steps:
-                moved = predict[target](raised(rows, feature, step)) - base
+                moved = predict_target(raised(rows, feature, step)) - base
                 count += int(np.sum(direction * moved < -1e-6))
         violations[target] = count
     return violations

@@ -1,0 +1,26 @@
+"""``python -m measure.quantile_sets``: every way of serving a set of quantiles is measured and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from measure.quantile_sets import QUANTILES, main
+
+
+def test_a_short_run_measures_every_way(tmp_path: Path) -> None:
+    """Each way has its training times, a coverage per quantile and no monotone violation.
+
+    Without compiling, on few rows; podlatency's constraints hold in every way.
+    """
+    out = tmp_path / "quantile-sets.json"
+    assert main(["--no-compile", "--rows", "2000", "--pods", "40", "--out", str(out)]) == 0
+    results = {item["way"]: item for item in json.loads(out.read_text())}
+    assert set(results) == {"single", "separate", "one_output_per_tree", "multi_output_tree"}
+    assert list(results["single"]["coverage"]) == ["0.9"]
+    for way in ("separate", "one_output_per_tree", "multi_output_tree"):
+        assert list(results[way]["coverage"]) == [str(alpha) for alpha in QUANTILES]
+    for item in results.values():
+        assert item["train_s_1_thread"] > 0
+        assert item["monotone_violations"] == 0
+        assert "call_us" not in item
