@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 from measure.load_order import monotone_violations
 from podlatency.bundle import ModelBundle
@@ -222,3 +223,26 @@ def test_the_check_catches_quantized_trees_that_split_one_float32_step_off(tmp_p
     assert disagreeing["quantized"] is not None
     random_rows = 514
     assert int(disagreeing["quantized"].split("row ")[1].split(":")[0]) >= random_rows
+
+
+def test_a_booster_with_a_quantile_set_compiles_to_one_value_per_row_and_quantile(tmp_path: Path) -> None:
+    """A booster whose leaves carry several quantiles compiles; both call paths give XGBoost's margins.
+
+    The check matrix reads its vector-leaf trees' thresholds; a few rows go through the binding that
+    keeps the GIL, the check matrix's hundreds through tl2cgen's Python API; each gives
+    ``(rows, quantiles)``, equal to XGBoost's within float32 tolerance.
+    """
+    data = synthetic_training_set(3_000, seed=4).by_target["ttft"]
+    params = {
+        "tree_method": "hist", "max_depth": 4, "eta": 0.3, "nthread": 1, "seed": 0,
+        "objective": "reg:quantileerror", "quantile_alpha": np.array([0.5, 0.9, 0.99]),
+        "multi_strategy": "multi_output_tree", "base_score": 4.0,  # one intercept: tl2cgen takes one
+    }  # fmt: skip
+    booster = xgb.train(params, xgb.DMatrix(data.features, label=np.log(data.observed_ms)), 20)
+    export_library(booster, tmp_path / "quantiles.so", "gcc", BUILD_OPTIONS)
+    compiled = CompiledModel({"ttft": tmp_path / "quantiles.so"})
+    for rows in (check_matrix({"ttft": booster}, None), np.ascontiguousarray(data.features[:7])):
+        outputs, _ = compiled.predict_timed(rows)
+        expected = booster.inplace_predict(rows, predict_type="margin")
+        assert outputs["ttft"].shape == (len(rows), 3)
+        assert outputs_agree(outputs, {"ttft": np.asarray(expected, dtype=np.float32)}) is None

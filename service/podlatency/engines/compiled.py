@@ -55,6 +55,9 @@ HELD_GIL_MAX_ROWS = 512
 class CompiledModel:
     """One bundle's boosters as loaded native libraries: raw outputs (margins, before any link) per target.
 
+    A booster with one output gives one value per row; one with several (a set of quantiles whose
+    trees carry them all in each leaf) gives a ``(rows, outputs)`` array.
+
     Small calls go straight to tl2cgen's C API (``include/tl2cgen/c_api.h``) through a binding that
     keeps the GIL: each of tl2cgen's Python calls releases and takes back the GIL, and in a busy
     server taking it back means waiting for the event loop, several times per call. Calls above
@@ -69,10 +72,12 @@ class CompiledModel:
         self._predictors = {
             target: tl2cgen.Predictor(str(path), nthread=1) for target, path in libraries.items()
         }
+        self._outputs: dict[str, int] = {}
         for target, predictor in self._predictors.items():
-            # The binding below writes one float per row: a model of one target and one class.
-            if predictor.num_target != 1 or list(predictor.num_class) != [1]:
-                raise ValueError(f"{target}: a compiled model must have one output per row")
+            # The binding below writes one float per row and output: outputs are targets of one class.
+            if any(classes != 1 for classes in predictor.num_class):
+                raise ValueError(f"{target}: a compiled model must have one value per output, not classes")
+            self._outputs[target] = int(predictor.num_target)
         # tl2cgen allows one predict call at a time per library; the batcher makes one at a time anyway.
         self._lock = threading.Lock()
         held = ctypes.PyDLL(_LIB._name)  # the same library, called without releasing the GIL
@@ -108,7 +113,8 @@ class CompiledModel:
             if len(matrix) > HELD_GIL_MAX_ROWS:
                 dmatrix = self._dmatrix(matrix, dtype="float32")
                 return self._each_target(
-                    started_ns, lambda predictor: predictor.predict(dmatrix, pred_margin=True).reshape(-1)
+                    started_ns,
+                    lambda _, predictor: per_row(predictor.predict(dmatrix, pred_margin=True), len(matrix)),
                 )
             rows = np.ascontiguousarray(matrix, dtype=np.float32)
             handle = ctypes.c_void_p()
@@ -116,29 +122,40 @@ class CompiledModel:
                                   self._missing.ctypes.data, ctypes.byref(handle)))  # fmt: skip
             try:
                 return self._each_target(
-                    started_ns, lambda predictor: self._held(predictor, handle, len(matrix))
+                    started_ns,
+                    lambda target, predictor: self._held(
+                        predictor, handle, len(matrix), self._outputs[target]
+                    ),
                 )
             finally:
                 self._free(handle)
 
-    def _held(self, predictor: Any, handle: ctypes.c_void_p, rows: int) -> npt.NDArray[np.float32]:
-        """One target's outputs through the GIL-keeping binding: one target, one class, a value per row."""
-        out = np.zeros(rows, dtype=np.float32)
-        _checked(self._predict_batch(predictor.handle, handle, 0, 1, out.ctypes.data))  # margins
-        return out
+    def _held(
+        self, predictor: Any, handle: ctypes.c_void_p, rows: int, outputs: int
+    ) -> npt.NDArray[np.float32]:
+        """One target's outputs through the GIL-keeping binding: a value per row and output, margins."""
+        out = np.zeros(rows * outputs, dtype=np.float32)
+        _checked(self._predict_batch(predictor.handle, handle, 0, 1, out.ctypes.data))
+        return per_row(out, rows)
 
     def _each_target(
-        self, started_ns: int, predict: Callable[[Any], npt.NDArray[np.float32]]
+        self, started_ns: int, predict: Callable[[str, Any], npt.NDArray[np.float32]]
     ) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, tuple[int, int]]]:
         """``predict`` for every target in turn, each call timed from the end of the one before."""
         by_target: dict[str, npt.NDArray[np.float32]] = {}
         times: dict[str, tuple[int, int]] = {}
         for target, predictor in self._predictors.items():
-            by_target[target] = predict(predictor)
+            by_target[target] = predict(target, predictor)
             ended_ns = time.time_ns()
             times[target] = (started_ns, ended_ns)
             started_ns = ended_ns
         return by_target, times
+
+
+def per_row(values: npt.NDArray[np.float32], rows: int) -> npt.NDArray[np.float32]:
+    """tl2cgen's ``(rows, outputs, 1)`` values as one per row, or ``(rows, outputs)`` for several."""
+    shaped = np.asarray(values).reshape(rows, -1)
+    return shaped[:, 0] if shaped.shape[1] == 1 else shaped
 
 
 def _checked(status: int) -> None:

@@ -31,6 +31,7 @@ from podlatency.engines.compiled import (
     ENGINE_XGBOOST_GPU,
     CompiledModel,
     check_matrix,
+    per_row,
 )
 from podlatency.errors import DeviceUnavailable, ModelNotReady
 from podlatency.schema import FEATURE_NAMES
@@ -132,9 +133,9 @@ class Predictor:
         matrix = check_matrix(self.bundle.boosters, self._columns)
         candidate, _ = compiled.predict_timed(matrix)
         reference = {
-            target: np.asarray(
-                booster.inplace_predict(matrix, validate_features=False, predict_type="margin")
-            ).reshape(-1)
+            target: per_row(
+                booster.inplace_predict(matrix, validate_features=False, predict_type="margin"), len(matrix)
+            )
             for target, booster in self._boosters["cpu"].items()
         }
         return candidate, reference
