@@ -136,7 +136,7 @@ class CompiledModel:
         """One target's outputs through the GIL-keeping binding: a value per row and output, margins."""
         out = np.zeros(rows * outputs, dtype=np.float32)
         _checked(self._predict_batch(predictor.handle, handle, 0, 1, out.ctypes.data))
-        return per_row(out, rows)
+        return out if outputs == 1 else out.reshape(rows, outputs)
 
     def _each_target(
         self, started_ns: int, predict: Callable[[str, Any], npt.NDArray[np.float32]]
