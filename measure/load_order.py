@@ -32,7 +32,7 @@ import numpy.typing as npt
 from podlatency.bundle import ModelBundle
 from podlatency.engines.predictor import Predictor
 from podlatency.learning import workload
-from podlatency.learning.load_order import MONOTONE_FEATURES
+from podlatency.learning.load_order import LOAD_FEATURES, MONOTONE_FEATURES
 from podlatency.learning.training import TrainingOptions, TrainingSet, synthetic_training_set, train_bundle
 from podlatency.schema import (
     FEATURE_NAMES,
@@ -46,16 +46,8 @@ from podlatency.schema import (
 FloatMatrix = npt.NDArray[np.float32]
 Predict = Callable[[FloatMatrix], npt.NDArray[np.float64]]
 
-LOAD_COLUMNS = (
-    "kv_cache_percentage",
-    "num_request_waiting",
-    "num_request_running",
-    "prefill_tokens_in_flight",
-    "decode_tokens_in_flight",
-    "prefix_cache_score",
-    "encoder_matched_size",
-)
-"""What differs between the candidates of one decision: the pods' own state."""
+LOAD_COLUMNS = (*LOAD_FEATURES, "prefix_cache_score", "encoder_matched_size")
+"""What differs between the candidates of one decision: the pods' own state (their cache hits too)."""
 
 FRACTIONS = ("kv_cache_percentage", "prefix_cache_score")
 

@@ -107,10 +107,19 @@ class ModelBundle:
         """``target``'s load trend as one slope per column of :attr:`feature_names` (``None``: none)."""
         return trend_vector(self.load_trend.get(target, {}), self.feature_names)
 
+    def trend_matrix(self) -> npt.NDArray[np.float64] | None:
+        """Every target's load trend, a column each in :attr:`boosters` order (``None``: no trend)."""
+        vectors = [self.trend_vector(target) for target in self.boosters]
+        if all(vector is None for vector in vectors):
+            return None
+        zeros = np.zeros(len(self.feature_names))
+        return np.column_stack([zeros if vector is None else vector for vector in vectors])
+
     def latencies(self, target: str, raw: Any, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """``target``'s booster output on ``matrix`` (this bundle's columns) as latencies."""
-        scale = self.prediction_scale.get(target)
-        return as_latencies(raw, matrix, self.trend_vector(target), scale, log_latency=self.log_latency)
+        vector = self.trend_vector(target)
+        shift = None if vector is None else trend_of(matrix, vector)
+        return as_latencies(raw, shift, self.prediction_scale.get(target), log_latency=self.log_latency)
 
     def feature_importance(self, target: str) -> dict[str, float]:
         """Each feature's share of the target's booster's total split gain (0 for features never split on)."""
@@ -179,6 +188,9 @@ def trend_vector(
 def trend_of(matrix: npt.NDArray[np.float32], trend: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The load trend's value for each row: its slopes times ``log1p`` of the features.
 
+    ``trend`` is one target's slopes (a value per row) or :meth:`ModelBundle.trend_matrix` (a column
+    per target, so ``log1p`` runs once for all).
+
     On ``log1p``, so the trend grows ever more slowly: the first requests on a pod count, and a count
     a billion times larger than usual adds a fifth at most, not a billion times the slope.
     """
@@ -186,20 +198,16 @@ def trend_of(matrix: npt.NDArray[np.float32], trend: npt.NDArray[np.float64]) ->
 
 
 def as_latencies(
-    raw: Any,
-    matrix: npt.NDArray[np.float32],
-    trend: npt.NDArray[np.float64] | None,
-    scale: float | None,
-    *,
-    log_latency: bool,
+    raw: Any, trend_values: npt.NDArray[np.float64] | None, scale: float | None, *, log_latency: bool
 ) -> npt.NDArray[np.float64]:
-    """A booster's raw output on ``matrix`` as latencies in ms.
+    """A booster's raw output as latencies in ms.
 
-    In float64: the load trend added, back from logs (``log_latency``), calibration applied, clipped at 0.
+    In float64: the load trend's values for the same rows added (:func:`trend_of`), back from logs
+    (``log_latency``), calibration applied, clipped at 0.
     """
     predicted = np.asarray(raw, dtype=np.float64).reshape(-1)
-    if trend is not None:
-        predicted += trend_of(matrix, trend)
+    if trend_values is not None:
+        predicted += trend_values
     if log_latency:
         predicted = np.exp(predicted)
     if scale is not None:

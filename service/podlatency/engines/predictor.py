@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.bundle import ModelBundle, as_latencies
+from podlatency.bundle import ModelBundle, as_latencies, trend_of
 from podlatency.engines.batching import MicroBatcher
 from podlatency.engines.compiled import (
     ENGINE_COMPILED,
@@ -39,6 +39,7 @@ from podlatency.schema import FEATURE_NAMES
 logger = logging.getLogger(__name__)
 
 FloatMatrix = npt.NDArray[np.float32]
+FloatArray = npt.NDArray[np.float64]
 
 
 @functools.cache
@@ -101,7 +102,8 @@ class Predictor:
             else [FEATURE_NAMES.index(name) for name in bundle.feature_names]
         )
         self._scale = bundle.prediction_scale
-        self._trend = {target: bundle.trend_vector(target) for target in bundle.boosters}
+        self._trend = bundle.trend_matrix()
+        self._trend_column = {target: index for index, target in enumerate(bundle.boosters)}
         # Private copies: device and thread settings are per predictor, the bundle stays untouched.
         self._boosters = {"cpu": self._copies("cpu")}
         if device == "cuda":
@@ -161,18 +163,22 @@ class Predictor:
         return matrix
 
     def _predict(
-        self, target: str, matrix: FloatMatrix, on_device: Any, device: str
+        self, target: str, trend: FloatArray | None, on_device: Any, device: str
     ) -> npt.NDArray[np.float64]:
         booster = self._boosters[device][target]
         result = booster.inplace_predict(on_device, validate_features=False, predict_type="margin")
         if device == "cuda" and self._cupy is not None:
             result = self._cupy.asnumpy(result)
-        return self._finish(target, result, matrix)
+        return self._finish(target, result, trend)
 
-    def _finish(self, target: str, raw: Any, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
-        """A booster's raw output on ``matrix`` (the model's columns) as latencies."""
-        scale = self._scale.get(target)
-        return as_latencies(raw, matrix, self._trend[target], scale, log_latency=self.bundle.log_latency)
+    def _trend_values(self, columns: FloatMatrix) -> FloatArray | None:
+        """Every target's load trend on the rows, a column each (``None`` for a bundle without one)."""
+        return None if self._trend is None else trend_of(columns, self._trend)
+
+    def _finish(self, target: str, raw: Any, trend: FloatArray | None) -> npt.NDArray[np.float64]:
+        """A booster's raw output as latencies, given :meth:`_trend_values` for the same rows."""
+        shift = None if trend is None else trend[:, self._trend_column[target]]
+        return as_latencies(raw, shift, self._scale.get(target), log_latency=self.bundle.log_latency)
 
     def _model_columns(self, matrix: FloatMatrix) -> FloatMatrix:
         return matrix if self._columns is None else np.ascontiguousarray(matrix[:, self._columns])
@@ -181,7 +187,7 @@ class Predictor:
         """One XGBoost ``inplace_predict`` call for all rows, clipped at 0 ms (evaluation, benchmarks)."""
         device = self.device_for(len(matrix))
         columns = self._model_columns(matrix)
-        return self._predict(target, columns, self._on_device(columns, device), device)
+        return self._predict(target, self._trend_values(columns), self._on_device(columns, device), device)
 
     def predict_timed(
         self, matrix: FloatMatrix
@@ -190,17 +196,18 @@ class Predictor:
         device = self.device_for(len(matrix))
         compiled = self._compiled  # read once: a switch lands between calls, never inside one
         columns = self._model_columns(matrix)
+        trend = self._trend_values(columns)
         if compiled is not None and device == "cpu":
             raw, compiled_times = compiled.predict_timed(columns)
             return {
-                target: self._finish(target, raw[target], columns) for target in self.targets
+                target: self._finish(target, raw[target], trend) for target in self.targets
             }, compiled_times
         on_device = self._on_device(columns, device)
         by_target: dict[str, npt.NDArray[np.float64]] = {}
         times: dict[str, tuple[int, int]] = {}
         for target in self.targets:
             started_ns = time.time_ns()
-            by_target[target] = self._predict(target, columns, on_device, device)
+            by_target[target] = self._predict(target, trend, on_device, device)
             times[target] = (started_ns, time.time_ns())
         return by_target, times
 

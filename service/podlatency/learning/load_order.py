@@ -39,25 +39,26 @@ from podlatency.schema import FEATURE_NAMES
 TREND_SHARE = 0.01
 """The load trend's rise across a feature's range, as a share of the target's median latency."""
 
-_LOAD = (
+LOAD_FEATURES = (
     "kv_cache_percentage",
     "num_request_waiting",
     "num_request_running",
     "prefill_tokens_in_flight",
     "decode_tokens_in_flight",
 )
+"""A pod's own load: more of any never predicts it faster, for either target."""
 
 MONOTONE_FEATURES: dict[str, dict[str, int]] = {
     # TTFT: queueing, batch-mates and KV pressure delay the prefill; so does more prompt to prefill
     # (uncached tokens, images the encoder cache lacks). More of the prompt or its images cached is faster.
-    "ttft": dict.fromkeys(_LOAD, 1)
+    "ttft": dict.fromkeys(LOAD_FEATURES, 1)
     | dict.fromkeys(
         ("input_token_length", "uncached_input_tokens", "encoder_input_size", "uncached_encoder_items"), 1
     )
     | {"prefix_cache_score": -1, "encoder_matched_size": -1},
     # TPOT: every decode step serves the whole batch, and attention reads the whole context, prompt
     # and tokens generated so far. The prefix cache and images change the prefill, not a decode step.
-    "tpot": dict.fromkeys(_LOAD, 1)
+    "tpot": dict.fromkeys(LOAD_FEATURES, 1)
     | dict.fromkeys(("input_token_length", "uncached_input_tokens", "num_tokens_generated"), 1),
 }
 """Per target, each monotone feature's direction: +1 never lowers the prediction, -1 never raises it."""

@@ -120,11 +120,10 @@ class TrainedTarget:
 
     def latencies(self, features: FloatMatrix) -> FloatArray:
         """The target's predictions for ``features``, as its bundle will serve them."""
-        raw, trend = (
-            self.booster.inplace_predict(features, predict_type="margin"),
-            trend_vector(self.load_trend),
-        )
-        return as_latencies(raw, features, trend, self.scale, log_latency=self.log_latency)
+        vector = trend_vector(self.load_trend)
+        shift = None if vector is None else trend_of(features, vector)
+        raw = self.booster.inplace_predict(features, predict_type="margin")
+        return as_latencies(raw, shift, self.scale, log_latency=self.log_latency)
 
 
 def booster_params(options: TrainingOptions, target: str) -> dict[str, Any]:
