@@ -2,6 +2,7 @@
 
     python -m measure.quantile_sets                     # about 5 minutes on 2 cores (compiles)
     python -m measure.quantile_sets --no-compile        # training and calibration only, a minute
+    python -m measure.quantile_sets --no-compile --one-thread    # never both cores (as tests run it)
     python -m measure.quantile_sets --out docs/bench/quantile-sets.json
 
 On the embedded default's rows (20,000 synthetic rows, TTFT, log latency with podlatency's monotone
@@ -170,7 +171,7 @@ def measure_way(way: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     vector = np.array([slopes.get(name, 0.0) for name in FEATURE_NAMES])
     label = np.log(data.observed_ms) - trend_of(data.features, vector)
     result: dict[str, Any] = {"way": way}
-    for threads in (1, 2):
+    for threads in (1, 2) if args.two_threads else (1,):
         started = time.perf_counter()
         boosters = train(way, data.features[kept], label[kept], threads)
         result[f"train_s_{threads}_thread"] = round(time.perf_counter() - started, 2)
@@ -213,7 +214,7 @@ def report(results: list[dict[str, Any]]) -> str:
         )
         call = item.get("call_us")
         call_ratio = "" if call is None else f"{call / single['call_us']:.1f}"
-        training = f"{item['train_s_1_thread']} / {item['train_s_2_thread']}"
+        training = f"{item['train_s_1_thread']} / {item.get('train_s_2_thread', '-')}"
         lines.append(
             f"| {item['way']} | {training} | {item['train_s_1_thread'] / single['train_s_1_thread']:.1f} "
             f"| {coverage} | {item['pinball_loss']['0.9']} | {item['crossings_per_1000_rows']} "
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--pods", type=int, default=200, help="random pods the monotone check raises")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--one-thread", dest="two_threads", action="store_false", help="time training on one thread only"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="podlatency-quantile-sets-") as folder:

@@ -42,9 +42,9 @@ FORMAT_VERSION = 1
 class ModelBundle:
     """Immutable: a new model is a new bundle, swapped in whole.
 
-    ``prediction_scale`` holds, per target, the factor its latencies are multiplied by: the
-    calibration that makes a quantile hold, or a mean match, on rows the booster never saw
-    (:mod:`podlatency.learning.training`). Targets not in it are not scaled.
+    ``prediction_scale`` holds, per target of a quantile model, the factor its latencies are
+    multiplied by: the calibration that makes the quantile hold on rows the booster never saw
+    (:func:`podlatency.learning.training.conformal_scale`). Targets not in it are not scaled.
 
     ``log_latency`` says the boosters' margins are the natural log of the latency in ms (older bundles
     predict milliseconds). ``load_trend`` holds, per target, slopes per unit of ``log1p`` of some
