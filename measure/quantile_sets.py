@@ -42,8 +42,13 @@ import xgboost as xgb
 from measure.load_order import monotone_violations
 from podlatency.bundle import trend_of
 from podlatency.learning import workload
-from podlatency.learning.load_order import load_trend, monotone_constraints
-from podlatency.learning.training import conformal_scale, synthetic_training_set
+from podlatency.learning.load_order import load_trend
+from podlatency.learning.training import (
+    TrainingOptions,
+    booster_params,
+    conformal_scale,
+    synthetic_training_set,
+)
 from podlatency.schema import FEATURE_NAMES
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -58,15 +63,9 @@ Margins = Callable[[FloatMatrix], npt.NDArray[np.float64]]
 
 def params(alpha: float | tuple[float, ...], threads: int, strategy: str | None) -> dict[str, Any]:
     """XGBoost's parameters: podlatency's quantile training for ``alpha`` (one or a set)."""
-    result: dict[str, Any] = {
-        "tree_method": "hist",
-        "max_depth": 6,
-        "eta": 0.1,
-        "nthread": threads,
-        "seed": 0,
-        "objective": "reg:quantileerror",
+    options = TrainingOptions(objective="quantile", nthread=threads)  # its depth, step and seed
+    result: dict[str, Any] = booster_params(options, "ttft") | {
         "quantile_alpha": np.array(alpha) if isinstance(alpha, tuple) else alpha,
-        "monotone_constraints": monotone_constraints("ttft"),
         # One intercept for every quantile: tl2cgen takes a single base score, XGBoost fits one per output.
         "base_score": 4.0,
     }
