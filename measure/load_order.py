@@ -24,6 +24,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         "synthetic": synthetic_training_set(args.synthetic_rows),
         "router-shaped": router_training_set(args.router_requests, seed=13),
     }
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "plain (ms)": {"log_latency": False, "monotone": False, "load_trend": False},
         "monotone (ms)": {"log_latency": False, "monotone": True, "load_trend": False},
         "plain (logs)": {"log_latency": True, "monotone": False, "load_trend": False},

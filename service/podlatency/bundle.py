@@ -18,6 +18,7 @@ before some were added, a subset of them: the predictor hands it only the column
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -42,8 +43,12 @@ FORMAT_VERSION = 1
 class ModelBundle:
     """Immutable: a new model is a new bundle, swapped in whole.
 
-    ``prediction_scale`` holds, per target of a quantile model, the factor its latencies are
-    multiplied by: the calibration that makes the quantile hold on rows the booster never saw
+    ``quantiles`` are the quantiles a quantile model serves, ascending, one per booster output: a
+    booster trained for several carries them all in each leaf (older bundles hold one). The primary
+    one, ``quantile_alpha``, is among them. A mean model has none.
+
+    ``prediction_scale`` holds, per target of a quantile model, the factor each output's latencies
+    are multiplied by: the calibration that makes each quantile hold on rows the booster never saw
     (:func:`podlatency.learning.training.conformal_scale`). Targets not in it are not scaled.
 
     ``log_latency`` says the boosters' margins are the natural log of the latency in ms (older bundles
@@ -61,9 +66,10 @@ class ModelBundle:
     training_rows: int
     source: str
     version: str = field(default="")
-    prediction_scale: dict[str, float] = field(default_factory=dict)
+    prediction_scale: dict[str, tuple[float, ...]] = field(default_factory=dict)
     load_trend: dict[str, dict[str, float]] = field(default_factory=dict)
     log_latency: bool = False
+    quantiles: tuple[float, ...] = ()
 
     @classmethod
     def create(
@@ -76,17 +82,27 @@ class ModelBundle:
         trained_at: str,
         training_rows: int,
         source: str,
-        prediction_scale: dict[str, float] | None = None,
+        prediction_scale: dict[str, tuple[float, ...]] | None = None,
         load_trend: dict[str, dict[str, float]] | None = None,
         log_latency: bool = False,
+        quantiles: tuple[float, ...] | None = None,
         feature_names: tuple[str, ...] = FEATURE_NAMES,
     ) -> ModelBundle:
-        """A bundle with its content-hash version filled in."""
+        """A bundle with its content-hash version filled in (``quantiles`` by default: the one quantile)."""
         raw = {target: bytes(booster.save_raw("ubj")) for target, booster in boosters.items()}
-        scale = dict(prediction_scale or {})
+        scale = {target: tuple(factors) for target, factors in (prediction_scale or {}).items()}
         trend = {target: dict(slopes) for target, slopes in (load_trend or {}).items() if slopes}
+        if quantiles is None:
+            quantiles = () if quantile_alpha is None else (quantile_alpha,)
         version = content_version(
-            raw, feature_names, objective, quantile_alpha, scale, load_trend=trend, log_latency=log_latency
+            raw,
+            feature_names,
+            objective,
+            quantile_alpha,
+            scale,
+            load_trend=trend,
+            log_latency=log_latency,
+            quantiles=quantiles,
         )
         return cls(
             boosters=boosters,
@@ -101,7 +117,13 @@ class ModelBundle:
             prediction_scale=scale,
             load_trend=trend,
             log_latency=log_latency,
+            quantiles=tuple(quantiles),
         )
+
+    @property
+    def primary_output(self) -> int | None:
+        """Which output column is the primary quantile (``None``: one output per booster)."""
+        return self.quantiles.index(self.quantile_alpha) if len(self.quantiles) > 1 else None
 
     def trend_vector(self, target: str) -> npt.NDArray[np.float64] | None:
         """``target``'s load trend as one slope per column of :attr:`feature_names` (``None``: none)."""
@@ -142,7 +164,8 @@ class ModelBundle:
             "feature_names": list(self.feature_names),
             "objective": self.objective,
             "quantile_alpha": self.quantile_alpha,
-            "prediction_scale": self.prediction_scale,
+            "quantiles": list(self.quantiles),
+            "prediction_scale": scale_metadata(self.prediction_scale),
             "load_trend": self.load_trend,
             "log_latency": self.log_latency,
             "metrics": self.metrics,
@@ -198,21 +221,56 @@ def trend_of(matrix: npt.NDArray[np.float32], trend: npt.NDArray[np.float64]) ->
 
 
 def as_latencies(
-    raw: Any, trend_values: npt.NDArray[np.float64] | None, scale: float | None, *, log_latency: bool
+    raw: Any,
+    trend_values: npt.NDArray[np.float64] | None,
+    scale: tuple[float, ...] | None,
+    *,
+    log_latency: bool,
 ) -> npt.NDArray[np.float64]:
-    """A booster's raw output as latencies in ms.
+    """A booster's raw output as latencies in ms: a value per row, or a row of quantiles per row.
 
-    In float64: the load trend's values for the same rows added (:func:`trend_of`), back from logs
-    (``log_latency``), calibration applied, clipped at 0.
+    :func:`unscaled_latencies`, then :func:`calibrated`.
     """
-    predicted = np.asarray(raw, dtype=np.float64).reshape(-1)
+    return calibrated(unscaled_latencies(raw, trend_values, log_latency=log_latency), scale)
+
+
+def unscaled_latencies(
+    raw: Any, trend_values: npt.NDArray[np.float64] | None, *, log_latency: bool
+) -> npt.NDArray[np.float64]:
+    """A booster's raw output in float64 with the load trend added (:func:`trend_of`), back from logs."""
+    predicted = np.array(raw, dtype=np.float64)  # a copy: changed in place
+    if predicted.ndim != 2 or predicted.shape[1] == 1:
+        predicted = predicted.reshape(-1)  # one output, however an engine shaped it
     if trend_values is not None:
-        predicted += trend_values
+        predicted += trend_values[:, None] if predicted.ndim == 2 else trend_values
     if log_latency:
-        predicted = np.exp(predicted)
+        np.exp(predicted, out=predicted)
+    return predicted
+
+
+def calibrated(
+    latencies: npt.NDArray[np.float64], scale: tuple[float, ...] | None
+) -> npt.NDArray[np.float64]:
+    """Latencies with each output's calibration applied, clipped at 0 (in place).
+
+    Several quantiles are then sorted along each row, so they never cross (p50 <= p90 <= p99),
+    whatever their calibrations did.
+    """
+    several = latencies.ndim == 2
     if scale is not None:
-        predicted *= scale
-    return np.maximum(predicted, 0.0)
+        latencies *= np.asarray(scale) if several else scale[0]
+    np.maximum(latencies, 0.0, out=latencies)
+    if several:
+        latencies.sort(axis=1)
+    return latencies
+
+
+def scale_metadata(prediction_scale: dict[str, tuple[float, ...]]) -> dict[str, float | list[float]]:
+    """``prediction_scale`` as ``metadata.json`` holds it: a number per target of one output, else a list."""
+    return {
+        target: factors[0] if len(factors) == 1 else list(factors)
+        for target, factors in prediction_scale.items()
+    }
 
 
 def content_version(
@@ -220,23 +278,26 @@ def content_version(
     feature_names: tuple[str, ...],
     objective: str,
     quantile_alpha: float | None,
-    prediction_scale: dict[str, float] | None = None,
+    prediction_scale: dict[str, tuple[float, ...]] | None = None,
     *,
     load_trend: dict[str, dict[str, float]] | None = None,
     log_latency: bool = False,
+    quantiles: tuple[float, ...] = (),
 ) -> str:
     """The first 16 hex digits of a SHA-256 over everything that decides predictions."""
     digest = hashlib.sha256()
     decisive: list[object] = [list(feature_names), objective, quantile_alpha]
     # Each is absent from bundles without it, whose versions stay as they were.
     if prediction_scale:
-        decisive.append(sorted(prediction_scale.items()))
+        decisive.append(sorted(scale_metadata(prediction_scale).items()))
     if log_latency:
         decisive.append("log_latency")
     if load_trend:
         decisive.append(
             {"load_trend": {target: sorted(slopes.items()) for target, slopes in sorted(load_trend.items())}}
         )
+    if len(quantiles) > 1:
+        decisive.append({"quantiles": list(quantiles)})
     digest.update(json.dumps(decisive).encode())
     for target in sorted(raw_boosters):
         digest.update(target.encode())
@@ -278,6 +339,63 @@ def read_log_latency(metadata: dict[str, Any], folder: Path) -> bool:
     return log_latency
 
 
+def read_quantiles(metadata: dict[str, Any], folder: Path, quantile_alpha: float | None) -> tuple[float, ...]:
+    """The metadata's ``quantiles``: ascending, distinct, in (0, 1), the primary among them.
+
+    Absent (older bundles): the one quantile of a quantile model, none for a mean model.
+    """
+    default = [] if quantile_alpha is None else [quantile_alpha]
+    try:
+        quantiles = tuple(float(value) for value in metadata.get("quantiles", default))
+    except (TypeError, ValueError) as error:
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: quantiles is not a list of numbers ({error})"
+        ) from None
+    ascending = all(low < high for low, high in itertools.pairwise(quantiles))
+    if not ascending or not all(0.0 < value < 1.0 for value in quantiles):
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: quantiles {list(quantiles)} are not distinct, ascending values "
+            "strictly between 0 and 1"
+        )
+    if (quantile_alpha is None) != (not quantiles) or (quantiles and quantile_alpha not in quantiles):
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: quantiles {list(quantiles)} do not hold "
+            f"quantile_alpha {quantile_alpha}"
+        )
+    return quantiles
+
+
+def read_prediction_scale(
+    metadata: dict[str, Any], folder: Path, quantiles: tuple[float, ...]
+) -> dict[str, tuple[float, ...]]:
+    """The metadata's ``prediction_scale``: per target a factor, or a list of one per quantile."""
+    outputs = max(len(quantiles), 1)
+    try:
+        scale = {
+            str(target): tuple(
+                float(value) for value in (factors if isinstance(factors, list) else [factors])
+            )
+            for target, factors in metadata.get("prediction_scale", {}).items()
+        }
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: prediction_scale is not factors by target ({error})"
+        ) from None
+    wrong = [target for target, factors in scale.items() if len(factors) != outputs]
+    if wrong:
+        raise ModelLoadError(
+            f"{folder / METADATA_FILE}: prediction_scale of {', '.join(wrong)} needs one factor per "
+            f"quantile ({outputs})"
+        )
+    return scale
+
+
+def booster_outputs(booster: xgb.Booster) -> int:
+    """How many values the booster gives per row (a quantile set's boosters give one per quantile)."""
+    config = json.loads(booster.save_config())
+    return int(config["learner"]["learner_model_param"].get("num_target", 1))
+
+
 def load_bundle(folder: Path) -> ModelBundle:
     """Load and verify a bundle; any fault is a :class:`ModelLoadError` naming the file and why."""
     try:
@@ -294,9 +412,8 @@ def load_bundle(folder: Path) -> ModelBundle:
         objective = str(metadata["objective"])
         alpha = metadata.get("quantile_alpha")
         quantile_alpha = None if alpha is None else float(alpha)
-        prediction_scale = {
-            str(key): float(value) for key, value in metadata.get("prediction_scale", {}).items()
-        }
+        quantiles = read_quantiles(metadata, folder, quantile_alpha)
+        prediction_scale = read_prediction_scale(metadata, folder, quantiles)
         load_trend = read_load_trend(metadata, folder, feature_names)
         log_latency = read_log_latency(metadata, folder)
         expected_version = str(metadata["version"])
@@ -328,6 +445,11 @@ def load_bundle(folder: Path) -> ModelBundle:
                 f"{path}: booster expects {booster.num_features()} features, "
                 f"its metadata names {len(feature_names)}"
             )
+        if booster_outputs(booster) != max(len(quantiles), 1):
+            raise ModelLoadError(
+                f"{path}: booster gives {booster_outputs(booster)} values per row, "
+                f"its metadata names {max(len(quantiles), 1)} (quantiles {list(quantiles)})"
+            )
         boosters[target] = booster
     actual_version = content_version(
         raw,
@@ -337,6 +459,7 @@ def load_bundle(folder: Path) -> ModelBundle:
         prediction_scale,
         load_trend=load_trend,
         log_latency=log_latency,
+        quantiles=quantiles,
     )
     if actual_version != expected_version:
         raise ModelLoadError(
@@ -355,6 +478,7 @@ def load_bundle(folder: Path) -> ModelBundle:
         prediction_scale=prediction_scale,
         load_trend=load_trend,
         log_latency=log_latency,
+        quantiles=quantiles,
     )
 
 

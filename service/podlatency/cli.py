@@ -49,13 +49,30 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--synthetic", type=int, metavar="N", help="N rows from the synthetic workload")
     train.add_argument("--out", type=Path, required=True, help="model folder to store the bundle in")
     train.add_argument("--objective", choices=["mean", "quantile"], default="mean")
-    train.add_argument("--alpha", type=float, default=0.9, help="quantile for --objective quantile")
+    train.add_argument("--alpha", type=float, default=0.9, help="primary quantile for --objective quantile")
+    train.add_argument(
+        "--quantiles",
+        type=_quantile_list,
+        default=(0.5, 0.9, 0.95, 0.99),
+        help="quantiles served beside the primary, comma-separated (default 0.5,0.9,0.95,0.99)",
+    )
     train.add_argument("--rounds", type=int, default=200, help="boosting rounds per target")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--nthread", type=int, default=1, help="XGBoost threads; 0 = all cores (fast only on an idle machine)"
     )
     train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
+
+
+def _quantile_list(text: str) -> tuple[float, ...]:
+    """``--quantiles``: comma-separated numbers strictly between 0 and 1."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not values or not all(0.0 < value < 1.0 for value in values):
+        raise argparse.ArgumentTypeError(f"each quantile must be strictly between 0 and 1: {text!r}")
+    return values
 
 
 def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -156,6 +173,7 @@ def train(args: argparse.Namespace) -> int:
     options = TrainingOptions(
         objective=args.objective,
         quantile_alpha=args.alpha,
+        quantiles=args.quantiles,
         rounds=args.rounds,
         seed=args.seed,
         nthread=args.nthread,

@@ -6,6 +6,7 @@ The hierarchy::
     ├── ClientError (400)              the caller sent something we cannot use
     │   ├── MalformedBody (400)        not JSON, or not the JSON shape at all
     │   ├── InvalidField (422)         a field is missing, mistyped, out of range or unknown
+    │   │   └── QuantileNotServed (422)  a quantile asked for that the model in service does not serve
     │   ├── TooManyPods (413)          more rows than the configured limit
     │   ├── BodyTooLarge (413)         a body over the configured limit (forwarded to a leader)
     │   ├── Unauthorized (401)         a write route without the configured bearer token
@@ -65,6 +66,12 @@ class InvalidField(ClientError):
 
     status_code = 422
     code = "invalid_field"
+
+
+class QuantileNotServed(InvalidField):
+    """``quantiles`` asks for one the model in service lacks (the message lists those it serves)."""
+
+    code = "quantile_not_served"
 
 
 class TooManyPods(ClientError):

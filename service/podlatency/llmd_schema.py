@@ -30,8 +30,15 @@ class BulkPredictionRequest(msgspec.Struct, frozen=True):
     requests: BulkRows
 
 
-class PredictionResponse(msgspec.Struct, frozen=True):
-    """One row's prediction."""
+class PredictionResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One row's prediction.
+
+    From a model serving several quantiles, also the fields the Go client declares and llm-d's
+    predictor leaves out: ``*_prediction_bounds``, the latencies at the lowest and highest served
+    quantiles (``[p50, p99]`` by default), and ``*_uncertainty``, the standard deviation in ms of the
+    normal distribution with those two quantiles (docs/llm-d-router.md, "Bounds and uncertainty").
+    Absent otherwise, which the Go client reads as zeros.
+    """
 
     ttft_ms: float
     tpot_ms: float
@@ -41,6 +48,10 @@ class PredictionResponse(msgspec.Struct, frozen=True):
     quantile: float
     last_model_load: datetime | None
     model_version: str
+    ttft_uncertainty: float | None = None
+    tpot_uncertainty: float | None = None
+    ttft_prediction_bounds: tuple[float, float] | None = None
+    tpot_prediction_bounds: tuple[float, float] | None = None
 
 
 class BulkPredictionResponse(msgspec.Struct, frozen=True):
@@ -94,6 +105,8 @@ class StatusResponse(msgspec.Struct, frozen=True):
     engine: str | None
     """Which engine predicts a router's few rows: compiled, xgboost or xgboost-gpu (null while none)."""
     not_ready_reason: str | None
+    quantiles: list[float] = msgspec.field(default_factory=list)
+    """The quantiles the model in service serves (none for a mean model, or while none is in service)."""
     rollout: RolloutStatus | None = None
     """In a cluster: the version the rollout ConfigMap declares beside the one served (null outside)."""
     live: LiveReport | None = None

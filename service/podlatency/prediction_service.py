@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from podlatency.bundle import ModelBundle
 from podlatency.engines.batching import BatchOutcome, Delivery, FloatMatrix, MicroBatcher
 from podlatency.engines.compiling import Compiler
-from podlatency.engines.predictor import LoadedModel, ModelHolder, Predictor, resolve_device
-from podlatency.errors import ModelLoadError, PodlatencyError
+from podlatency.engines.predictor import LoadedModel, ModelHolder, Predictor, primary, resolve_device
+from podlatency.errors import ModelLoadError, PodlatencyError, QuantileNotServed
 from podlatency.learning.live_accuracy import NOT_SCORING, LiveReport
 from podlatency.learning.training import TrainingOptions, embedded_default
 from podlatency.metrics import model_metrics, service_metrics
@@ -52,10 +52,46 @@ class RolloutStatus:
 
 @dataclass(frozen=True, slots=True)
 class Predictions:
-    """Predicted latencies per target, row for row, and the model that made them."""
+    """Predicted latencies per target, row for row, and the model that made them.
+
+    A model serving a set of quantiles gives a row of them per row (ascending, the bundle's
+    ``quantiles``); :meth:`primary` is what a caller that asked for none gets.
+    """
 
     by_target: dict[str, npt.NDArray[np.float64]]
     model: LoadedModel
+
+    def primary(self, target: str) -> npt.NDArray[np.float64]:
+        """``target``'s predictions at the primary quantile (or the mean), one per row."""
+        return primary(self.by_target[target], self.model.bundle.primary_output)
+
+    def at_quantile(self, target: str, quantile: float) -> npt.NDArray[np.float64]:
+        """``target``'s predictions at one of the served quantiles (:func:`check_quantiles`), one per row."""
+        values = self.by_target[target]
+        return values if values.ndim == 1 else values[:, self.model.bundle.quantiles.index(quantile)]
+
+
+def check_quantiles(asked: Sequence[float], bundle: ModelBundle, field: str = "quantiles") -> None:
+    """Refuse, naming the field, quantiles the bundle does not serve (:class:`QuantileNotServed`)."""
+    served = bundle.quantiles
+    listed = ", ".join(f"{value:g}" for value in served)
+    if not served:
+        raise QuantileNotServed(
+            f"the model in service ({bundle.version}) predicts the {bundle.objective} latency and serves no "
+            "quantiles (a quantile model does: PODLATENCY_OBJECTIVE=quantile)",
+            field=field,
+        )
+    if len(asked) > len(served):
+        raise QuantileNotServed(
+            f"{len(asked)} quantiles asked for; the model in service serves {len(served)}: {listed}",
+            field=field,
+        )
+    for index, value in enumerate(asked):
+        if value not in served:
+            raise QuantileNotServed(
+                f"quantile {value:g} is not served; the model in service serves {listed}",
+                field=f"{field}[{index}]",
+            )
 
 
 class PredictionService:
@@ -213,7 +249,11 @@ class PredictionService:
         """Train the embedded default from the synthetic workload and make it the active version."""
         logger.info("no model in %s: training the embedded default", self.registry.model_dir)
         objective = "mean" if self.settings.objective == "auto" else self.settings.objective
-        options = TrainingOptions(objective=objective, quantile_alpha=self.settings.quantile_alpha)
+        options = TrainingOptions(
+            objective=objective,
+            quantile_alpha=self.settings.quantile_alpha,
+            quantiles=self.settings.served_quantiles,
+        )
         bundle = embedded_default(self.settings.default_samples, options)
         self.registry.save(bundle, activate=True)
         return bundle

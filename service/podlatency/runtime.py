@@ -72,7 +72,7 @@ class Runtime:
                 tolerance=settings.retrain_tolerance,
                 keep_versions=settings.keep_versions,
             ),
-            TrainingOptions(quantile_alpha=settings.quantile_alpha),
+            TrainingOptions(quantile_alpha=settings.quantile_alpha, quantiles=settings.served_quantiles),
             self.publisher,
             objective=settings.objective,
         )

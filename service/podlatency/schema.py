@@ -87,18 +87,47 @@ class PodRow(PodFeatures, frozen=True, forbid_unknown_fields=True):
     pod: str | None = None
 
 
+Quantile = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
+MAX_QUANTILES_PER_REQUEST = 16
+QuantileList = Annotated[list[Quantile], msgspec.Meta(min_length=1, max_length=MAX_QUANTILES_PER_REQUEST)]
+
+
 class PredictRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``POST /v1/predict``."""
+    """Body of ``POST /v1/predict``: the pods, and the served quantiles to answer besides the primary."""
 
     pods: Annotated[list[PodRow], msgspec.Meta(min_length=1)]
+    quantiles: Annotated[
+        QuantileList | None,
+        msgspec.Meta(
+            description="Optional: served quantiles to answer besides the primary, each pod's under "
+            "`quantiles` (GET /v1/model lists the served ones)."
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.quantiles is not None and len(set(self.quantiles)) != len(self.quantiles):
+            repeated = next(value for value in self.quantiles if self.quantiles.count(value) > 1)
+            raise ValueError(f"`quantiles` asks for {repeated:g} more than once")
 
 
-class PodPrediction(msgspec.Struct, frozen=True):
-    """The predicted latencies for one pod, in the order the pods were sent."""
+class QuantileLatencies(msgspec.Struct, frozen=True):
+    """One pod's predicted latencies at one quantile."""
+
+    ttft_ms: float
+    tpot_ms: float
+
+
+class PodPrediction(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The predicted latencies for one pod, in the order the pods were sent.
+
+    ``quantiles`` (only when the request asked for some) maps each asked quantile, written as JSON
+    writes the number (``"0.99"``), to the latencies at it.
+    """
 
     pod: str | None
     ttft_ms: float
     tpot_ms: float
+    quantiles: dict[str, QuantileLatencies] | None = None
 
 
 class PredictResponse(msgspec.Struct, frozen=True):

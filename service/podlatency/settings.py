@@ -138,8 +138,13 @@ class Settings:
     retrain on."""
 
     quantile_alpha: float = 0.9
-    """Quantile trained for when ``objective`` is ``quantile`` (llm-d's ``/status`` reports it for mean
-    models too)."""
+    """The primary quantile when ``objective`` is ``quantile``: what ``ttft_ms``/``tpot_ms`` and the llm-d
+    routes answer (llm-d's ``/status`` reports it for mean models too)."""
+
+    quantiles: str = "0.5,0.9,0.95,0.99"
+    """Comma-separated quantiles a quantile model serves (the primary is always among them): one booster
+    per target predicts them all, ``/v1/predict`` answers those asked for in ``quantiles``, and the llm-d
+    routes give the lowest and highest as bounds. One value serves the primary alone."""
 
     trace_slow_ms: str = "auto"
     """Server time above which a request's trace is kept even when the head sampler passed it over:
@@ -204,6 +209,11 @@ class Settings:
         """``PODLATENCY_EXTENSIONS`` as a tuple of ``module:attribute`` import paths."""
         return tuple(path.strip() for path in self.extensions.split(",") if path.strip())
 
+    @property
+    def served_quantiles(self) -> tuple[float, ...]:
+        """The quantiles a quantile model trained here serves: ``quantiles`` and the primary, ascending."""
+        return tuple(sorted({self.quantile_alpha, *_numbers(self.quantiles)}))
+
     def validate(self) -> None:
         """Refuse values no process could run with, naming the variable."""
         checks: list[tuple[bool, str, str]] = [
@@ -232,6 +242,11 @@ class Settings:
                 "must be 1..PODLATENCY_LIVE_WINDOW",
             ),
             (0.0 < self.quantile_alpha < 1.0, "quantile_alpha", "must be strictly between 0 and 1"),
+            (
+                _quantiles_valid(self.quantiles),
+                "quantiles",
+                f"must be up to {MAX_QUANTILES} comma-separated numbers, each strictly between 0 and 1",
+            ),
             (self.device in get_args(Device), "device", f"must be one of {get_args(Device)}"),
             (self.engine in get_args(Engine), "engine", f"must be one of {get_args(Engine)}"),
             (
@@ -261,6 +276,24 @@ class Settings:
 
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+MAX_QUANTILES = 16
+"""The most quantiles one model serves (each is an output of every tree leaf)."""
+
+
+def _numbers(text: str) -> list[float]:
+    """Comma-separated numbers (``ValueError`` on one that is not)."""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def _quantiles_valid(text: str) -> bool:
+    """Up to :data:`MAX_QUANTILES` numbers, each strictly between 0 and 1."""
+    try:
+        values = _numbers(text)
+    except ValueError:
+        return False
+    return len(values) <= MAX_QUANTILES and all(0.0 < value < 1.0 for value in values)
 
 
 def _slow_ms_valid(value: str) -> bool:

@@ -36,6 +36,13 @@ PREDICTION = {
     "quantile": "float64",
     "last_model_load": "*time",
 }
+SPREAD = {
+    "ttft_uncertainty": "float64",
+    "tpot_uncertainty": "float64",
+    "ttft_prediction_bounds": "[2]float64",
+    "tpot_prediction_bounds": "[2]float64",
+}
+"""The fields the client declares with ``omitempty`` and fills from a model serving a quantile set."""
 BULK = {
     "total_requests": "int",
     "successful_predictions": "int",
@@ -65,6 +72,10 @@ GO_KINDS: dict[str, Any] = {
     "string": lambda value: isinstance(value, str),
     "time": lambda value: isinstance(value, str) and GO_TIME.match(value) is not None,
     "*time": lambda value: value is None or (isinstance(value, str) and GO_TIME.match(value) is not None),
+    # Go fills a [2]float64 from a JSON array element by element: a longer one loses values silently.
+    "[2]float64": lambda value: (
+        isinstance(value, list) and len(value) == 2 and all(GO_KINDS["float64"](item) for item in value)
+    ),
     "map[string]bool": lambda value: (
         isinstance(value, dict) and all(isinstance(flag, bool) for flag in value.values())
     ),
@@ -177,6 +188,7 @@ def test_predictions_answer_as_the_router_reads_them(
     one_by_one = [server.request("POST", "/predict", row).json() for row in rows]
     assert [p["ttft_ms"] for p in bulk] == [p["ttft_ms"] for p in one_by_one]
     assert [p["tpot_ms"] for p in bulk] == [p["tpot_ms"] for p in one_by_one]
+    assert not set(SPREAD) & set(bulk[0]), "a mean model leaves them out: Go reads zeros"
 
     integral = rows[0] | {"input_token_length": 900.0, "newer_router_field": "ignored"}
     assert server.request("POST", "/predict/bulk/strict", {"requests": [integral]}).status == 200
@@ -241,7 +253,9 @@ def test_a_quantile_deployment_stays_calibrated(tmp_path: Path, start_server: An
     """A model trained by `podlatency train --objective quantile` stays p90 through a retrain on router rows.
 
     The server runs with the default objective setting (auto); the retrained model covers 85-95% of
-    fresh actuals for both targets, and /status says quantile 0.9 before and after.
+    fresh actuals for both targets, and /status says quantile 0.9 before and after. Every prediction
+    carries the default set's bounds ([p50, p99], which cover about half and 99% of actuals) and
+    uncertainty, as Go decodes them.
     """
     folder = tmp_path / "models"
     trained = [
@@ -265,3 +279,18 @@ def test_a_quantile_deployment_stays_calibrated(tmp_path: Path, start_server: An
         assert abs(figures[f"{target}_coverage"] - 0.9) <= 0.05, figures
     after = poll(server)
     assert (after["objective_type"], after["quantile"]) == ("quantile", 0.9)
+    assert after["quantiles"] == [0.5, 0.9, 0.95, 0.99]
+    fresh = generate(2_000, seed=42, slowdown=SLOWDOWN)
+    predictions = predict(server, [router_row(row) for row in fresh.rows()])
+    for target, actual in (("ttft", fresh.ttft_ms.tolist()), ("tpot", fresh.tpot_ms.tolist())):
+        for prediction in predictions:
+            assert_go_shape(prediction, SPREAD)
+            low, high = prediction[f"{target}_prediction_bounds"]
+            assert low <= prediction[f"{target}_ms"] <= high
+            assert prediction[f"{target}_uncertainty"] > 0
+        lows = [prediction[f"{target}_prediction_bounds"][0] for prediction in predictions]
+        highs = [prediction[f"{target}_prediction_bounds"][1] for prediction in predictions]
+        below_low = sum(a <= low for a, low in zip(actual, lows, strict=True)) / len(actual)
+        below_high = sum(a <= high for a, high in zip(actual, highs, strict=True)) / len(actual)
+        assert 0.4 <= below_low <= 0.6, (target, below_low)
+        assert below_high >= 0.95, (target, below_high)

@@ -29,12 +29,21 @@ from podlatency.learning import workload
 from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle
 from podlatency.metrics import service_metrics
 from podlatency.registry import ModelRegistry
-from podlatency.schema import FEATURE_NAMES, MAX_COUNT, TARGETS, add_derived_columns
+from podlatency.schema import FEATURE_NAMES, MAX_COUNT, TARGETS
+from tests.unit.feature_rows import rows_at_every_bound
 
 
 @pytest.fixture(scope="module")
 def quantile_bundle() -> ModelBundle:
     options = TrainingOptions(rounds=40, objective="quantile", quantile_alpha=0.9)
+    return train_bundle(synthetic_training_set(4_000, seed=5), options, source="test")
+
+
+@pytest.fixture(scope="module")
+def quantile_set_bundle() -> ModelBundle:
+    options = TrainingOptions(
+        rounds=40, objective="quantile", quantile_alpha=0.9, quantiles=(0.5, 0.95, 0.99)
+    )
     return train_bundle(synthetic_training_set(4_000, seed=5), options, source="test")
 
 
@@ -44,45 +53,27 @@ def stored(bundle: ModelBundle, folder: Path) -> Path:
     return registry.bundle_dir(bundle.version)
 
 
-def rows_at_every_bound(count: int = 64, seed: int = 3) -> np.ndarray:
-    """Random rows, then each raw feature alone at its lowest and its highest value."""
-    rng = np.random.default_rng(seed)
-    raw = len(FEATURE_NAMES) - 2
-    fractions = ("kv_cache_percentage", "prefix_cache_score")
-    highest = [1.0 if name in fractions else MAX_COUNT for name in FEATURE_NAMES]
-    highest[FEATURE_NAMES.index("pod_type_code")] = 2.0
-    base = np.zeros((count, len(FEATURE_NAMES)), dtype=np.float32)
-    base[:, :raw] = rng.uniform(0.0, 1.0, (count, raw)) * np.minimum(highest[:raw], 4096)
-    rows = [base]
-    for column in range(raw):
-        for value in (0.0, highest[column]):
-            row = base[:1].copy()
-            row[0, column] = value
-            rows.append(row)
-    matrix = np.concatenate(rows)
-    encoder_in = FEATURE_NAMES.index("encoder_input_size")
-    matched = FEATURE_NAMES.index("encoder_matched_size")
-    matrix[:, matched] = np.minimum(matrix[:, matched], matrix[:, encoder_in])
-    add_derived_columns(matrix)
-    return np.ascontiguousarray(matrix)
+def served(predictor: Predictor, target: str, output: int | None, rows: np.ndarray) -> np.ndarray:
+    """One target's served predictions at one output (the compiled engine, once in use)."""
+    values = predictor.predict_timed(rows)[0][target]
+    return values if output is None else values[:, output]
 
 
-def served(predictor: Predictor, target: str, rows: np.ndarray) -> np.ndarray:
-    """One target's served predictions (the compiled engine, once in use)."""
-    return predictor.predict_all(rows)[target]
-
-
-@pytest.mark.parametrize("objective", ["mean", "quantile"])
+@pytest.mark.parametrize("model", ["mean", "quantile", "quantile set"])
 def test_compiled_predictions_equal_xgboost_at_every_bound(
-    objective: str, small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
+    model: str,
+    small_bundle: ModelBundle,
+    quantile_bundle: ModelBundle,
+    quantile_set_bundle: ModelBundle,
+    tmp_path: Path,
 ) -> None:
-    """Both objectives: compiled outputs equal XGBoost's within float32 tolerance.
+    """Both objectives and a quantile set: compiled outputs equal XGBoost's within float32 tolerance.
 
     On random rows, each feature at its bounds and every split threshold; served predictions (load
-    trend, logs, scale, clipping) agree the same way, and stay monotone in load.
+    trend, logs, scale, clipping, sorting) agree the same way for every quantile, and stay monotone
+    in load.
     """
-    bundle = small_bundle if objective == "mean" else quantile_bundle
-    assert bundle.objective == objective
+    bundle = {"mean": small_bundle, "quantile": quantile_bundle, "quantile set": quantile_set_bundle}[model]
     compiler = Compiler(tmp_path / "compiled")
     predictor = Predictor(bundle, "cpu", nthread=1)
     compiled, outcome = compiler.load_or_compile(bundle.boosters, bundle.version, stored(bundle, tmp_path))
@@ -90,16 +81,24 @@ def test_compiled_predictions_equal_xgboost_at_every_bound(
     assert outputs_agree(*predictor.compiled_and_xgboost(compiled)) is None
 
     matrix = rows_at_every_bound()
-    on_xgboost = predictor.predict_all(matrix)
+    on_xgboost = predictor.predict_timed(matrix)[0]
     predictor.use_compiled(compiled)
     assert predictor.engine_for(7) == ENGINE_COMPILED
-    on_compiled = predictor.predict_all(matrix)
+    on_compiled = predictor.predict_timed(matrix)[0]
     for target in bundle.boosters:
+        assert on_compiled[target].shape == (
+            len(matrix),
+            *([len(bundle.quantiles)] if model == "quantile set" else []),
+        )
         np.testing.assert_allclose(on_compiled[target], on_xgboost[target], rtol=1e-5, atol=1e-3)
-    # Monotone in load on the compiled engine too (tests/unit/test_load_order.py for XGBoost).
+    # Monotone in load on the compiled engine too, at every quantile (test_load_order.py for XGBoost).
     pods = workload.generate(200, seed=22).features
-    compiled_predict = {target: functools.partial(served, predictor, target) for target in TARGETS}
-    assert monotone_violations(compiled_predict, pods) == dict.fromkeys(TARGETS, 0)
+    outputs: list[int | None] = list(range(len(bundle.quantiles))) if model == "quantile set" else [None]
+    for output in outputs:
+        compiled_predict = {
+            target: functools.partial(served, predictor, target, output) for target in TARGETS
+        }
+        assert monotone_violations(compiled_predict, pods) == dict.fromkeys(TARGETS, 0), output
     compiler.close()
 
 

@@ -184,7 +184,11 @@ class Predictor:
         return matrix if self._columns is None else np.ascontiguousarray(matrix[:, self._columns])
 
     def predict_target(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
-        """One XGBoost ``inplace_predict`` call for all rows, clipped at 0 ms (evaluation, benchmarks)."""
+        """One XGBoost ``inplace_predict`` call for all rows, at the primary quantile (evaluation, bench)."""
+        return primary(self.predict_quantiles(target, matrix), self.bundle.primary_output)
+
+    def predict_quantiles(self, target: str, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
+        """Like :meth:`predict_target`, with every quantile of a set (a column each)."""
         device = self.device_for(len(matrix))
         columns = self._model_columns(matrix)
         return self._predict(target, self._trend_values(columns), self._on_device(columns, device), device)
@@ -192,7 +196,10 @@ class Predictor:
     def predict_timed(
         self, matrix: FloatMatrix
     ) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, tuple[int, int]]]:
-        """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns)."""
+        """Every target for the same rows (copied to the device once), with each call's (start_ns, end_ns).
+
+        A set of quantiles gives a row of them per row, ascending (:func:`primary` takes the primary's).
+        """
         device = self.device_for(len(matrix))
         compiled = self._compiled  # read once: a switch lands between calls, never inside one
         columns = self._model_columns(matrix)
@@ -212,14 +219,20 @@ class Predictor:
         return by_target, times
 
     def predict_all(self, matrix: FloatMatrix) -> dict[str, npt.NDArray[np.float64]]:
-        """Every target for the same rows (used by tests and the benchmark)."""
-        return self.predict_timed(matrix)[0]
+        """Every target for the same rows, at the primary quantile (used by tests and the benchmark)."""
+        output = self.bundle.primary_output
+        return {target: primary(values, output) for target, values in self.predict_timed(matrix)[0].items()}
 
     def warm_up(self) -> None:
         """Run predictions on every device in use, so the first request pays no lazy initialisation."""
         self.predict_all(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
         if "cuda" in self._boosters:
             self.predict_all(np.zeros((max(self.gpu_min_rows, 1), len(FEATURE_NAMES)), dtype=np.float32))
+
+
+def primary(values: npt.NDArray[np.float64], output: int | None) -> npt.NDArray[np.float64]:
+    """A target's predictions at the primary quantile: its column ``output`` of a set (``None``: all)."""
+    return values if output is None else values[:, output]
 
 
 @dataclass(frozen=True, slots=True)

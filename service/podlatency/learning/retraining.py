@@ -4,16 +4,18 @@ Every ``interval_s`` the retrainer checks whether at least ``min_new_samples`` s
 its last attempt. If so it trains a candidate booster for each target that has enough observed rows
 (each on its own rows: an actual of 0 is "not observed", see :mod:`podlatency.learning.samples`), and compares
 it with the active model's booster on that target's held-out rows, like with like: mean absolute error
-for mean models; pinball loss and coverage for quantile models. A target's candidate replaces the
-active booster unless it is worse by more than ``tolerance`` (for quantile models, also unless its
-coverage strays further from the quantile than the active one's, and more than 0.05); a target
+for mean models; pinball loss and coverage for quantile models, for each quantile of a set. A target's
+candidate replaces the active booster unless it is worse by more than ``tolerance`` (for quantile
+models, at any quantile, or its coverage of one strays further from that quantile than the active
+one's, and more than 0.05); a target
 without enough rows, or whose candidate lost, keeps the active booster. (The llm-d predictor publishes
 every retrain blindly.) Old versions beyond ``keep_versions`` are deleted.
 
 **The objective is the deployment's.** With ``PODLATENCY_OBJECTIVE=auto`` (the default) a retrain
 keeps the active model's objective and quantile; set ``mean`` or ``quantile`` (and
-``PODLATENCY_QUANTILE_ALPHA``) to choose them. A change of objective cannot be compared like with
-like: the candidate is published once every target has enough rows, and the outcome says so.
+``PODLATENCY_QUANTILE_ALPHA``) to choose them; the quantile set is ``PODLATENCY_QUANTILES``. A change
+of objective or quantile set cannot be compared like with like: the candidate is published once every
+target has enough rows, and the outcome says so.
 
 Publishing is a :class:`Publisher`'s job: on a model folder (:class:`FolderPublisher`) it stores,
 activates and hot-swaps the candidate; in a cluster (:mod:`podlatency.cluster`) only the leader trainer
@@ -122,9 +124,11 @@ def objective_for(objective: str, quantile_alpha: float, active: ModelBundle | N
 def holdout_scores(bundle: ModelBundle, holdout: dict[str, TargetRows]) -> dict[str, dict[str, float]]:
     """Per target with enough held-out rows, its error measures (see :func:`evaluate`)."""
     predictor = Predictor(bundle, "cpu", nthread=1)
-    options = TrainingOptions(objective=bundle.objective, quantile_alpha=bundle.quantile_alpha or 0.9)
+    options = TrainingOptions(
+        objective=bundle.objective, quantile_alpha=bundle.quantile_alpha or 0.9, quantiles=bundle.quantiles
+    )
     return {
-        target: evaluate(rows.observed_ms, predictor.predict_target(target, rows.features), options)
+        target: evaluate(rows.observed_ms, predictor.predict_quantiles(target, rows.features), options)
         for target, rows in holdout.items()
         if len(rows) >= MIN_HOLDOUT_ROWS
     }
@@ -257,6 +261,7 @@ class Retrainer:
         comparable = (
             active is not None
             and (active.objective, active.quantile_alpha) == (objective, verdict.quantile)
+            and active.quantiles == options.served_quantiles()
             and active.feature_names == FEATURE_NAMES
             and active.log_latency == options.log_latency  # a bundle's targets share one output scale
         )
@@ -303,7 +308,7 @@ class Retrainer:
             scores = candidate_scores(result, holdout[target], options)
             verdict.candidate[target] = scores[measure]
             verdict.active[target] = active_scores[target][measure]
-            worse = self._worse(scores, active_scores[target], options)
+            worse = worse_than(scores, active_scores[target], options, self.policy.tolerance)
             verdict.targets[target] = (
                 f"candidate {measure} {scores[measure]:.4g} vs active {active_scores[target][measure]:.4g}: "
                 + (f"worse ({worse}); keeps the active model" if worse else "replaces the active model")
@@ -312,17 +317,6 @@ class Retrainer:
                 kept[target] = result
                 verdict.scores[target] = scores
         return kept
-
-    def _worse(self, candidate: dict[str, float], active: dict[str, float], options: TrainingOptions) -> str:
-        """Why a target's candidate loses to the active booster ("" when it does not)."""
-        measure = GUARD_MEASURE[options.objective]
-        if candidate[measure] > active[measure] * (1 + self.policy.tolerance):
-            return f"{measure} more than {self.policy.tolerance:.0%} higher"
-        if options.objective == "quantile":
-            gap = abs(candidate["coverage"] - options.quantile_alpha)
-            if gap > max(abs(active["coverage"] - options.quantile_alpha), COVERAGE_SLACK):
-                return f"coverage {candidate['coverage']:.3f} is further from {options.quantile_alpha}"
-        return ""
 
     def _publish(self, candidate: ModelBundle, verdict: Verdict, reason: str = "published") -> RetrainOutcome:
         verdict.version = candidate.version
@@ -351,9 +345,35 @@ class Retrainer:
         self._task.stop()
 
 
+def worse_than(
+    candidate: dict[str, float], active: dict[str, float], options: TrainingOptions, tolerance: float
+) -> str:
+    """Why a target's candidate loses to the active booster on the same held-out rows ("" when it does not).
+
+    Its guard measure more than ``tolerance`` higher; for a quantile model also, at every quantile of
+    a set, its pinball loss more than ``tolerance`` higher, or its coverage further from the quantile
+    than the active one's and more than :data:`COVERAGE_SLACK` away.
+    """
+    measure = GUARD_MEASURE[options.objective]
+    if candidate[measure] > active[measure] * (1 + tolerance):
+        return f"{measure} more than {tolerance:.0%} higher"
+    quantiles = options.served_quantiles()
+    for alpha in quantiles:
+        # A set's quantiles each have their measures (``pinball_loss@0.99``); one alone has plain ones.
+        suffix = f"@{alpha:g}" if len(quantiles) > 1 else ""
+        loss, coverage = f"pinball_loss{suffix}", f"coverage{suffix}"
+        if suffix and candidate[loss] > active[loss] * (1 + tolerance):
+            return f"{loss} more than {tolerance:.0%} higher"
+        if abs(candidate[coverage] - alpha) > max(abs(active[coverage] - alpha), COVERAGE_SLACK):
+            return f"{coverage} {candidate[coverage]:.3f} is further from {alpha:g}"
+    return ""
+
+
 def describe(bundle: ModelBundle) -> str:
     """A model in words, as ``a p90 quantile model`` or ``a mean model trained without <features>``."""
-    if bundle.objective == "quantile" and bundle.quantile_alpha is not None:
+    if len(bundle.quantiles) > 1:
+        kind = f"a model of quantiles {', '.join(f'{value:g}' for value in bundle.quantiles)}"
+    elif bundle.objective == "quantile" and bundle.quantile_alpha is not None:
         kind = f"a p{bundle.quantile_alpha * 100:g} quantile model"
     else:
         kind = f"a {bundle.objective} model"

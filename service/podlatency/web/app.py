@@ -156,12 +156,23 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="podlatency",
             version=__version__,
+            description=api_description(settings),
             path="/schema",
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), YamlRenderPlugin()],
         ),
         state=state,
         on_startup=[start],
         on_shutdown=[stop],
+    )
+
+
+def api_description(settings: Settings) -> str:
+    """The OpenAPI document's description: what this deployment's models serve."""
+    quantiles = ", ".join(f"{value:g}" for value in settings.served_quantiles)
+    return (
+        "Per-pod TTFT and TPOT predictions for LLM request routing, with the llm-d latency predictor's "
+        f"API beside `/v1`. A quantile model trained here serves the quantiles {quantiles} "
+        f"(primary {settings.quantile_alpha:g}); `GET /v1/model` lists those of the model in service."
     )
 
 

@@ -47,28 +47,29 @@ INLINE_BODY_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Codec[RowT: PodMetrics]:
-    """A route's body -> rows, and rows + predictions -> answer (it runs inside the ``encode`` phase)."""
+class Codec[RequestT]:
+    """A route's body -> request, its rows, and request + predictions -> answer (in the ``encode`` phase)."""
 
-    decode: Callable[[bytes], Sequence[RowT]]
-    encode: Callable[[Sequence[RowT], Predictions, Scope, PhaseRecorder], bytes]
+    decode: Callable[[bytes], RequestT]
+    rows: Callable[[RequestT], Sequence[PodMetrics]]
+    encode: Callable[[RequestT, Predictions, Scope, PhaseRecorder], bytes]
 
 
-def answer_here[RowT: PodMetrics](
-    service: PredictionService, codec: Codec[RowT], body: bytes, scope: Scope
+def answer_here[RequestT](
+    service: PredictionService, codec: Codec[RequestT], body: bytes, scope: Scope
 ) -> Response[bytes]:
     """Decode, predict and encode on this thread (a sync handler on a worker thread)."""
     with request_phases(scope, service) as phases:
         with phases.phase("decode"):
-            rows = codec.decode(body)
-        result = service.predict(rows, phases)
+            request = codec.decode(body)
+        result = service.predict(codec.rows(request), phases)
         with phases.phase("encode"):
-            content = codec.encode(rows, result, scope, phases)
+            content = codec.encode(request, result, scope, phases)
         return Response(content, media_type=JSON)
 
 
-async def answer_from_batch[RowT: PodMetrics](
-    service: PredictionService, codec: Codec[RowT], body: bytes, scope: Scope
+async def answer_from_batch[RequestT](
+    service: PredictionService, codec: Codec[RequestT], body: bytes, scope: Scope
 ) -> Response[bytes]:
     """Queue the rows for a batch, await it on the event loop, then encode the answer (an async handler)."""
     loop = asyncio.get_running_loop()
@@ -84,14 +85,14 @@ async def answer_from_batch[RowT: PodMetrics](
         else:
             loop.call_soon_threadsafe(_settle, result, outcome, error)
 
-    def queue(may_lead: bool) -> tuple[Sequence[RowT], LoadedModel]:
+    def queue(may_lead: bool) -> tuple[RequestT, LoadedModel]:
         # ``dispatch``: from arrival until the rows are handled here (on the loop, or a worker thread).
         # ``decode`` starts where it ends: a pause in between (a garbage collection) still counts.
         dispatched_ns = time.time_ns()
         phases.record("dispatch", arrived_ns, dispatched_ns)
         with phases.phase("decode", started_ns=dispatched_ns):
-            rows = codec.decode(body)
-        return rows, service.predict_later(rows, phases, deliver, may_lead=may_lead)
+            request = codec.decode(body)
+        return request, service.predict_later(codec.rows(request), phases, deliver, may_lead=may_lead)
 
     if len(body) <= INLINE_BODY_BYTES:
         # On the event loop: alone, it predicts here when the batcher is idle; else on the batch thread.
@@ -101,12 +102,12 @@ async def answer_from_batch[RowT: PodMetrics](
             # loop lets them count themselves in, so under load nothing is predicted on the loop.
             await asyncio.sleep(0)
             lead_here = alone(scope)
-        rows, model = queue(lead_here)
+        request, model = queue(lead_here)
     else:
-        rows, model = await loop.run_in_executor(None, queue, True)
+        request, model = await loop.run_in_executor(None, queue, True)
     by_target = service.record_batch(await result, phases)
     with phases.phase("encode"):
-        content = codec.encode(rows, Predictions(by_target, model), scope, phases)
+        content = codec.encode(request, Predictions(by_target, model), scope, phases)
     scope["state"][HANDLER_DONE_KEY] = time.time_ns()
     return Response(content, media_type=JSON)
 

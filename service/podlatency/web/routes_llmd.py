@@ -8,6 +8,7 @@ batching on, ``/predict`` and ``/predict/bulk/strict`` queue their rows from the
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -34,7 +35,7 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
     bundle = result.model.bundle
     now = datetime.now(UTC)
     quantile = result.model.reported_quantile
-    return [
+    rows = [
         llmd.PredictionResponse(
             ttft_ms=ttft_ms,
             tpot_ms=tpot_ms,
@@ -46,13 +47,48 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
             model_version=bundle.version,
         )
         for ttft_ms, tpot_ms in zip(
-            result.by_target["ttft"].tolist(), result.by_target["tpot"].tolist(), strict=True
+            result.primary("ttft").tolist(), result.primary("tpot").tolist(), strict=True
+        )
+    ]
+    if len(bundle.quantiles) < 2:
+        return rows
+    ttft, tpot = spread(result, "ttft"), spread(result, "tpot")
+    return [
+        msgspec.structs.replace(
+            row,
+            ttft_uncertainty=ttft_sd,
+            tpot_uncertainty=tpot_sd,
+            ttft_prediction_bounds=(ttft_low, ttft_high),
+            tpot_prediction_bounds=(tpot_low, tpot_high),
+        )
+        for row, (ttft_low, ttft_high, ttft_sd), (tpot_low, tpot_high, tpot_sd) in zip(
+            rows, ttft, tpot, strict=True
         )
     ]
 
 
+def spread(result: Predictions, target: str) -> list[tuple[float, float, float]]:
+    """Per row, the latencies at the lowest and highest served quantiles, and their normal-equivalent spread.
+
+    The spread is the standard deviation of the normal distribution with those two quantiles:
+    ``(high - low) / (z(highest) - z(lowest))``, in ms, as llm-d's ``*_uncertainty`` is a standard deviation.
+    """
+    quantiles = result.model.bundle.quantiles
+    values = result.by_target[target]
+    low, high = values[:, 0], values[:, -1]
+    z_width = NORMAL.inv_cdf(quantiles[-1]) - NORMAL.inv_cdf(quantiles[0])
+    return list(zip(low.tolist(), high.tolist(), ((high - low) / z_width).tolist(), strict=True))
+
+
+NORMAL = statistics.NormalDist()
+
+
 def _decode_one(body: bytes) -> Sequence[PodMetrics]:
     return [decode_json(body, PodMetrics, lax=True)]
+
+
+def _same_rows(rows: Sequence[PodMetrics]) -> Sequence[PodMetrics]:
+    return rows
 
 
 def _encode_one(
@@ -80,8 +116,8 @@ def _encode_bulk_strict(
     )
 
 
-ONE_ROW = Codec(_decode_one, _encode_one)
-BULK_STRICT = Codec(_decode_bulk, _encode_bulk_strict)
+ONE_ROW = Codec(_decode_one, _same_rows, _encode_one)
+BULK_STRICT = Codec(_decode_bulk, _same_rows, _encode_bulk_strict)
 
 ONE_ROW_BODY = json_body_operation(PodMetrics, "One pod's live metrics.")
 BULK_STRICT_BODY = json_body_operation(
@@ -195,6 +231,7 @@ def status(service: NamedDependency[PredictionService]) -> llmd.StatusResponse:
         device=service.device,
         engine=model.predictor.engine_for(1) if model else None,
         not_ready_reason=None if model else service.holder.not_ready_reason,
+        quantiles=list(model.bundle.quantiles) if model else [],
         rollout=service.rollout_status() if service.rollout_status is not None else None,
         live=service.live_report(),
     )

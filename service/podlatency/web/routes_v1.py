@@ -15,8 +15,15 @@ from litestar.params import RawBody
 from litestar.types import Scope
 
 from podlatency.learning.evaluation import model_feature_importance
-from podlatency.prediction_service import Predictions, PredictionService
-from podlatency.schema import PodPrediction, PodRow, PredictRequest, PredictResponse, decode_predict_request
+from podlatency.prediction_service import Predictions, PredictionService, check_quantiles
+from podlatency.schema import (
+    PodPrediction,
+    PodRow,
+    PredictRequest,
+    PredictResponse,
+    QuantileLatencies,
+    decode_predict_request,
+)
 from podlatency.tracing.phase_spans import PhaseRecorder
 from podlatency.web.batched import Codec, answer_from_batch, answer_here
 from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
@@ -24,19 +31,44 @@ from podlatency.web.phases import elapsed_ms
 
 
 @functools.cache
-def v1_codec(max_pods: int) -> Codec[PodRow]:
+def v1_codec(max_pods: int) -> Codec[PredictRequest]:
     """``/v1/predict``'s body and answer."""
 
-    def decode(body: bytes) -> Sequence[PodRow]:
-        return decode_predict_request(body, max_pods).pods
+    def decode(body: bytes) -> PredictRequest:
+        return decode_predict_request(body, max_pods)
 
-    def encode(rows: Sequence[PodRow], result: Predictions, scope: Scope, phases: PhaseRecorder) -> bytes:
-        ttft, tpot = result.by_target["ttft"], result.by_target["tpot"]
+    def encode(request: PredictRequest, result: Predictions, scope: Scope, phases: PhaseRecorder) -> bytes:
         return encode_predictions(
-            rows, ttft, tpot, model_version=result.model.version, scope=scope, phases=phases
+            request.pods,
+            result.primary("ttft"),
+            result.primary("tpot"),
+            model_version=result.model.version,
+            scope=scope,
+            phases=phases,
+            quantiles=None if request.quantiles is None else quantile_answers(result, request.quantiles),
         )
 
-    return Codec(decode, encode)
+    return Codec(decode, _pods, encode)
+
+
+def _pods(request: PredictRequest) -> Sequence[PodRow]:
+    return request.pods
+
+
+def quantile_answers(result: Predictions, asked: Sequence[float]) -> list[dict[str, QuantileLatencies]]:
+    """Per pod, the latencies at each asked quantile, keyed as JSON writes the quantile (``"0.99"``)."""
+    check_quantiles(asked, result.model.bundle)
+    columns = {
+        repr(quantile): (
+            result.at_quantile("ttft", quantile).tolist(),
+            result.at_quantile("tpot", quantile).tolist(),
+        )
+        for quantile in asked
+    }
+    return [
+        {key: QuantileLatencies(ttft[row], tpot[row]) for key, (ttft, tpot) in columns.items()}
+        for row in range(len(result.by_target["ttft"]))
+    ]
 
 
 V1_PATH = "/v1/predict"
@@ -83,15 +115,22 @@ def encode_predictions(
     model_version: str,
     scope: Scope,
     phases: PhaseRecorder,
+    quantiles: Sequence[dict[str, QuantileLatencies] | None] | None = None,
 ) -> bytes:
-    """A ``/v1/predict``-shaped answer, with the phases timed so far and the total since arrival."""
+    """A ``/v1/predict``-shaped answer, with the phases timed so far and the total since arrival.
+
+    ``quantiles``: per pod, the latencies at the quantiles the request asked for (:func:`quantile_answers`).
+    """
     ttft_values = ttft.tolist() if isinstance(ttft, np.ndarray) else list(ttft)
     tpot_values = tpot.tolist() if isinstance(tpot, np.ndarray) else list(tpot)
+    per_pod = [None] * len(pods) if quantiles is None else quantiles
     return msgspec.json.encode(
         PredictResponse(
             predictions=[
-                PodPrediction(pod=row.pod, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
-                for row, ttft_ms, tpot_ms in zip(pods, ttft_values, tpot_values, strict=True)
+                PodPrediction(pod=row.pod, ttft_ms=ttft_ms, tpot_ms=tpot_ms, quantiles=at_quantiles)
+                for row, ttft_ms, tpot_ms, at_quantiles in zip(
+                    pods, ttft_values, tpot_values, per_pod, strict=True
+                )
             ],
             model_version=model_version,
             timing_ms=phases.milliseconds() | {"total": elapsed_ms(scope)},
