@@ -14,7 +14,9 @@ What it measures, all on this machine in one run so the figures compare:
 4. a concurrency sweep (1, 8, 32, 128 clients): ``/v1/predict`` with and without the micro-batcher, the
    seed post's batch design and its original ``to-thread`` design, interleaved at each
    level, best of two rounds per point;
-5. a soak at 32 clients (2 minutes by default): resident memory at its start and end.
+5. a soak at 32 clients (2 minutes by default): resident memory at its start and end;
+6. quantile models: a 7-pod ``/v1/predict`` asking for all four quantiles of the default set, against
+   one quantile and the naive server (:mod:`measure.quantile_bench`).
 
 podlatency runs with the embedded default model, on the CPU, with no trace exporter, and with the
 seed designs served beside it (:mod:`measure.seed_designs`; they load pandas) except for one memory
@@ -35,10 +37,11 @@ from typing import Any
 
 import msgspec
 
-from measure import seed_designs
 from measure.clients import concurrent, sequential
 from measure.ingestion import TRAINER_ENV, best_ingestion
-from measure.servers import LocalServer, default_model_folder, loaded_point
+from measure.quantile_bench import quantile_bench
+from measure.quantile_bench import summary_lines as quantile_lines
+from measure.servers import LocalServer, bench_server, default_model_folder, loaded_point
 from measure.tracing_cost import tracing_cost, tracing_lines
 from measure.versus_naive import (
     head_to_head,
@@ -50,43 +53,6 @@ from measure.versus_naive import (
 from podlatency.learning.workload import pod_rows
 from podlatency.registry import ModelRegistry
 from podlatency.schema import PodMetrics, feature_matrix
-
-
-def bench_server(
-    model_dir: Path,
-    nthread: int,
-    *,
-    with_seed_designs: bool = True,
-    batching: bool = True,
-    engine: str = "auto",
-    tracing: dict[str, str] | None = None,
-    env: dict[str, str] | None = None,
-) -> LocalServer:
-    """A ready ``podlatency serve`` on the model folder, on the CPU, on its engine.
-
-    It traces nothing unless ``tracing`` sets the ``OTEL_*`` variables; ``env`` adds variables.
-    """
-    server = LocalServer(
-        {
-            "PODLATENCY_MODEL_DIR": str(model_dir),
-            "PODLATENCY_DEVICE": "cpu",
-            "PODLATENCY_ENGINE": engine,
-            "PODLATENCY_NTHREAD": str(nthread),
-            "PODLATENCY_LOG_LEVEL": "warning",
-            "PODLATENCY_BATCHING": "true" if batching else "false",
-            # The sweep measures how each design copes with up to 128 clients, so nothing is shed
-            # (shedding is measured on its own: python -m measure.loadtest.overload).
-            "PODLATENCY_MAX_IN_FLIGHT": "0",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
-        }
-        | (seed_designs.serving_env() if with_seed_designs else {})
-        | (tracing or {})
-        | (env or {})
-    ).start()
-    server.wait_until("/readyz", 200)
-    server.wait_for_engine("compiled" if engine == "auto" else "xgboost")
-    return server
 
 
 def trainer_server(model_dir: Path, env: dict[str, str] | None = None) -> LocalServer:
@@ -238,6 +204,9 @@ def run_benchmark(
         print("ingestion: 10,000-row bulk requests into a trainer", flush=True)
         ingestion = trainer_ingestion(requests=6, rounds=2)
 
+        print("quantile models: all four quantiles in one call, against one", flush=True)
+        quantiles = quantile_bench(requests=requests, rounds=3, pods=pods)
+
         print(f"concurrency sweep, best of {sweep_rounds} interleaved rounds of {sweep_seconds:g} s:")
         sweep_results, soak_results = sweep_and_soak(
             model_dir, body, levels, sweep_seconds, soak_seconds, sweep_rounds=sweep_rounds
@@ -249,6 +218,7 @@ def run_benchmark(
     targets = versus_naive_targets(head, raw) | {"server_rss_mb<=250": rss_after <= 250}
     targets["16_clients_tracing_defaults_rps>=0.9x_off"] = tracing["defaults"]["rps_over_off"] >= 0.9
     targets |= batching_targets(sweep_results)
+    targets |= quantiles["targets"]
     if soak_results:
         targets["soak_rss_growth_mb<=5"] = soak_results["rss_end_mb"] - soak_results["rss_start_mb"] <= 5
     results: dict[str, Any] = {
@@ -270,6 +240,7 @@ def run_benchmark(
         ),
         "tracing": tracing,
         "ingestion": ingestion,
+        "quantiles": quantiles,
         "server_rss_mb": rss_after,
         "server_rss_mb_without_seed_designs": rss_without_seed_designs,
         "bare_litestar_xgboost_rss_mb": bare_rss,
@@ -308,6 +279,8 @@ def _print_summary(results: dict[str, Any]) -> None:
         f"{bulk['p50_ms']:.1f} ms, {bulk['server_cpu_us_per_row']:.1f} µs CPU/row, "
         f"{bulk['unscored_rows']} rows not scored"
     )
+    lines += ["quantile models (7-pod /v1/predict, best of 3 interleaved rounds):"]
+    lines += quantile_lines(results["quantiles"])
     lines += [
         f"served / raw compiled model compute: {results['served_compute_over_raw_compiled_p50']} "
         f"(cold caches: {results['served_compute_over_raw_compiled_cold_p50']}; server-like: "

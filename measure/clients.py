@@ -65,11 +65,17 @@ def sequential_answers(port: int, body: bytes, requests: int) -> list[tuple[floa
 def sequential(port: int, body: bytes, requests: int) -> tuple[LatencySummary, LatencySummary]:
     """One keep-alive client: end-to-end latency and the server's model-compute phases."""
     timed = sequential_answers(port, body, requests)
-    model_compute = [
-        (answer["timing_ms"]["predict_ttft"] + answer["timing_ms"]["predict_tpot"]) / 1000.0
-        for _, answer in timed
-    ]
-    return LatencySummary.of([seconds for seconds, _ in timed]), LatencySummary.of(model_compute)
+    return LatencySummary.of([seconds for seconds, _ in timed]), model_compute(timed)
+
+
+def model_compute(timed: list[tuple[float, dict[str, Any]]]) -> LatencySummary:
+    """The server's model-compute phases (``predict_ttft`` + ``predict_tpot``) of ``/v1/predict`` answers."""
+    return LatencySummary.of(
+        [
+            (answer["timing_ms"]["predict_ttft"] + answer["timing_ms"]["predict_tpot"]) / 1000.0
+            for _, answer in timed
+        ]
+    )
 
 
 def concurrent(

@@ -2,7 +2,8 @@
 
 A Litestar sync handler (on its worker-thread pool) decodes the body with msgspec, builds one float32
 matrix and calls ``inplace_predict`` once per target, with the same boosters (their load trend and
-calibration applied, so its answers are podlatency's). No batching, no phases, no spans.
+calibration applied, so its answers are podlatency's). No batching, no phases, no spans. On a model
+serving several quantiles it answers every one, as ``/v1/predict`` does when asked for all of them.
 ``uvicorn measure.naive_app:app``, with ``NAIVE_MODEL_DIR`` naming a model folder.
 """
 
@@ -48,7 +49,21 @@ def predict(body: RawBody) -> Response[bytes]:
         for target, booster in BUNDLE.boosters.items()
     }
     pairs = zip(predicted["ttft"], predicted["tpot"], strict=True)
-    answer = [{"ttft_ms": ttft, "tpot_ms": tpot} for ttft, tpot in pairs]
+    primary = BUNDLE.primary_output
+    if primary is None:
+        answer = [{"ttft_ms": ttft, "tpot_ms": tpot} for ttft, tpot in pairs]
+    else:
+        keys = [repr(quantile) for quantile in BUNDLE.quantiles]
+        answer = [
+            {
+                "ttft_ms": ttft[primary],
+                "tpot_ms": tpot[primary],
+                "quantiles": {
+                    key: {"ttft_ms": t, "tpot_ms": p} for key, t, p in zip(keys, ttft, tpot, strict=True)
+                },
+            }
+            for ttft, tpot in pairs
+        ]
     return Response(msgspec.json.encode({"predictions": answer}), media_type="application/json")
 
 

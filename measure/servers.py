@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Self
 
+from measure import seed_designs
 from measure.clients import concurrent
 from podlatency.learning.training import TrainingOptions, embedded_default
 from podlatency.processes import die_with_parent
@@ -183,11 +184,54 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def default_model_folder(prefix: str = "podlatency-bench-") -> Iterator[Path]:
-    """A temporary model folder whose active model is the embedded default (removed afterwards)."""
+def default_model_folder(
+    prefix: str = "podlatency-bench-", options: TrainingOptions | None = None
+) -> Iterator[Path]:
+    """A temporary model folder whose active model is the embedded default (removed afterwards).
+
+    ``options`` train it otherwise (a quantile model, say), on the same synthetic rows.
+    """
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-        ModelRegistry(Path(folder)).save(embedded_default(Settings().default_samples, TrainingOptions()))
+        bundle = embedded_default(Settings().default_samples, options or TrainingOptions())
+        ModelRegistry(Path(folder)).save(bundle)
         yield Path(folder)
+
+
+def bench_server(
+    model_dir: Path,
+    nthread: int,
+    *,
+    with_seed_designs: bool = True,
+    batching: bool = True,
+    engine: str = "auto",
+    tracing: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+) -> LocalServer:
+    """A ready ``podlatency serve`` on the model folder, on the CPU, on its engine.
+
+    It traces nothing unless ``tracing`` sets the ``OTEL_*`` variables; ``env`` adds variables.
+    """
+    server = LocalServer(
+        {
+            "PODLATENCY_MODEL_DIR": str(model_dir),
+            "PODLATENCY_DEVICE": "cpu",
+            "PODLATENCY_ENGINE": engine,
+            "PODLATENCY_NTHREAD": str(nthread),
+            "PODLATENCY_LOG_LEVEL": "warning",
+            "PODLATENCY_BATCHING": "true" if batching else "false",
+            # The sweep measures how each design copes with up to 128 clients, so nothing is shed
+            # (shedding is measured on its own: python -m measure.loadtest.overload).
+            "PODLATENCY_MAX_IN_FLIGHT": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+        }
+        | (seed_designs.serving_env() if with_seed_designs else {})
+        | (tracing or {})
+        | (env or {})
+    ).start()
+    server.wait_until("/readyz", 200)
+    server.wait_for_engine("compiled" if engine == "auto" else "xgboost")
+    return server
 
 
 def loaded_point(

@@ -34,11 +34,11 @@ from typing import Any
 
 import msgspec
 
-from measure.bench import bench_server, trainer_server
+from measure.bench import trainer_server
 from measure.clients import LatencySummary, sequential_answers
 from measure.ingestion import best_ingestion
 from measure.otlp_receiver import OtlpReceiver
-from measure.servers import LocalServer, default_model_folder, loaded_point
+from measure.servers import LocalServer, bench_server, default_model_folder, loaded_point
 from podlatency.learning.workload import pod_rows
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -65,15 +65,20 @@ class Predictions:
         """``target``'s predictions at the primary quantile (or the mean), one per row."""
         return primary(self.by_target[target], self.model.bundle.primary_output)
 
-    def at_quantile(self, target: str, quantile: float) -> npt.NDArray[np.float64]:
-        """``target``'s predictions at one of the served quantiles (:func:`check_quantiles`), one per row."""
+    def at_quantiles(self, target: str, quantiles: Sequence[float]) -> npt.NDArray[np.float64]:
+        """``target``'s predictions at served quantiles (:func:`check_quantiles`), a column per quantile."""
         values = self.by_target[target]
-        return values if values.ndim == 1 else values[:, self.model.bundle.quantiles.index(quantile)]
+        if values.ndim == 1:
+            return values[:, None].repeat(len(quantiles), axis=1)
+        served = self.model.bundle.quantiles
+        return values[:, [served.index(quantile) for quantile in quantiles]]
 
 
 def check_quantiles(asked: Sequence[float], bundle: ModelBundle, field: str = "quantiles") -> None:
     """Refuse, naming the field, quantiles the bundle does not serve (:class:`QuantileNotServed`)."""
     served = bundle.quantiles
+    if set(asked) <= set(served) and served:
+        return
     listed = ", ".join(f"{value:g}" for value in served)
     if not served:
         raise QuantileNotServed(

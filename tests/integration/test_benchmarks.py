@@ -66,6 +66,13 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert every["kept_traces"]["sampled"] > every["kept_traces"].get("slow", 0)
     assert sum(tracing["defaults"]["kept_traces"].values()) < tracing["defaults"]["requests"]
     assert "16_clients_tracing_defaults_rps>=0.9x_off" in results["targets"]
+    quantiles = results["quantiles"]
+    asked = quantiles["contenders"]["set, all four quantiles"]
+    assert asked["one_client"]["count"] == 100
+    assert asked["served_model_compute"]["p50_ms"] > 0
+    assert "served_model_compute" not in quantiles["contenders"]["naive, set"]
+    assert set(quantiles["targets"]) <= set(results["targets"])
+    assert "quantiles_all_four_compute<=1.5x_single" in results["targets"]
 
 
 @pytest.mark.skipif(cuda_usable(), reason="a GPU is present: the benchmark would run for real")

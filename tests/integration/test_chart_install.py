@@ -324,21 +324,24 @@ def test_write_routes_get_a_generated_token_and_pods_drain(cluster: KubeEmulator
 
 
 def test_the_objective_is_set_once_for_predictors_and_trainers(cluster: KubeEmulator) -> None:
-    """podlatency.objective, quantileAlpha (and the router's tokenless samples) reach predictors and trainers.
+    """podlatency.objective, quantileAlpha, quantiles (and the router's tokenless samples) reach every pod.
 
-    They come through the one ConfigMap both read.
+    They come through the one ConfigMap predictors and trainers read; a quantile outside (0, 1) is refused.
     """
     with pytest.raises(HelmError):
         install(cluster, {"podlatency": {"objective": "median"}})
+    with pytest.raises(HelmError, match="quantiles"):
+        install(cluster, {"podlatency": {"quantiles": [0.5, 99]}})
     assert cluster.emulator is not None
     assert not list(cluster.emulator.objects), "the schema refused it before anything was created"
     values = {
-        "podlatency": {"objective": "quantile", "quantileAlpha": 0.95},
+        "podlatency": {"objective": "quantile", "quantileAlpha": 0.95, "quantiles": [0.5, 0.99]},
         "auth": {"routerSamplesWithoutToken": True},
     }
     objects, _ = install(cluster, values)
     settings = named(objects, "ConfigMap", "pl-podlatency")["data"]
     assert (settings["PODLATENCY_OBJECTIVE"], settings["PODLATENCY_QUANTILE_ALPHA"]) == ("quantile", "0.95")
+    assert settings["PODLATENCY_QUANTILES"] == "0.5,0.99"
     assert settings["PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN"] == "true"  # noqa: S105  (a flag, not a secret)
     for deployment in (predictor(objects), named(objects, "Deployment", "pl-podlatency-trainer")):
         sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]

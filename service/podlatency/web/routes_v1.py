@@ -58,16 +58,14 @@ def _pods(request: PredictRequest) -> Sequence[PodRow]:
 def quantile_answers(result: Predictions, asked: Sequence[float]) -> list[dict[str, QuantileLatencies]]:
     """Per pod, the latencies at each asked quantile, keyed as JSON writes the quantile (``"0.99"``)."""
     check_quantiles(asked, result.model.bundle)
-    columns = {
-        repr(quantile): (
-            result.at_quantile("ttft", quantile).tolist(),
-            result.at_quantile("tpot", quantile).tolist(),
-        )
-        for quantile in asked
-    }
+    keys = [repr(quantile) for quantile in asked]
+    ttft, tpot = result.at_quantiles("ttft", asked).tolist(), result.at_quantiles("tpot", asked).tolist()
     return [
-        {key: QuantileLatencies(ttft[row], tpot[row]) for key, (ttft, tpot) in columns.items()}
-        for row in range(len(result.by_target["ttft"]))
+        {
+            key: QuantileLatencies(ttft_ms, tpot_ms)
+            for key, ttft_ms, tpot_ms in zip(keys, ttft_row, tpot_row, strict=True)
+        }
+        for ttft_row, tpot_row in zip(ttft, tpot, strict=True)
     ]
 
 
