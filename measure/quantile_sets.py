@@ -40,7 +40,6 @@ import numpy.typing as npt
 import xgboost as xgb
 
 from measure.load_order import monotone_violations
-from podlatency.bundle import trend_of
 from podlatency.learning import workload
 from podlatency.learning.load_order import load_trend
 from podlatency.learning.training import (
@@ -49,6 +48,7 @@ from podlatency.learning.training import (
     conformal_scale,
     synthetic_training_set,
 )
+from podlatency.margins import trend_of
 from podlatency.schema import FEATURE_NAMES
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)

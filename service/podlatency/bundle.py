@@ -2,14 +2,14 @@
 
 On disk a bundle is a folder::
 
-    metadata.json     feature names and order, targets, objective, load trend, calibration, metrics,
-                      trained_at, version
+    metadata.json     feature names and order, targets, objective, quantiles, load trend,
+                      calibration, metrics, trained_at, version (:mod:`podlatency.bundle_metadata`)
     ttft.ubj          the TTFT booster in XGBoost's own UBJSON format
     tpot.ubj          the TPOT booster
 
 The version is a content hash over what decides predictions (booster bytes, feature names, objective,
-calibration), so two bundles with the same version predict the same; loading recomputes it and refuses
-a mismatch.
+quantiles, calibration, load trend), so two bundles with the same version predict the same; loading
+recomputes it and refuses a mismatch.
 
 A bundle's features are this server's :data:`~podlatency.schema.FEATURE_NAMES` or, for a bundle trained
 before some were added, a subset of them: the predictor hands it only the columns it knows.
@@ -17,10 +17,7 @@ before some were added, a subset of them: the predictor hands it only the column
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -32,10 +29,20 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
+from podlatency.bundle_metadata import (
+    METADATA_FILE,
+    booster_outputs,
+    content_version,
+    read_load_trend,
+    read_log_latency,
+    read_prediction_scale,
+    read_quantiles,
+    scale_metadata,
+)
 from podlatency.errors import ModelLoadError
+from podlatency.margins import as_latencies, trend_of, trend_vector
 from podlatency.schema import FEATURE_NAMES, TARGETS
 
-METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 
 
@@ -54,7 +61,7 @@ class ModelBundle:
     ``log_latency`` says the boosters' margins are the natural log of the latency in ms (older bundles
     predict milliseconds). ``load_trend`` holds, per target, slopes per unit of ``log1p`` of some
     features (in margin units), added to the margin: what keeps pods whose load differs apart
-    (:mod:`podlatency.learning.load_order`). :func:`as_latencies` applies all three.
+    (:mod:`podlatency.learning.load_order`). :func:`podlatency.margins.as_latencies` applies them.
     """
 
     boosters: dict[str, xgb.Booster]
@@ -197,203 +204,6 @@ class ModelBundle:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return folder
-
-
-def trend_vector(
-    slopes: dict[str, float], feature_names: tuple[str, ...] = FEATURE_NAMES
-) -> npt.NDArray[np.float64] | None:
-    """A load trend as one slope per column of ``feature_names`` (``None`` for no trend)."""
-    if not slopes:
-        return None
-    return np.array([slopes.get(name, 0.0) for name in feature_names], dtype=np.float64)
-
-
-def trend_of(matrix: npt.NDArray[np.float32], trend: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """The load trend's value for each row: its slopes times ``log1p`` of the features.
-
-    ``trend`` is one target's slopes (a value per row) or :meth:`ModelBundle.trend_matrix` (a column
-    per target, so ``log1p`` runs once for all).
-
-    On ``log1p``, so the trend grows ever more slowly: the first requests on a pod count, and a count
-    a billion times larger than usual adds a fifth at most, not a billion times the slope.
-    """
-    return np.log1p(matrix, dtype=np.float64) @ trend
-
-
-def as_latencies(
-    raw: Any,
-    trend_values: npt.NDArray[np.float64] | None,
-    scale: tuple[float, ...] | None,
-    *,
-    log_latency: bool,
-) -> npt.NDArray[np.float64]:
-    """A booster's raw output as latencies in ms: a value per row, or a row of quantiles per row.
-
-    :func:`unscaled_latencies`, then :func:`calibrated`.
-    """
-    return calibrated(unscaled_latencies(raw, trend_values, log_latency=log_latency), scale)
-
-
-def unscaled_latencies(
-    raw: Any, trend_values: npt.NDArray[np.float64] | None, *, log_latency: bool
-) -> npt.NDArray[np.float64]:
-    """A booster's raw output in float64 with the load trend added (:func:`trend_of`), back from logs."""
-    predicted = np.array(raw, dtype=np.float64)  # a copy: changed in place
-    if predicted.ndim != 2 or predicted.shape[1] == 1:
-        predicted = predicted.reshape(-1)  # one output, however an engine shaped it
-    if trend_values is not None:
-        predicted += trend_values[:, None] if predicted.ndim == 2 else trend_values
-    if log_latency:
-        np.exp(predicted, out=predicted)
-    return predicted
-
-
-def calibrated(
-    latencies: npt.NDArray[np.float64], scale: tuple[float, ...] | None
-) -> npt.NDArray[np.float64]:
-    """Latencies with each output's calibration applied, clipped at 0 (in place).
-
-    Several quantiles are then sorted along each row, so they never cross (p50 <= p90 <= p99),
-    whatever their calibrations did.
-    """
-    several = latencies.ndim == 2
-    if scale is not None:
-        latencies *= np.asarray(scale) if several else scale[0]
-    np.maximum(latencies, 0.0, out=latencies)
-    if several:
-        latencies.sort(axis=1)
-    return latencies
-
-
-def scale_metadata(prediction_scale: dict[str, tuple[float, ...]]) -> dict[str, float | list[float]]:
-    """``prediction_scale`` as ``metadata.json`` holds it: a number per target of one output, else a list."""
-    return {
-        target: factors[0] if len(factors) == 1 else list(factors)
-        for target, factors in prediction_scale.items()
-    }
-
-
-def content_version(
-    raw_boosters: dict[str, bytes],
-    feature_names: tuple[str, ...],
-    objective: str,
-    quantile_alpha: float | None,
-    prediction_scale: dict[str, tuple[float, ...]] | None = None,
-    *,
-    load_trend: dict[str, dict[str, float]] | None = None,
-    log_latency: bool = False,
-    quantiles: tuple[float, ...] = (),
-) -> str:
-    """The first 16 hex digits of a SHA-256 over everything that decides predictions."""
-    digest = hashlib.sha256()
-    decisive: list[object] = [list(feature_names), objective, quantile_alpha]
-    # Each is absent from bundles without it, whose versions stay as they were.
-    if prediction_scale:
-        decisive.append(sorted(scale_metadata(prediction_scale).items()))
-    if log_latency:
-        decisive.append("log_latency")
-    if load_trend:
-        decisive.append(
-            {"load_trend": {target: sorted(slopes.items()) for target, slopes in sorted(load_trend.items())}}
-        )
-    if len(quantiles) > 1:
-        decisive.append({"quantiles": list(quantiles)})
-    digest.update(json.dumps(decisive).encode())
-    for target in sorted(raw_boosters):
-        digest.update(target.encode())
-        digest.update(hashlib.sha256(raw_boosters[target]).digest())
-    return digest.hexdigest()[:16]
-
-
-def read_load_trend(
-    metadata: dict[str, Any], folder: Path, feature_names: tuple[str, ...]
-) -> dict[str, dict[str, float]]:
-    """The metadata's ``load_trend``: per target of :data:`TARGETS`, finite slopes of model features."""
-    try:
-        load_trend = {
-            str(target): {str(name): float(slope) for name, slope in slopes.items()}
-            for target, slopes in metadata.get("load_trend", {}).items()
-        }
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: load_trend is not slopes by feature ({error})"
-        ) from None
-    strange = [
-        f"{target}.{name}"
-        for target, slopes in load_trend.items()
-        for name, slope in slopes.items()
-        if target not in TARGETS or name not in feature_names or not math.isfinite(slope)
-    ]
-    if strange:
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: load_trend holds no finite slope of a model feature: {strange}"
-        )
-    return load_trend
-
-
-def read_log_latency(metadata: dict[str, Any], folder: Path) -> bool:
-    """The metadata's ``log_latency`` (absent: false)."""
-    log_latency = metadata.get("log_latency", False)
-    if not isinstance(log_latency, bool):
-        raise ModelLoadError(f"{folder / METADATA_FILE}: log_latency is {log_latency!r}, not true or false")
-    return log_latency
-
-
-def read_quantiles(metadata: dict[str, Any], folder: Path, quantile_alpha: float | None) -> tuple[float, ...]:
-    """The metadata's ``quantiles``: ascending, distinct, in (0, 1), the primary among them.
-
-    Absent (older bundles): the one quantile of a quantile model, none for a mean model.
-    """
-    default = [] if quantile_alpha is None else [quantile_alpha]
-    try:
-        quantiles = tuple(float(value) for value in metadata.get("quantiles", default))
-    except (TypeError, ValueError) as error:
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: quantiles is not a list of numbers ({error})"
-        ) from None
-    ascending = all(low < high for low, high in itertools.pairwise(quantiles))
-    if not ascending or not all(0.0 < value < 1.0 for value in quantiles):
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: quantiles {list(quantiles)} are not distinct, ascending values "
-            "strictly between 0 and 1"
-        )
-    if (quantile_alpha is None) != (not quantiles) or (quantiles and quantile_alpha not in quantiles):
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: quantiles {list(quantiles)} do not hold "
-            f"quantile_alpha {quantile_alpha}"
-        )
-    return quantiles
-
-
-def read_prediction_scale(
-    metadata: dict[str, Any], folder: Path, quantiles: tuple[float, ...]
-) -> dict[str, tuple[float, ...]]:
-    """The metadata's ``prediction_scale``: per target a factor, or a list of one per quantile."""
-    outputs = max(len(quantiles), 1)
-    try:
-        scale = {
-            str(target): tuple(
-                float(value) for value in (factors if isinstance(factors, list) else [factors])
-            )
-            for target, factors in metadata.get("prediction_scale", {}).items()
-        }
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: prediction_scale is not factors by target ({error})"
-        ) from None
-    wrong = [target for target, factors in scale.items() if len(factors) != outputs]
-    if wrong:
-        raise ModelLoadError(
-            f"{folder / METADATA_FILE}: prediction_scale of {', '.join(wrong)} needs one factor per "
-            f"quantile ({outputs})"
-        )
-    return scale
-
-
-def booster_outputs(booster: xgb.Booster) -> int:
-    """How many values the booster gives per row (a quantile set's boosters give one per quantile)."""
-    config = json.loads(booster.save_config())
-    return int(config["learner"]["learner_model_param"].get("num_target", 1))
 
 
 def load_bundle(folder: Path) -> ModelBundle:

@@ -24,7 +24,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from podlatency.bundle import METADATA_FILE, ModelBundle, load_bundle
+from podlatency.bundle import ModelBundle, load_bundle
+from podlatency.bundle_metadata import METADATA_FILE
 from podlatency.errors import ModelLoadError
 
 ACTIVE_FILE = "ACTIVE"

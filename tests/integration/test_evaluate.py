@@ -29,7 +29,10 @@ def router_rows_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_writes_figures_report_and_pictures(
     tmp_path: Path, router_rows_file: Path, objective: str
 ) -> None:
-    """Per target figures, the same per load regime, what matters most, and every picture as PNG."""
+    """Per target figures, the same per load regime, what matters most, and every picture as PNG.
+
+    A quantile model (the default set) also has each served quantile's figures.
+    """
     models = tmp_path / "models"
     trained = run_cli("train", "--synthetic", "5000", "--objective", objective, "--out", str(models))
     assert trained.returncode == 0, trained.stderr
@@ -52,6 +55,12 @@ def test_evaluate_writes_figures_report_and_pictures(
         importance = figures["feature_importance"]
         assert set(importance) == set(FEATURE_NAMES)
         assert sum(importance.values()) == pytest.approx(1.0, abs=0.01)
+        by_quantile = figures["by_quantile"]
+        assert list(by_quantile) == (["0.5", "0.9", "0.95", "0.99"] if objective == "quantile" else [])
+        if objective == "quantile":
+            assert by_quantile["0.9"] == figures["overall"], "the primary is the overall figure"
+            coverages = [each["coverage"] for each in by_quantile.values()]
+            assert coverages == sorted(coverages), "quantiles never cross"
     assert max(metrics["targets"]["ttft"]["feature_importance"].items(), key=lambda item: item[1])[0] in {
         "input_token_length", "uncached_input_tokens", "num_request_waiting", "prefill_tokens_in_flight",
     }, "TTFT is driven by prompt work and the queue"  # fmt: skip
@@ -68,6 +77,7 @@ def test_evaluate_writes_figures_report_and_pictures(
     assert "## TTFT" in report
     assert "By load regime" in report
     assert "What matters most" in report
+    assert ("Every served quantile" in report) == (objective == "quantile")
     assert all(f"]({name})" in report for name in pictures)
     assert "median relative error" in result.stdout
 

