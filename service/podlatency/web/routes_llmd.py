@@ -8,6 +8,7 @@ batching on, ``/predict`` and ``/predict/bulk/strict`` queue their rows from the
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -35,7 +36,10 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
     bundle = result.model.bundle
     now = datetime.now(UTC)
     quantile = result.model.reported_quantile
-    rows = [
+    several = len(bundle.quantiles) > 1
+    ttft_spread = spread(result, "ttft") if several else itertools.repeat(NO_SPREAD)
+    tpot_spread = spread(result, "tpot") if several else itertools.repeat(NO_SPREAD)
+    return [
         llmd.PredictionResponse(
             ttft_ms=ttft_ms,
             tpot_ms=tpot_ms,
@@ -45,29 +49,28 @@ def _prediction_rows(result: Predictions) -> list[llmd.PredictionResponse]:
             quantile=quantile,
             last_model_load=result.model.loaded_at,
             model_version=bundle.version,
-        )
-        for ttft_ms, tpot_ms in zip(
-            result.primary("ttft").tolist(), result.primary("tpot").tolist(), strict=True
-        )
-    ]
-    if len(bundle.quantiles) < 2:
-        return rows
-    ttft, tpot = spread(result, "ttft"), spread(result, "tpot")
-    return [
-        msgspec.structs.replace(
-            row,
             ttft_uncertainty=ttft_sd,
             tpot_uncertainty=tpot_sd,
-            ttft_prediction_bounds=(ttft_low, ttft_high),
-            tpot_prediction_bounds=(tpot_low, tpot_high),
+            ttft_prediction_bounds=ttft_bounds,
+            tpot_prediction_bounds=tpot_bounds,
         )
-        for row, (ttft_low, ttft_high, ttft_sd), (tpot_low, tpot_high, tpot_sd) in zip(
-            rows, ttft, tpot, strict=True
+        # Not strict: without several quantiles, the spreads repeat "none" for every row.
+        for ttft_ms, tpot_ms, (ttft_bounds, ttft_sd), (tpot_bounds, tpot_sd) in zip(
+            result.primary("ttft").tolist(),
+            result.primary("tpot").tolist(),
+            ttft_spread,
+            tpot_spread,
+            strict=False,
         )
     ]
 
 
-def spread(result: Predictions, target: str) -> list[tuple[float, float, float]]:
+Spread = tuple[tuple[float, float] | None, float | None]
+NO_SPREAD: Spread = (None, None)
+"""A row's bounds and uncertainty from a model of one quantile, or the mean: none (left out of the answer)."""
+
+
+def spread(result: Predictions, target: str) -> list[Spread]:
     """Per row, the latencies at the lowest and highest served quantiles, and their normal-equivalent spread.
 
     The spread is the standard deviation of the normal distribution with those two quantiles:
@@ -77,7 +80,12 @@ def spread(result: Predictions, target: str) -> list[tuple[float, float, float]]
     values = result.by_target[target]
     low, high = values[:, 0], values[:, -1]
     z_width = NORMAL.inv_cdf(quantiles[-1]) - NORMAL.inv_cdf(quantiles[0])
-    return list(zip(low.tolist(), high.tolist(), ((high - low) / z_width).tolist(), strict=True))
+    return [
+        ((low_ms, high_ms), sd_ms)
+        for low_ms, high_ms, sd_ms in zip(
+            low.tolist(), high.tolist(), ((high - low) / z_width).tolist(), strict=True
+        )
+    ]
 
 
 NORMAL = statistics.NormalDist()
