@@ -4,14 +4,16 @@ The HTTP layer (:func:`podlatency.web.app.create_app`) only wires routes onto a 
 in; nothing here imports a web framework.
 
 What a process runs depends on its role (``PODLATENCY_ROLE``): predictors serve predictions and follow
-the model folder (:class:`~podlatency.watcher.ActiveVersionWatcher`) or, in a cluster, the rollout
-ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples, score them against the serving
+the model folder (:class:`~podlatency.watcher.ActiveVersionWatcher`), a trainer over HTTP
+(:class:`~podlatency.http_follow.HttpFollower`, ``PODLATENCY_FOLLOW_URL``) or, in a cluster, the
+rollout ConfigMap (:mod:`podlatency.cluster`); trainers keep observed samples, score them against the serving
 model (:class:`~podlatency.learning.live_accuracy.LiveAccuracy`) and retrain
 (:class:`~podlatency.learning.retraining.Retrainer`); ``both`` does all of it.
 
 Start order: the live scorer and the retrainer's loop, then the model (a stored one before the server
-accepts connections, the embedded default in the background), then the watcher; in a cluster the
-declared version, then the rollout loops. Stop order: the loops and the scorer, a compile in
+accepts connections, the embedded default in the background), then the watcher; following a trainer,
+its active version (else the model folder's, or the embedded default), then the follower's loop; in a
+cluster the declared version, then the rollout loops. Stop order: the loops and the scorer, a compile in
 progress, then tracing (the span writer, then the exporter, which flushes the spans still queued).
 """
 
@@ -23,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from podlatency.engines.compiling import Compiler
+from podlatency.http_follow import HttpFollower
 from podlatency.learning.live_accuracy import LiveAccuracy
 from podlatency.learning.publishing import FolderPublisher, Publisher
 from podlatency.learning.retraining import Retrainer, RetrainPolicy
@@ -77,6 +80,11 @@ class Runtime:
             objective=settings.objective,
         )
         self.watcher = ActiveVersionWatcher(self.service, settings.watch_interval_s)
+        self.http_follower = (
+            HttpFollower(self.service, settings.follow_url, settings.watch_interval_s)
+            if settings.follow_url
+            else None
+        )
         self.live: LiveAccuracy | None = None
         if self.trains:
             # Drift retrains at once where retraining is on (PODLATENCY_RETRAIN_INTERVAL_S > 0).
@@ -94,19 +102,29 @@ class Runtime:
             self.retrainer.start()
         if load_model:
             self._bring_up_model()
-        if self.cluster is None and self.settings.watch_interval_s > 0:
+        if self.cluster is None and self.http_follower is None and self.settings.watch_interval_s > 0:
             self.watcher.start()
 
     def _bring_up_model(self) -> None:
         """Put a model in service: a stored one at once, else the embedded default in the background.
 
         A stored model loads in a fraction of a second, so no worker of several answers 503 while its
-        siblings are ready; the embedded default trains while probes answer 503. In a cluster, in the
-        background: the declared version (downloaded if need be), else the embedded default; then the
-        rollout loops start.
+        siblings are ready; the embedded default trains while probes answer 503. Following a trainer, in
+        the background: its active version (downloaded if need be), else the model folder's or the
+        embedded default; then the follower's loop starts. In a cluster, in the background: the
+        declared version (downloaded if need be), else the embedded default; then the rollout loops.
         """
-        service, cluster = self.service, self.cluster
-        if cluster is not None:
+        service, cluster, http_follower = self.service, self.cluster, self.http_follower
+        if http_follower is not None:
+
+            def follow_trainer() -> None:
+                if not http_follower.check_once():
+                    service.bootstrap()
+                if self.settings.watch_interval_s > 0:
+                    http_follower.start()
+
+            threading.Thread(target=follow_trainer, name="podlatency-model-loader", daemon=True).start()
+        elif cluster is not None:
 
             def follow_cluster() -> None:
                 if not cluster.sync_once():
@@ -125,6 +143,8 @@ class Runtime:
         if self.live is not None:
             self.live.stop()
         self.watcher.stop()
+        if self.http_follower is not None:
+            self.http_follower.stop()
         if self.cluster is not None:
             self.cluster.stop()
         self.service.close()

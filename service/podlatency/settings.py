@@ -163,6 +163,11 @@ class Settings:
     rollout_configmap: str = ""
     """Kubernetes ConfigMap that declares the model version to serve; empty = follow the model folder."""
 
+    follow_url: str = ""
+    """A trainer's base URL to follow over HTTP (e.g. ``http://localhost:8000``): every
+    ``watch_interval_s`` its active version is read, downloaded, checked against its SHA-256 and swapped
+    in. Empty = follow the model folder (or the rollout ConfigMap); not both."""
+
     namespace: str = ""
     """Namespace of the rollout ConfigMap and Lease; empty = this pod's own (else ``default``)."""
 
@@ -267,6 +272,16 @@ class Settings:
                 not self.publish_url or self.publish_url.startswith(("http://", "https://")),
                 "publish_url",
                 "must be an http:// or https:// URL",
+            ),
+            (
+                not self.follow_url or self.follow_url.startswith(("http://", "https://")),
+                "follow_url",
+                "must be an http:// or https:// URL",
+            ),
+            (
+                not (self.follow_url and self.rollout_configmap),
+                "follow_url",
+                "cannot be set with PODLATENCY_ROLLOUT_CONFIGMAP (a predictor follows one of them)",
             ),
         ]
         for ok, name, rule in checks:

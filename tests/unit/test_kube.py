@@ -25,9 +25,9 @@ from podlatency.bundle import ModelBundle
 from podlatency.cluster.api import describe_failure
 from podlatency.cluster.configmap import PINNED_ANNOTATION, bookmark_version, record_from
 from podlatency.cluster.election import LeaseElection, LeaseTimings, _StoppableLeaseLock
-from podlatency.cluster.follower import ModelFollower, RolloutRecord
 from podlatency.cluster.rollout import ClusterRollout
 from podlatency.errors import ClusterUnavailable, InvalidRollout, SettingsError
+from podlatency.follower import ModelFollower, RolloutRecord
 from podlatency.learning.training import (
     TrainingOptions,
     embedded_default,

@@ -38,12 +38,25 @@ def test_overrides_win_over_environment() -> None:
         ("PODLATENCY_LEASE_RENEW_DEADLINE_S", "2"),  # not more than 1.2 x the 2 s retry period
         ("PODLATENCY_LEASE_DURATION_S", "10"),  # not more than the 10 s renew deadline
         ("PODLATENCY_PUBLISH_URL", "10.0.0.1:8000"),
+        ("PODLATENCY_FOLLOW_URL", "localhost:8000"),
+        ("PODLATENCY_QUANTILES", "0.5,0.9,1.0"),
+        ("PODLATENCY_QUANTILES", "0.5,p99"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     """A value no process could use is refused with the variable's name."""
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_a_predictor_follows_one_source_and_serves_the_primary_quantile() -> None:
+    """A trainer URL and a rollout ConfigMap together are refused; the served set holds the primary."""
+    with pytest.raises(SettingsError, match="PODLATENCY_FOLLOW_URL"):
+        Settings.from_env(
+            {"PODLATENCY_FOLLOW_URL": "http://localhost:8000", "PODLATENCY_ROLLOUT_CONFIGMAP": "pl"}
+        )
+    settings = Settings.from_env({"PODLATENCY_QUANTILES": "0.99, 0.5", "PODLATENCY_QUANTILE_ALPHA": "0.8"})
+    assert settings.served_quantiles == (0.5, 0.8, 0.99)
 
 
 def test_every_field_is_read_as_its_declared_type(tmp_path: Path) -> None:

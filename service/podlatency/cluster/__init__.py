@@ -5,8 +5,8 @@
   leader trainer, never over a pin.
 - :mod:`~podlatency.cluster.election` — leader election on a Lease, so one trainer of several publishes.
 - :mod:`~podlatency.cluster.events` — rollouts, failures and leadership changes as Kubernetes Events.
-- :mod:`~podlatency.cluster.follower` — applying a declared version: download, verify, hot-swap.
-- :mod:`~podlatency.cluster.rollout` — :class:`ClusterRollout`, one process's part in all of it.
+- :mod:`~podlatency.cluster.rollout` — :class:`ClusterRollout`, one process's part in all of it; it
+  applies declared versions with :mod:`podlatency.follower` (download, verify, hot-swap).
 
 Imported only in a cluster (``PODLATENCY_ROLLOUT_CONFIGMAP`` set): a model folder needs none of it.
 """

@@ -29,8 +29,8 @@ from podlatency.cluster.api import (
     REQUEST_TIMEOUT_S,
     describe_failure,
 )
-from podlatency.cluster.follower import RolloutRecord
 from podlatency.errors import ClusterUnavailable, InvalidRollout, RolloutConfigMapMissing
+from podlatency.follower import RolloutRecord
 from podlatency.metrics import service_metrics
 
 logger = logging.getLogger(__name__)

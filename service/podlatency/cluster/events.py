@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from kubernetes import client
 
 from podlatency.cluster.api import API_FAILURES, REQUEST_TIMEOUT_S, describe_failure
-from podlatency.cluster.follower import EventType, log_event
+from podlatency.follower import EventType, log_event
 
 logger = logging.getLogger(__name__)
 

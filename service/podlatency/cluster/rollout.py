@@ -20,8 +20,8 @@ from podlatency.cluster.api import (
 from podlatency.cluster.configmap import RolloutConfigMap, leader_url_from, record_from
 from podlatency.cluster.election import LeaseElection, LeaseTimings
 from podlatency.cluster.events import KubeEvents
-from podlatency.cluster.follower import ModelFollower, RolloutRecord
 from podlatency.errors import ClusterUnavailable, InvalidRollout, ModelLoadError
+from podlatency.follower import ModelFollower, RolloutRecord
 from podlatency.learning.samples import SampleStore
 from podlatency.learning.training import EMBEDDED_DEFAULT_SOURCE
 from podlatency.metrics import service_metrics

@@ -2,8 +2,9 @@
 
 A *rollout record* declares which version every replica should serve: the version, the SHA-256 of
 its bundle archive (see :mod:`podlatency.registry`) and the URL to fetch the archive from. In a
-cluster the record lives in a ConfigMap (:mod:`podlatency.cluster.configmap`); the follower here does not care
-where it came from.
+cluster the record lives in a ConfigMap (:mod:`podlatency.cluster.configmap`); a predictor following a
+trainer over HTTP reads it from the trainer (:mod:`podlatency.http_follow`). The follower here does not
+care where it came from.
 
 :class:`ModelFollower` applies records: a version already stored is served from here; any other is
 downloaded, checked against the record's SHA-256 and stored first. It also tracks whether the model
