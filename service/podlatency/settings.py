@@ -7,6 +7,7 @@ names. Command-line flags override the environment (see :mod:`podlatency.cli`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
+from podlatency import llmd_settings
 from podlatency.errors import SettingsError
 
 ENV_PREFIX = "PODLATENCY_"
+
+logger = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 Objective = Literal["auto", "mean", "quantile"]
@@ -191,8 +195,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags)."""
-        env = os.environ if environ is None else environ
+        """Build settings from ``PODLATENCY_*`` variables, then apply explicit overrides (CLI flags).
+
+        llm-d's latency-predictor variables are read where podlatency has an equivalent
+        (:mod:`podlatency.llmd_settings`); a ``PODLATENCY_*`` variable wins over its llm-d twin.
+        """
+        env, ignored = llmd_settings.translated(os.environ if environ is None else environ)
+        if ignored:
+            logger.info("llm-d settings without a podlatency equivalent, ignored: %s", ", ".join(ignored))
         kinds = get_type_hints(cls)
         values: dict[str, object] = {}
         for settings_field in dataclasses.fields(cls):

@@ -30,6 +30,26 @@ class Answer:
         return json.loads(self.body)
 
 
+def http_request(
+    base_url: str,
+    method: str,
+    path: str,
+    body: bytes | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request to a server on loopback (a dict body is sent as JSON); any status is answered."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(base_url + path, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, dict(error.headers), error.read())
+
+
 class ServerProcess(LocalServer):
     """One real ``podlatency serve`` on a free loopback port, on the CPU, over a test's model folder."""
 
@@ -53,16 +73,7 @@ class ServerProcess(LocalServer):
         body: bytes | dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Answer:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("content-type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return Answer(response.status, dict(response.headers), response.read())
-        except urllib.error.HTTPError as error:
-            return Answer(error.code, dict(error.headers), error.read())
+        return http_request(self.url, method, path, body, headers)
 
     def wait_for(self, path: str, status: int, timeout: float = 60.0) -> Answer:
         """Wait until ``GET path`` answers ``status``, and return that answer (the test fails otherwise)."""

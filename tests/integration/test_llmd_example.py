@@ -45,3 +45,20 @@ def test_the_router_example_points_at_the_services_our_chart_renders(cluster: Ku
     policy = named(objects, "NetworkPolicy", "podlatency")
     clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert clients == {"llm-d-router-gateway": "router-epp"}
+
+
+def test_the_sidecar_example_swaps_images_and_resources_only() -> None:
+    """router-sidecar-values.yaml changes the two images, resources and the uvicorn worker count.
+
+    With it, the sidecars' environment (the chart's, recorded in tests/fixtures) reads as a trainer and a
+    predictor following it (tests/unit/test_llmd_settings.py; started as processes in test_llmd_sidecars.py).
+    """
+    router = yaml.safe_load((EXAMPLE / "router-sidecar-values.yaml").read_text())["router"]
+    predictor = router["latencyPredictor"]
+    assert set(predictor) == {"enabled", "trainingServer", "predictionServers"}
+    assert set(predictor["trainingServer"]) == {"image", "resources"}
+    assert set(predictor["predictionServers"]) == {"image", "resources", "config"}
+    assert predictor["predictionServers"]["config"] == {"UVICORN_WORKERS": "2"}
+    for server in ("trainingServer", "predictionServers"):
+        image = predictor[server]["image"]
+        assert (image["repository"], set(image)) == ("podlatency", {"registry", "repository", "tag"})
