@@ -1,4 +1,4 @@
-"""The ``podlatency`` command: ``serve``, ``train``, ``samples`` and ``evaluate``."""
+"""The ``podlatency`` command: ``serve``, ``train``, ``samples``, ``evaluate``, ``versions``, ``activate``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,31 @@ from podlatency.settings import ENV_PREFIX, Device, Role, Settings
 
 logger = logging.getLogger("podlatency")
 
+DESCRIPTION = (
+    "Per-pod TTFT and TPOT predictions for LLM request routing. serve answers them over HTTP; train, "
+    "samples and evaluate make and score models; versions and activate list and choose a model folder's "
+    "stored versions."
+)
+DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+class HELP(argparse.HelpFormatter):
+    """Each flag's help with its default, where it has one and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = (
+            action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        )
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve",
+        formatter_class=HELP,
         help="serve predictions over HTTP (trains the embedded default model on first start)",
         description="Flags override the PODLATENCY_* environment variables of the same name.",
     )
@@ -43,25 +64,48 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    train = commands.add_parser("train", help="train a model bundle into a model folder")
+    train = commands.add_parser(
+        "train", help="train a model bundle into a model folder", formatter_class=HELP
+    )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--samples", type=Path, help="CSV or Parquet of recorded observations")
     source.add_argument("--synthetic", type=int, metavar="N", help="N rows from the synthetic workload")
     train.add_argument("--out", type=Path, required=True, help="model folder to store the bundle in")
-    train.add_argument("--objective", choices=["mean", "quantile"], default="mean")
-    train.add_argument("--alpha", type=float, default=0.9, help="primary quantile for --objective quantile")
+    train.add_argument(
+        "--objective", choices=["mean", "quantile"], default="mean", help="what the model predicts"
+    )
+    train.add_argument(
+        "--alpha", type=_quantile, help="primary quantile, with --objective quantile (default 0.9)"
+    )
     train.add_argument(
         "--quantiles",
         type=_quantile_list,
-        default=(0.5, 0.9, 0.95, 0.99),
-        help="quantiles served beside the primary, comma-separated (default 0.5,0.9,0.95,0.99)",
+        help="quantiles served beside the primary, comma-separated, with --objective quantile "
+        "(default 0.5,0.9,0.95,0.99)",
     )
     train.add_argument("--rounds", type=int, default=200, help="boosting rounds per target")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic rows, the split and the trees"
+    )
     train.add_argument(
         "--nthread", type=int, default=1, help="XGBoost threads; 0 = all cores (fast only on an idle machine)"
     )
-    train.add_argument("--no-activate", action="store_true", help="store the bundle without activating it")
+    train.add_argument(
+        "--no-activate",
+        action="store_true",
+        help="store the bundle without activating it (podlatency activate does later)",
+    )
+
+
+def _quantile(text: str) -> float:
+    """``--alpha``: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a quantile must be strictly between 0 and 1: {text!r}")
+    return value
 
 
 def _quantile_list(text: str) -> tuple[float, ...]:
@@ -78,19 +122,19 @@ def _quantile_list(text: str) -> tuple[float, ...]:
 def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     samples = commands.add_parser(
         "samples",
+        formatter_class=HELP,
         help="write a samples file (observed latencies) to train on or post, from the synthetic workload",
     )
     samples.add_argument("--synthetic", type=int, metavar="N", required=True, help="rows to draw")
     samples.add_argument("--out", type=Path, required=True, help="file to write: .csv or .parquet")
-    samples.add_argument("--seed", type=int, default=0)
-    samples.add_argument(
-        "--slowdown", type=float, default=1.0, help="scale every latency (a slower fleet), default 1"
-    )
+    samples.add_argument("--seed", type=int, default=0, help="seed of the drawn rows")
+    samples.add_argument("--slowdown", type=float, default=1.0, help="scale every latency (a slower fleet)")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
+        formatter_class=HELP,
         help="score a stored model on a samples file: report.md, metrics.json and pictures",
         description="Writes report.md and metrics.json into --out, and with matplotlib (the plots extra) "
         "the pictures: predicted against actual, error by load regime, calibration (quantile models).",
@@ -98,22 +142,35 @@ def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     evaluate.add_argument(
         "--samples", type=Path, required=True, help="CSV or Parquet of recorded observations"
     )
-    evaluate.add_argument(
-        "--model-dir", type=Path, default=Path("models"), help="model folder (default ./models)"
-    )
+    evaluate.add_argument("--model-dir", type=Path, default=Path("models"), help="model folder")
     evaluate.add_argument("--version", help="the stored version to evaluate (default: the active one)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder to write the report into")
 
 
+def _add_versions(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    versions = commands.add_parser(
+        "versions", help="list a model folder's stored versions; * marks the active one", formatter_class=HELP
+    )
+    versions.add_argument("--model-dir", type=Path, default=Path("models"), help="model folder")
+    activate = commands.add_parser(
+        "activate",
+        help="make a stored version the active one (a rollback, say); servers on the folder swap it in",
+        formatter_class=HELP,
+    )
+    activate.add_argument("version", help="a stored version (podlatency versions lists them)")
+    activate.add_argument("--model-dir", type=Path, default=Path("models"), help="model folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
-    parser = argparse.ArgumentParser(prog="podlatency", description=__doc__)
+    parser = argparse.ArgumentParser(prog="podlatency", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"podlatency {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     _add_train(commands)
     _add_samples(commands)
     _add_evaluate(commands)
+    _add_versions(commands)
     return parser
 
 
@@ -161,10 +218,13 @@ def _ensure_model(settings: Settings) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Train from a sample file or the synthetic workload; nothing is written on bad input."""
+    from podlatency.errors import TrainingDataError  # noqa: PLC0415
     from podlatency.learning.sample_files import read_samples  # noqa: PLC0415
     from podlatency.learning.training import TrainingOptions, synthetic_training_set, train_bundle  # noqa: PLC0415
     from podlatency.registry import ModelRegistry  # noqa: PLC0415
 
+    if args.objective != "quantile" and (args.alpha is not None or args.quantiles is not None):
+        raise TrainingDataError("--alpha and --quantiles need --objective quantile", field="objective")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic is not None:
         data, source = synthetic_training_set(args.synthetic, seed=args.seed), f"synthetic:{args.synthetic}"
@@ -172,8 +232,8 @@ def train(args: argparse.Namespace) -> int:
         data, source = read_samples(args.samples), f"samples:{args.samples.name}"
     options = TrainingOptions(
         objective=args.objective,
-        quantile_alpha=args.alpha,
-        quantiles=args.quantiles,
+        quantile_alpha=0.9 if args.alpha is None else args.alpha,
+        quantiles=DEFAULT_QUANTILES if args.quantiles is None else args.quantiles,
         rounds=args.rounds,
         seed=args.seed,
         nthread=args.nthread,
@@ -227,11 +287,56 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions(args: argparse.Namespace) -> int:
+    """Print each stored version, oldest first, with its objective, source and training time."""
+    from podlatency.registry import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry(args.model_dir)
+    active = registry.active_version()
+    stored = registry.versions()
+    if not stored:
+        print(f"no stored model versions in {args.model_dir}")
+    for version in stored:
+        metadata = registry.metadata(version)
+        listed = metadata.get("quantiles")
+        quantiles = [float(value) for value in listed] if isinstance(listed, list) else []
+        objective = str(metadata.get("objective", "?"))
+        if quantiles:
+            objective += " " + ",".join(f"{value:g}" for value in quantiles)
+        print(
+            f"{'*' if version == active else ' '} {version}  {objective}  {metadata.get('source', '')}  "
+            f"{metadata.get('trained_at') or '-'}"
+        )
+    return 0
+
+
+def activate(args: argparse.Namespace) -> int:
+    """Point the folder's ACTIVE at a stored version, after checking that it loads."""
+    from podlatency.errors import NotFound  # noqa: PLC0415
+    from podlatency.registry import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry(args.model_dir)
+    if args.version not in registry.versions():
+        raise NotFound(f"no stored model version {args.version!r} in {args.model_dir}", field="version")
+    registry.load(args.version)  # a version that does not load is never made active
+    previous = registry.active_version()
+    registry.activate(args.version)
+    print(f"{args.model_dir}: active version {args.version} (was {previous or 'none'})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podlatency`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        handler = {"serve": serve, "train": train, "samples": samples, "evaluate": evaluate}[args.command]
+        handler = {
+            "serve": serve,
+            "train": train,
+            "samples": samples,
+            "evaluate": evaluate,
+            "versions": versions,
+            "activate": activate,
+        }[args.command]
         return handler(args)
     except PodlatencyError as error:
         print(f"podlatency {args.command}: error: {error.detail}", file=sys.stderr)

@@ -13,13 +13,15 @@ prediction sidecars: each with its own volume, following the training sidecar at
 
 Whatever fails (the trainer unreachable or answering nonsense, a download, a checksum, a corrupt
 bundle), the model in service keeps serving and the failure is logged once; a version that failed is
-not downloaded again until the trainer's active version or its SHA-256 changes.
+not downloaded again until the trainer's active version or its SHA-256 changes, or
+:data:`RETRY_FAILED_S` have passed (a fault on the way heals).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -31,6 +33,9 @@ from podlatency.periodic import PeriodicTask
 from podlatency.prediction_service import PredictionService
 
 logger = logging.getLogger(__name__)
+
+RETRY_FAILED_S = 60.0
+"""Seconds before a version that failed to download or load is tried again."""
 
 MAX_LISTING_BYTES = 4 * 1024 * 1024
 """A trainer's ``/v1/models`` lists a few versions' metadata: far below this."""
@@ -80,12 +85,15 @@ class HttpFollower:
         *,
         read: Callable[[str], dict[str, Any]] = fetch_listing,
         fetch: Callable[[str], bytes] = fetch_archive,
+        retry_failed_s: float = RETRY_FAILED_S,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
         self.read = read
         self.follower = ModelFollower(service, fetch=fetch)
+        self.retry_failed_s = retry_failed_s
         self._failed: RolloutRecord | None = None
+        self._failed_at = 0.0
         self._unreachable = False
         self._task = PeriodicTask("model-follower", interval_s, self.check_once)
 
@@ -101,13 +109,15 @@ class HttpFollower:
         if self._unreachable:
             logger.info("the trainer at %s answers again", self.base_url)
             self._unreachable = False
-        if record is None or record == self._failed:
+        if record is None:
+            return False
+        if record == self._failed and time.monotonic() - self._failed_at < self.retry_failed_s:
             return False
         self.follower.declare(record)
         if self.follower.apply(record):
             self._failed = None
             return True
-        self._failed = record
+        self._failed, self._failed_at = record, time.monotonic()
         return False
 
     def start(self) -> None:

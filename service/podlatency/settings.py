@@ -7,6 +7,7 @@ names. Command-line flags override the environment (see :mod:`podlatency.cli`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import re
@@ -204,6 +205,9 @@ class Settings:
         if ignored:
             logger.info("llm-d settings without a podlatency equivalent, ignored: %s", ", ".join(ignored))
         kinds = get_type_hints(cls)
+        warn_unknown(
+            env, {ENV_PREFIX + settings_field.name.upper() for settings_field in dataclasses.fields(cls)}
+        )
         values: dict[str, object] = {}
         for settings_field in dataclasses.fields(cls):
             name = ENV_PREFIX + settings_field.name.upper()
@@ -301,6 +305,15 @@ class Settings:
 
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def warn_unknown(environ: Mapping[str, str], known: set[str]) -> None:
+    """Log each unknown ``PODLATENCY_*`` variable once, with the closest known one: a typo is not silent."""
+    for name in sorted(set(environ) - known):
+        if name.startswith(ENV_PREFIX):
+            closest = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {closest[0]}?" if closest else ""
+            logger.warning("%s is not a podlatency setting and is ignored%s", name, hint)
 
 
 MAX_QUANTILES = 16

@@ -150,7 +150,10 @@ def test_a_sampled_traceparent_arrives_inside_the_callers_trace(
         headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
         answer = server.request("POST", "/v1/predict", {"pods": pod_rows(7)}, headers=headers)
         assert answer.status == 200
-    wait_until(lambda: len(servers_of(otlp_receiver.snapshot())) >= 5, "the five traced requests arrive")
+    # Server spans and phase spans leave in separate exports: wait for all of them.
+    wait_until(
+        lambda: len(otlp_receiver.snapshot()) >= 5 * (1 + len(PHASES)), "the five traced requests arrive"
+    )
     roots = servers_of(otlp_receiver.snapshot())
     assert {root.trace_id.hex() for root in roots} == {trace_id}
     assert {root.parent_span_id.hex() for root in roots} == {parent_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -111,3 +112,15 @@ def test_the_configuration_doc_lists_every_setting_and_no_other() -> None:
             assert float(value) == float(default), name
         else:
             assert value == str(default), name
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting(caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown PODLATENCY_* variable is logged once with the setting it was probably meant to be."""
+    with caplog.at_level(logging.WARNING, logger="podlatency.settings"):
+        settings = Settings.from_env(
+            {"PODLATENCY_ENGNE": "xgboost", "PODLATENCY_ENGINE": "auto", "HOME": "/"}
+        )
+    assert settings.engine == "auto"
+    assert [record.getMessage() for record in caplog.records] == [
+        "PODLATENCY_ENGNE is not a podlatency setting and is ignored; did you mean PODLATENCY_ENGINE?"
+    ]
