@@ -174,7 +174,7 @@ class SamplesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _PATH_SUFFIX = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 # Errors about one field of an object msgspec reports at the object's path; the field is named in the text.
-_FIELD_IN_MESSAGE = re.compile(r"^(?:Object missing required field )?`(?P<field>\w+)`")
+_FIELD_IN_MESSAGE = re.compile(r"^(?:Object (?:missing required|contains unknown) field )?`(?P<field>\w+)`")
 
 
 def field_path(error: msgspec.ValidationError) -> str | None:

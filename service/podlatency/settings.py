@@ -97,7 +97,7 @@ class Settings:
     """Prediction requests in progress per process beyond which new ones get 503 at once (0 = no limit)."""
 
     api_token: str = field(default="", repr=False)
-    """Bearer token the write routes (samples, retrain, reload) require; empty = none required."""
+    """Bearer token the write routes (samples, retrain, reload, flush) require; empty = none required."""
 
     router_samples_without_token: bool = False
     """Take llm-d's ``POST /add_training_data_bulk`` without the bearer token: the llm-d router posts its

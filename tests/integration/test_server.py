@@ -126,12 +126,18 @@ def test_bad_input_is_answered_4xx(model_dir: Path, start_server: Any) -> None:
 
 
 def test_metrics_are_scraped(model_dir: Path, start_server: Any) -> None:
-    """/metrics exposes request duration by route, per-phase durations, rows per predict and the model."""
+    """/metrics exposes request duration by route, per-phase durations, rows per predict and the model.
+
+    Its Content-Type is Prometheus's, the charset once.
+    """
     server = start_server(model_dir)
     version = server.wait_for("/readyz", 200).json()["model_version"]
     for _ in range(3):
         server.request("POST", "/v1/predict", {"pods": pod_rows(5)})
-    text = server.request("GET", "/metrics").body.decode()
+    scraped = server.request("GET", "/metrics")
+    headers = {name.lower(): value for name, value in scraped.headers.items()}
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = scraped.body.decode()
     assert (
         'podlatency_request_duration_seconds_count{app_name="podlatency",method="POST",path="/v1/predict"'
         in text

@@ -82,6 +82,8 @@ def test_a_set_bundle_round_trips_and_says_which_quantiles_it_holds(
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["quantiles"] == list(QUANTILES)
     assert all(len(factors) == 4 for factors in metadata["prediction_scale"].values())
+    assert metadata["metrics"]["ttft"]["holdout_rows"] == 1000, "a count, written as one (not 1000.0)"
+    assert isinstance(metadata["metrics"]["ttft"]["holdout_rows"], int)
     loaded = load_bundle(folder)
     assert (loaded.version, loaded.quantiles) == (set_bundle.version, QUANTILES)
     rows = workload.generate(20, seed=5).features

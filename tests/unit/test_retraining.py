@@ -53,6 +53,25 @@ def test_waits_for_enough_new_samples(tmp_path: Path, model_dir: Path) -> None:
     assert "99 new samples" in outcome.reason
 
 
+def test_an_explicit_request_retrains_on_what_is_there(tmp_path: Path, model_dir: Path) -> None:
+    """POST /v1/retrain ("request") does not wait for min_new_samples; each target still needs its rows."""
+    store = SampleStore(tmp_path / "samples")
+    retrainer = Retrainer(
+        service_on(tmp_path, model_dir),
+        store,
+        RetrainPolicy(min_new_samples=10_000),
+        TrainingOptions(rounds=20),
+    )
+    store.add(observed(100, seed=1))
+    too_few = retrainer.run_once("request")
+    assert "enough observed rows" in too_few.reason, too_few.reason
+    store.add(observed(900, seed=5, slowdown=2.0))
+    assert "waiting for 10000" in retrainer.run_once().reason
+    outcome = retrainer.run_once("request")
+    assert set(outcome.targets) == {"ttft", "tpot"}, outcome.reason
+    assert "waiting" not in outcome.reason
+
+
 def test_a_worse_candidate_is_not_published(
     tmp_path: Path, model_dir: Path, small_bundle: ModelBundle
 ) -> None:

@@ -50,7 +50,7 @@ def test_valid_request_decodes_with_defaults() -> None:
         ({"kv_cache_percentage": 1e999}, "pods[0].kv_cache_percentage"),
         ({"pod_type": "router"}, "pods[0].pod_type"),
         ({"pod": 7}, "pods[0].pod"),
-        ({"surprise": 1}, "pods[0]"),
+        ({"surprise": 1}, "pods[0].surprise"),
     ],
 )
 def test_invalid_field_is_named(change: dict[str, Any], field: str) -> None:

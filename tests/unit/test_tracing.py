@@ -71,6 +71,14 @@ def test_endpoint_turns_tracing_on_with_a_one_percent_head_share() -> None:
     tracing.close()
 
 
+def test_the_share_alone_sets_the_default_samplers_share() -> None:
+    """OTEL_TRACES_SAMPLER_ARG without a sampler named changes the default 1% (the documented way)."""
+    sampler = head_sampler({"OTEL_TRACES_SAMPLER_ARG": "0.5"})
+    trace_ids = random.Random(1)  # noqa: S311  (trace ids, as the SDK makes them)
+    share = sum(samples_new_trace(sampler, trace_ids.getrandbits(128)) for _ in range(20_000)) / 20_000
+    assert 0.47 < share < 0.53
+
+
 def test_every_sampler_follows_a_sampled_caller() -> None:
     """A caller's sampled traceparent is followed even by always_off; an unsampled one is not."""
     assert under_caller(sampled=True)
@@ -85,6 +93,7 @@ def test_every_sampler_follows_a_sampled_caller() -> None:
         ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "SAMPLER_ARG"),
         ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "SAMPLER_ARG"),
     ],
 )
 def test_a_bad_sampler_stops_start_up_naming_the_variable(environ: dict[str, str], named: str) -> None:

@@ -174,14 +174,16 @@ class Retrainer:
     def run_once(self, reason: str = "samples") -> RetrainOutcome:
         """One attempt: train per target, compare with the active model, publish what is not worse.
 
-        ``reason`` is what the attempt is counted under: ``samples`` (the interval's check) or
-        ``request`` (``POST /v1/retrain``).
+        ``reason`` is what the attempt is counted under: ``samples`` (the interval's check, which waits
+        for ``min_new_samples`` new samples) or ``request`` (``POST /v1/retrain``: now, on the samples
+        there are; a target still needs :data:`MIN_TRAINING_ROWS` training and
+        :data:`MIN_HOLDOUT_ROWS` held-out rows).
         """
         with self._lock:
             if not self.publisher.leads():
                 return RetrainOutcome(False, "standby trainer: the leader retrains")
             new_samples = self.store.seen - self._seen_at_last_attempt
-            if new_samples < self.policy.min_new_samples:
+            if reason != "request" and new_samples < self.policy.min_new_samples:
                 return RetrainOutcome(
                     False, f"{new_samples} new samples, waiting for {self.policy.min_new_samples}"
                 )

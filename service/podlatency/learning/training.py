@@ -337,7 +337,7 @@ def evaluate(observed: FloatArray, predicted: FloatArray, options: TrainingOptio
         "mae_ms": float(np.mean(np.abs(error))),
         "mape": float(np.mean(relative)),
         "median_ape": float(np.median(relative)),
-        "holdout_rows": float(len(observed)),
+        "holdout_rows": len(observed),
     }
     if options.objective == "quantile":
         result |= quantile_measures(observed, primary, options.quantile_alpha)

@@ -51,22 +51,24 @@ def otlp_endpoint_configured(environ: Mapping[str, str]) -> bool:
 
 
 def head_sampler(environ: Mapping[str, str]) -> Sampler:
-    """The parent-based head sampler ``OTEL_TRACES_SAMPLER`` names (1% of new traces when unset).
+    """The parent-based head sampler ``OTEL_TRACES_SAMPLER`` names.
 
     ``always_on``, ``always_off`` and ``traceidratio`` and their ``parentbased_`` forms are accepted,
-    and all of them follow a caller's sampled flag. Anything else stops the process with the
-    variable's name: a typo would otherwise trace nothing, or everything.
+    and all of them follow a caller's sampled flag. Unset, it is ``parentbased_traceidratio`` with
+    ``OTEL_TRACES_SAMPLER_ARG`` as the share (1% when that is unset too). Anything else, or a share
+    outside 0..1, stops the process with the variable's name: a typo would otherwise trace nothing,
+    or everything.
     """
-    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    chosen = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    name = chosen or "parentbased_traceidratio"
     root_name = name.removeprefix("parentbased_")
-    if not name:
-        return ParentBased(TraceIdRatioBased(DEFAULT_HEAD_SHARE))
     if root_name == "always_on":
         return ParentBased(ALWAYS_ON)
     if root_name == "always_off":
         return ParentBased(ALWAYS_OFF)
     if root_name == "traceidratio":
-        raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip()
+        # The OpenTelemetry default share is 1.0; podlatency's own default (no sampler named) is 1%.
+        raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0" if chosen else str(DEFAULT_HEAD_SHARE)).strip()
         try:
             ratio = float(raw)
         except ValueError:

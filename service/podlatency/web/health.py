@@ -40,4 +40,7 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    if content_type.startswith("text/"):
+        # Litestar adds the charset to a text/ type itself: prometheus_client's would appear twice.
+        content_type = content_type.replace("; charset=utf-8", "")
     return Response(encode(registry), media_type=content_type)
