@@ -68,9 +68,11 @@ loadtest: $(VENV)/.installed-loadtest
 # (docs/kubernetes.md, "Images"); e.g. make image IMAGE=registry.example.com/team/podlatency
 IMAGE ?= podlatency
 IMAGE_VERSION ?= v$(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/podlatency/Chart.yaml)
+# IMAGE_VARIANTS=cpu builds the CPU variant alone (a kind cluster, a laptop).
+IMAGE_VARIANTS ?= cpu cuda
 image:
-	docker build -f service/Dockerfile --build-arg WITH_CUPY=false -t $(IMAGE):$(IMAGE_VERSION)-cpu .
-	docker build -f service/Dockerfile --build-arg WITH_CUPY=true -t $(IMAGE):$(IMAGE_VERSION)-cuda .
+	$(if $(filter cpu,$(IMAGE_VARIANTS)),docker build -f service/Dockerfile --build-arg WITH_CUPY=false -t $(IMAGE):$(IMAGE_VERSION)-cpu .)
+	$(if $(filter cuda,$(IMAGE_VARIANTS)),docker build -f service/Dockerfile --build-arg WITH_CUPY=true -t $(IMAGE):$(IMAGE_VERSION)-cuda .)
 
 # On a machine with an NVIDIA GPU: the CPU/GPU crossover and the GPU tests, written to $(GPU_OUT)/.
 GPU_OUT ?= gpu-results

@@ -85,6 +85,8 @@ def test_the_default_image_is_the_one_the_release_workflow_publishes(cluster: Ku
 def test_make_image_builds_the_tags_the_chart_renders(cluster: KubeEmulator) -> None:
     """`make image IMAGE=<repository>` tags both variants as the chart names them for that repository.
 
+    With ``IMAGE_VARIANTS=cpu`` it builds the CPU variant alone.
+
     There is no Docker engine here: Make prints the commands it would run (``make -n``), and those are
     checked, build arguments included.
     """
@@ -101,6 +103,11 @@ def test_make_image_builds_the_tags_the_chart_renders(cluster: KubeEmulator) -> 
     assert set(builds) == {cpu, cuda}
     assert "WITH_CUPY=true" in builds[cuda]
     assert "WITH_CUPY=false" in builds[cpu]
+    cpu_only = subprocess.run(
+        ["make", "-n", "image", f"IMAGE={repository}", "IMAGE_VARIANTS=cpu"],
+        capture_output=True, text=True, check=True, cwd=CHART.parents[1],
+    ).stdout.splitlines()  # fmt: skip
+    assert [line for line in cpu_only if line.startswith("docker build")] == [builds[cpu]]
 
 
 def test_a_gpu_is_claimed_only_when_enabled_under_the_resource_name_given(cluster: KubeEmulator) -> None:

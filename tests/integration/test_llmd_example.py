@@ -27,8 +27,8 @@ def service_url(objects: list[dict[str, Any]], name: str, namespace: str) -> str
 def test_the_router_example_points_at_the_services_our_chart_renders(cluster: KubeEmulator) -> None:
     """PREDICTION_SERVER_URL is the predictor Service, TRAINING_SERVER_URL the trainer Service.
 
-    The router's observations are taken without a token, and its EPP pods' label is the one client
-    the NetworkPolicy admits.
+    The router's observations are taken without a token, the models predict the p90 as the docs
+    install them, and the router's EPP pods' label is the one client the NetworkPolicy admits.
     """
     values = yaml.safe_load((EXAMPLE / "podlatency-values.yaml").read_text())
     objects, _ = install(cluster, values, release_name="podlatency", namespace="podlatency")
@@ -42,6 +42,7 @@ def test_the_router_example_points_at_the_services_our_chart_renders(cluster: Ku
 
     settings = named(objects, "ConfigMap", "podlatency")["data"]
     assert settings["PODLATENCY_ROUTER_SAMPLES_WITHOUT_TOKEN"] == "true"  # noqa: S105  (a flag)
+    assert (settings["PODLATENCY_OBJECTIVE"], settings["PODLATENCY_QUANTILE_ALPHA"]) == ("quantile", "0.9")
     policy = named(objects, "NetworkPolicy", "podlatency")
     clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert clients == {"llm-d-router-gateway": "router-epp"}
