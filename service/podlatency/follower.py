@@ -57,19 +57,24 @@ def log_event(event_type: EventType, reason: str, message: str) -> None:
 
 def fetch_archive(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
     """Download a bundle archive; any failure is a :class:`ModelLoadError` naming the URL."""
+    return http_get(url, MAX_ARCHIVE_BYTES, "a model bundle", timeout_s)
+
+
+def http_get(url: str, max_bytes: int, what: str, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
+    """``GET url``'s body, at most ``max_bytes`` of ``what``; any failure is a :class:`ModelLoadError`."""
     if not url.startswith(("http://", "https://")):
-        raise ModelLoadError(f"cannot fetch a model from {url!r}: only http and https URLs are supported")
+        raise ModelLoadError(f"cannot fetch {what} from {url!r}: only http and https URLs are supported")
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (scheme checked above)
-            archive: bytes = response.read(MAX_ARCHIVE_BYTES + 1)
+            body: bytes = response.read(max_bytes + 1)
     except urllib.error.HTTPError as error:
         raise ModelLoadError(f"fetching {url} failed: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise ModelLoadError(f"fetching {url} failed: {reason}") from None
-    if len(archive) > MAX_ARCHIVE_BYTES:
-        raise ModelLoadError(f"{url} is larger than {MAX_ARCHIVE_BYTES} bytes; not a model bundle")
-    return archive
+    if len(body) > max_bytes:
+        raise ModelLoadError(f"{url} is larger than {max_bytes} bytes; not {what}")
+    return body
 
 
 class ModelFollower:

@@ -22,13 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from podlatency.errors import ModelLoadError
-from podlatency.follower import FETCH_TIMEOUT_S, ModelFollower, RolloutRecord, fetch_archive
+from podlatency.follower import ModelFollower, RolloutRecord, fetch_archive, http_get
 from podlatency.periodic import PeriodicTask
 from podlatency.prediction_service import PredictionService
 
@@ -41,17 +39,11 @@ MAX_LISTING_BYTES = 4 * 1024 * 1024
 """A trainer's ``/v1/models`` lists a few versions' metadata: far below this."""
 
 
-def fetch_listing(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
+def fetch_listing(url: str) -> dict[str, Any]:
     """``GET url`` as a JSON object; any failure is a :class:`ModelLoadError` naming the URL."""
+    body = http_get(url, MAX_LISTING_BYTES, "a trainer's list of models")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) by the settings)
-            body = response.read(MAX_LISTING_BYTES + 1)
-    except urllib.error.HTTPError as error:
-        raise ModelLoadError(f"reading {url} failed: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise ModelLoadError(f"reading {url} failed: {getattr(error, 'reason', error)}") from None
-    try:
-        listing = json.loads(body[:MAX_LISTING_BYTES])
+        listing = json.loads(body)
     except ValueError:
         raise ModelLoadError(f"{url} did not answer JSON") from None
     if not isinstance(listing, dict):
