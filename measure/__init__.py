@@ -10,7 +10,10 @@ from the same image.
   writes after the seed post; :mod:`measure.floor_app`: a Litestar handler that only decodes the body;
 - :mod:`measure.tracing_cost`, :mod:`measure.compile_options`, :mod:`measure.gpu_bench`: what tracing
   costs, which compile options, and the CPU/GPU crossover;
-- :mod:`measure.calibration`: how well quantile models hold their quantile across load;
+- :mod:`measure.calibration`: how well quantile models hold each quantile, per load regime and across
+  load; :mod:`measure.quantile_sets`: the ways to serve several quantiles; :mod:`measure.quantile_bench`
+  (part of ``make bench``): all four quantiles in one call against one; :mod:`measure.load_order`:
+  what monotone constraints and the load trend cost and buy;
 - :mod:`measure.seed_designs`: the seed post's four endpoint designs, served as an extension under
   ``/seed/``, what each costs without HTTP, and the post's own benchmark rerun;
 - :mod:`measure.loadtest` (``make loadtest``): the Locust suite, the comparison runner and report, the
