@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.handlers import HTTPRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.types import Middleware
@@ -34,17 +34,29 @@ from podlatency.web.edge import PREDICTION_PATHS, EdgeMiddleware
 from podlatency.web.errors import EXCEPTION_HANDLERS
 from podlatency.web.extensions import Extension, extensions_from_settings
 from podlatency.web.leader import ForwardToLeader
+from podlatency.web.openapi import document_with
 
 logger = logging.getLogger(__name__)
 
 
-def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[HTTPRouteHandler]:
+BATCHING_OFF_PREDICTIONS: tuple[HTTPRouteHandler, ...] = (
+    routes_v1.predict,
+    routes_llmd.predict_one,
+    routes_llmd.predict_bulk_strict,
+)
+"""The prediction routes with batching off; with it on, they document the batched ones (plain ASGI)."""
+
+
+def role_routes(
+    *, predicts: bool, trains: bool, service: PredictionService | None = None
+) -> list[BaseRouteHandler]:
     """The routes of a role: read-only ones for all, predictions for predictors, samples for trainers.
 
     ``/v1/predict``, ``/predict`` and ``/predict/bulk/strict`` have one handler for each batching
-    setting (the setting holds for the process).
+    setting (the setting holds for the process): given the ``service`` (batching on), they are its
+    batched handlers, plain ASGI (:mod:`podlatency.web.batched`); without, the batching-off ones.
     """
-    routes: list[HTTPRouteHandler] = [
+    routes: list[BaseRouteHandler] = [
         health.healthz,
         health.readyz,
         routes_v1.model_info,
@@ -63,12 +75,15 @@ def role_routes(*, predicts: bool, trains: bool, batching: bool = True) -> list[
         health.metrics,
     ]
     if predicts:
-        routes += [
-            routes_v1.predict_batched if batching else routes_v1.predict,
-            routes_llmd.predict_one_batched if batching else routes_llmd.predict_one,
-            routes_llmd.predict_bulk_strict_batched if batching else routes_llmd.predict_bulk_strict,
-            routes_llmd.predict_bulk,
-        ]
+        if service is None:
+            routes += BATCHING_OFF_PREDICTIONS
+        else:
+            routes += [
+                routes_v1.predict_batched(service),
+                routes_llmd.predict_one_batched(service),
+                routes_llmd.predict_bulk_strict_batched(service),
+            ]
+        routes.append(routes_llmd.predict_bulk)
     if trains:
         routes += [
             routes_samples.add_samples,
@@ -117,7 +132,8 @@ def create_app(
     probes at once and ``/readyz`` says 503 until it is ready.
     """
     settings = runtime.settings
-    route_handlers = role_routes(predicts=runtime.predicts, trains=runtime.trains, batching=settings.batching)
+    batched = runtime.service if settings.batching else None
+    route_handlers = role_routes(predicts=runtime.predicts, trains=runtime.trains, service=batched)
     dependencies = dependencies_of(runtime)
     prediction_paths: tuple[str, ...] = PREDICTION_PATHS
     for extension in extensions:
@@ -145,7 +161,7 @@ def create_app(
         middleware.append(
             ForwardToLeader(runtime.publisher, runtime.cluster.identity, settings.max_body_bytes)
         )
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
         dependencies=dependencies,
         middleware=middleware,
@@ -164,6 +180,9 @@ def create_app(
         on_startup=[start],
         on_shutdown=[stop],
     )
+    if runtime.predicts and batched is not None:
+        document_with(app, BATCHING_OFF_PREDICTIONS, dependencies)
+    return app
 
 
 def api_description(settings: Settings) -> str:

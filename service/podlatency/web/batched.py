@@ -21,6 +21,14 @@ request does not hold up the event loop.
 Why not a sync handler on a worker thread that blocks until its batch is done: that costs an executor
 hop and a thread wake-up per request, and caps a batch at the number of handler threads
 (docs/performance.md measures the difference).
+
+The batching handlers are plain ASGI handlers (:func:`batched_route`): Litestar routes to them, and its
+middleware and error handlers apply as to any route, but they read the body and send the answer
+themselves. Litestar's HTTP handler machinery (a request object, the signature model, dependency
+resolution, a response object and its conversion) cost more CPU per request than our own decoding,
+framing and encoding together (docs/performance.md, "Where a request's time goes"). Litestar documents
+only HTTP handlers, so the OpenAPI document describes these routes with their batching-off handlers,
+which take the same bodies and give the same answers (:func:`podlatency.web.openapi.document_with`).
 """
 
 from __future__ import annotations
@@ -31,15 +39,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from litestar import Response
-from litestar.types import Scope
+from litestar import Response, asgi
+from litestar.exceptions import MethodNotAllowedException
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Receive, Scope, Send
 
 from podlatency.engines.batching import BatchOutcome
 from podlatency.engines.predictor import LoadedModel
 from podlatency.prediction_service import Predictions, PredictionService
 from podlatency.schema import PodMetrics
 from podlatency.tracing.phase_spans import PhaseRecorder
-from podlatency.web.errors import JSON
+from podlatency.web.body import read_body
+from podlatency.web.errors import JSON, send_json
 from podlatency.web.phases import HANDLER_DONE_KEY, alone, arrival_ns, new_recorder, request_phases
 
 INLINE_BODY_BYTES = 32 * 1024
@@ -68,10 +79,26 @@ def answer_here[RequestT](
         return Response(content, media_type=JSON)
 
 
+def batched_route[RequestT](
+    path: str, service: PredictionService, codec: Codec[RequestT], *, name: str
+) -> ASGIRouteHandler:
+    """``POST path`` answered by :func:`answer_from_batch`, as a plain ASGI handler (see the module)."""
+    max_body_bytes = service.settings.max_body_bytes
+
+    @asgi(path, is_mount=False, copy_scope=False, name=name)  # the edge reads what the handler notes in it
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") != "POST":
+            raise MethodNotAllowedException(headers={"Allow": "POST"})
+        body = await read_body(scope, receive, max_body_bytes)
+        await send_json(send, 200, await answer_from_batch(service, codec, body, scope))
+
+    return handler
+
+
 async def answer_from_batch[RequestT](
     service: PredictionService, codec: Codec[RequestT], body: bytes, scope: Scope
-) -> Response[bytes]:
-    """Queue the rows for a batch, await it on the event loop, then encode the answer (an async handler)."""
+) -> bytes:
+    """Queue the rows for a batch, await it on the event loop, then encode the answer's body."""
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
     phases = new_recorder(scope, service)
@@ -109,7 +136,7 @@ async def answer_from_batch[RequestT](
     with phases.phase("encode"):
         content = codec.encode(request, Predictions(by_target, model), scope, phases)
     scope["state"][HANDLER_DONE_KEY] = time.time_ns()
-    return Response(content, media_type=JSON)
+    return content
 
 
 def _settle(

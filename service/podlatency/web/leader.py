@@ -15,14 +15,14 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import cast
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, HTTPRequestEvent, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from podlatency.errors import BodyTooLarge, NotLeader
 from podlatency.learning.publishing import Publisher
+from podlatency.web.body import read_body
 from podlatency.web.errors import send_error, send_json
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,10 @@ class ForwardToLeader(ASGIMiddleware):
         if leader is None or FORWARDED_HEADER.encode() in headers:
             await next_app(scope, receive, send)
             return
-        body = await _read_body(receive, self._max_body_bytes)
-        if body is None:
-            limit = f"request body larger than {self._max_body_bytes} bytes (PODLATENCY_MAX_BODY_BYTES)"
-            await send_error(send, BodyTooLarge(limit))
+        try:
+            body = await read_body(scope, receive, self._max_body_bytes)
+        except BodyTooLarge as too_large:
+            await send_error(send, too_large)
             return
         query = scope.get("query_string", b"").decode("latin-1")
         url = leader + scope["path"] + (f"?{query}" if query else "")
@@ -95,18 +95,3 @@ class ForwardToLeader(ASGIMiddleware):
             return
         extra = {name: value for name, value in answer.headers.items() if name != "Content-Type"}
         await send_json(send, answer.status, answer.body, extra | {"X-Podlatency-Leader": leader})
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or ``None`` past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = cast("HTTPRequestEvent", await receive())
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

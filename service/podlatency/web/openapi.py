@@ -8,13 +8,18 @@ the msgspec struct's JSON schema instead, so the served OpenAPI document stays c
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.routes import HTTPRoute
 
 from podlatency.web.errors import ErrorBody
 
@@ -89,3 +94,20 @@ PREDICTION_ERRORS = error_responses(400, 413, 422, 503)
 """What a prediction route answers besides 200."""
 SAMPLE_ERRORS = error_responses(400, 401, 413, 422, 503)
 """What a sample route answers besides 202."""
+
+
+def document_with(
+    app: Litestar, twins: Sequence[HTTPRouteHandler], dependencies: Mapping[str, Provide]
+) -> None:
+    """Describe routes ``app`` serves as plain ASGI handlers by ``twins``, HTTP handlers of the same routes.
+
+    Litestar documents only HTTP handlers. The twins (the batching-off handlers of the batched
+    prediction routes: same bodies, same answers) are registered on an app that is never served, and
+    its routes are handed to ``app``'s route receivers (its OpenAPI plugin) as Litestar hands each
+    route it registers, so ``/schema`` describes them.
+    """
+    documentation = Litestar(route_handlers=list(twins), dependencies=dict(dependencies), openapi_config=None)
+    for route in documentation.routes:
+        if isinstance(route, HTTPRoute):
+            for plugin in app.plugins.receive_route:
+                plugin.receive_route(route)

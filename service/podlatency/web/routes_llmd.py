@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import msgspec
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.handlers import ASGIRouteHandler
 from litestar.params import RawBody
 from litestar.types import Scope
 
@@ -25,7 +26,7 @@ from podlatency.errors import ModelLoadError, PodlatencyError, Unavailable
 from podlatency.prediction_service import MODEL_TYPE, Predictions, PredictionService, reported_quantile
 from podlatency.schema import PodMetrics, decode_json
 from podlatency.tracing.phase_spans import PhaseRecorder
-from podlatency.web.batched import Codec, answer_from_batch, answer_here
+from podlatency.web.batched import Codec, answer_here, batched_route
 from podlatency.web.errors import JSON
 from podlatency.web.guards import require_token
 from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
@@ -145,12 +146,9 @@ def predict_one(body: RawBody, scope: Scope, service: NamedDependency[Prediction
     return answer_here(service, ONE_ROW, body, scope)
 
 
-@post("/predict", status_code=200, operation_class=ONE_ROW_BODY, responses=PREDICTION_ERRORS)
-async def predict_one_batched(
-    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
-) -> Response[bytes]:
+def predict_one_batched(service: PredictionService) -> ASGIRouteHandler:
     """llm-d ``/predict``: one row in, one prediction out, queued from the event loop (batching on)."""
-    return await answer_from_batch(service, ONE_ROW, body, scope)
+    return batched_route("/predict", service, ONE_ROW, name="predict_one_batched")
 
 
 @post(
@@ -167,12 +165,9 @@ def predict_bulk_strict(
     return answer_here(service, BULK_STRICT, body, scope)
 
 
-@post("/predict/bulk/strict", status_code=200, operation_class=BULK_STRICT_BODY, responses=PREDICTION_ERRORS)
-async def predict_bulk_strict_batched(
-    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
-) -> Response[bytes]:
+def predict_bulk_strict_batched(service: PredictionService) -> ASGIRouteHandler:
     """llm-d ``/predict/bulk/strict``, queued from the event loop (batching on)."""
-    return await answer_from_batch(service, BULK_STRICT, body, scope)
+    return batched_route("/predict/bulk/strict", service, BULK_STRICT, name="predict_bulk_strict_batched")
 
 
 @post(

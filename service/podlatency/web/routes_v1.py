@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.handlers import ASGIRouteHandler
 from litestar.params import RawBody
 from litestar.types import Scope
 
@@ -25,7 +26,7 @@ from podlatency.schema import (
     decode_predict_request,
 )
 from podlatency.tracing.phase_spans import PhaseRecorder
-from podlatency.web.batched import Codec, answer_from_batch, answer_here
+from podlatency.web.batched import Codec, answer_here, batched_route
 from podlatency.web.openapi import PREDICTION_ERRORS, error_responses, json_body_operation
 from podlatency.web.phases import elapsed_ms
 
@@ -87,22 +88,9 @@ def predict(body: RawBody, scope: Scope, service: NamedDependency[PredictionServ
     return answer_here(service, v1_codec(service.settings.max_pods), body, scope)
 
 
-@post(
-    V1_PATH,
-    status_code=200,
-    operation_class=V1_BODY,
-    response_description=V1_ANSWER,
-    responses=PREDICTION_ERRORS,
-)
-async def predict_batched(
-    body: RawBody, scope: Scope, service: NamedDependency[PredictionService]
-) -> Response[bytes]:
-    """Predict TTFT and TPOT for every pod, in one call per target shared with concurrent requests.
-
-    With batching on (the default) this is the handler: it runs on the event loop and only queues
-    the rows; the answer is sent when their batch is done (:mod:`podlatency.web.batched`).
-    """
-    return await answer_from_batch(service, v1_codec(service.settings.max_pods), body, scope)
+def predict_batched(service: PredictionService) -> ASGIRouteHandler:
+    """``/v1/predict`` with batching on (the default), queued from the event loop (:mod:`.batched`)."""
+    return batched_route(V1_PATH, service, v1_codec(service.settings.max_pods), name="predict_batched")
 
 
 def encode_predictions(
