@@ -7,7 +7,9 @@ from the same image.
 - :mod:`measure.bench` (``make bench``): latency, model compute, memory, the concurrency sweep against
   the seed designs, and the soak, checked against the targets;
 - :mod:`measure.versus_naive`, :mod:`measure.naive_app`: podlatency against the naive server a user
-  writes after the seed post; :mod:`measure.floor_app`: a Litestar handler that only decodes the body;
+  writes after the seed post; :mod:`measure.versus_floor`, :mod:`measure.floor_app` (part of ``make
+  bench``): the prediction routes against a Litestar async handler that only decodes the body;
+  :mod:`measure.request_cost`: what each piece of a request costs, taken away one at a time;
 - :mod:`measure.tracing_cost`, :mod:`measure.compile_options`, :mod:`measure.gpu_bench`: what tracing
   costs, which compile options, and the CPU/GPU crossover;
 - :mod:`measure.calibration`: how well quantile models hold each quantile, per load regime and across

@@ -16,7 +16,9 @@ What it measures, all on this machine in one run so the figures compare:
    level, best of two rounds per point;
 5. a soak at 32 clients (2 minutes by default): resident memory at its start and end;
 6. quantile models: a 7-pod ``/v1/predict`` asking for all four quantiles of the default set, against
-   one quantile and the naive server (:mod:`measure.quantile_bench`).
+   one quantile and the naive server (:mod:`measure.quantile_bench`);
+7. against the floor (:mod:`measure.versus_floor`): ``/v1/predict`` and ``/predict/bulk/strict`` set
+   against a Litestar async handler that only decodes the body, at 1 and 16 clients.
 
 podlatency runs with the embedded default model, on the CPU, with no trace exporter, and with the
 seed designs served beside it (:mod:`measure.seed_designs`; they load pandas) except for one memory
@@ -43,6 +45,7 @@ from measure.quantile_bench import quantile_bench
 from measure.quantile_bench import summary_lines as quantile_lines
 from measure.servers import LocalServer, bench_server, default_model_folder, loaded_point
 from measure.tracing_cost import tracing_cost, tracing_lines
+from measure.versus_floor import floor_lines, floor_targets, measure_versus_floor
 from measure.versus_naive import (
     head_to_head,
     naive_server,
@@ -185,6 +188,9 @@ def run_benchmark(
             for server in servers.values():
                 server.stop()
 
+        print("against the floor: /v1/predict and /predict/bulk/strict, 1 and 16 clients", flush=True)
+        floor = measure_versus_floor(model_dir, requests=requests, seconds=concurrent_seconds, rounds=2)
+
         server = bench_server(model_dir, nthread=1, with_seed_designs=False)
         try:
             sequential(server.port, body, 300)
@@ -219,6 +225,7 @@ def run_benchmark(
     targets["16_clients_tracing_defaults_rps>=0.9x_off"] = tracing["defaults"]["rps_over_off"] >= 0.9
     targets |= batching_targets(sweep_results)
     targets |= quantiles["targets"]
+    targets |= floor_targets(floor)
     if soak_results:
         targets["soak_rss_growth_mb<=5"] = soak_results["rss_end_mb"] - soak_results["rss_start_mb"] <= 5
     results: dict[str, Any] = {
@@ -230,6 +237,7 @@ def run_benchmark(
         "model_version": version,
         "pods_per_request": pods,
         "head_to_head": head,
+        "versus_floor": floor,
         "raw_predict": raw,
         "served_compute_over_raw_compiled_p50": round(compute_ratio, 3),
         "served_compute_over_raw_compiled_cold_p50": round(
@@ -272,6 +280,8 @@ def batching_targets(sweep_results: dict[str, dict[str, Any]]) -> dict[str, bool
 
 def _print_summary(results: dict[str, Any]) -> None:
     lines = summary_lines(results["head_to_head"], results["raw_predict"])
+    lines += ["against the floor (ratios: 1-client p50, CPU per request at 16 clients):"]
+    lines += floor_lines(results["versus_floor"])
     lines += tracing_lines(results["tracing"])
     bulk = results["ingestion"]
     lines.append(

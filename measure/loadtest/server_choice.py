@@ -4,9 +4,11 @@
     python -m measure.loadtest.server_choice
 
 Each set-up serves the embedded default model; one keep-alive client measures the 1-client p50, then
-32 concurrent clients run for a few seconds (req/s, p50, p99). All on this machine in one run, so the
-figures compare; the clients share the machine's cores with the server. What tracing costs is
-measured by ``make bench`` (:mod:`measure.tracing_cost`).
+32 keep-alive clients on one event loop (:func:`~measure.clients.raw_concurrent`) run for a few
+seconds (req/s, p50, p99, and the server's CPU per request, all its processes counted: requests per
+CPU-second is what one core serves). All on this machine in one run, so the figures compare; the
+clients share the machine's cores with the server. The floor (:mod:`measure.floor_app`) is what the
+HTTP stack alone costs. What tracing costs is measured by ``make bench`` (:mod:`measure.tracing_cost`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from measure.clients import LatencySummary, concurrent, sequential_answers
+from measure.clients import raw_concurrent, raw_sequential
 from measure.servers import LocalServer, default_model_folder, process_tree_cpu_seconds
 from podlatency.learning.workload import pod_rows
 
@@ -40,7 +42,7 @@ class SetUp:
             f"{key.removeprefix('PODLATENCY_').lower()}={value}" for key, value in self.env.items()
         )
         if self.server == "floor":
-            return "floor: bare Litestar sync handler"
+            return "floor: Litestar async handler, decode only"
         return f"{self.server}, {self.workers} worker(s) {extra}".strip()
 
     def command(self, port: int) -> list[str]:
@@ -77,7 +79,7 @@ SET_UPS = (
     SetUp("uvicorn", 2, {"PODLATENCY_BATCHING": "false"}),
     SetUp("granian", 1),
     SetUp("granian", 2),
-    # What the HTTP stack alone costs: a sync handler that only decodes the body.
+    # What the HTTP stack alone costs: an async handler that only decodes the body.
     SetUp("floor", 1),
 )
 
@@ -97,17 +99,17 @@ def measure(set_up: SetUp, model_dir: Path, body: bytes, seconds: float) -> dict
         if set_up.server != "floor":
             server.wait_for_engine("compiled")  # measured as it serves once it has compiled
         port = server.port
-        # The floor answers no phase timings, so only the end-to-end latency is read.
-        single = LatencySummary.of([seconds for seconds, _ in sequential_answers(port, body, 1000)]).p50_ms
-        concurrent(port, body, 32, 1.0)
+        single = raw_sequential(port, "/v1/predict", body, 1000)[0].p50_ms
+        raw_concurrent(port, body, 32, 1.0)
         cpu_before = process_tree_cpu_seconds(server.pid)
-        loaded = concurrent(port, body, 32, seconds)
+        loaded = raw_concurrent(port, body, 32, seconds)
         cpu_used = process_tree_cpu_seconds(server.pid) - cpu_before
     finally:
         server.stop()
+    cpu_us_per_request = cpu_used / loaded["count"] * 1e6
     return {"p50_ms_1_client": single, "rps_32": loaded["rps"], "p50_ms_32": loaded["p50_ms"],
-            "p99_ms_32": loaded["p99_ms"],
-            "server_cpu_us_per_request_32": round(cpu_used / loaded["count"] * 1e6, 1)}  # fmt: skip
+            "p99_ms_32": loaded["p99_ms"], "server_cpu_us_per_request_32": round(cpu_us_per_request, 1),
+            "requests_per_cpu_second_32": round(1e6 / cpu_us_per_request)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{set_up.label:40s} 1 client p50 {figures['p50_ms_1_client']:.3f} ms | 32 clients "
                 f"{figures['rps_32']:7.1f} req/s p50 {figures['p50_ms_32']:.1f} ms "
                 f"p99 {figures['p99_ms_32']:.1f} ms, "
-                f"server CPU {figures['server_cpu_us_per_request_32']:.0f} us/req",
+                f"server CPU {figures['server_cpu_us_per_request_32']:.0f} us/req "
+                f"({figures['requests_per_cpu_second_32']} req per CPU-second)",
                 flush=True,
             )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,13 @@ def test_bench_writes_its_results(tmp_path: Path) -> None:
     assert results["server_rss_mb"] > results["bare_litestar_xgboost_rss_mb"] > 0
     assert "x naive" in result.stdout
     assert {"1_client_p50<=0.6x_naive", "16_clients_rps>=3x_naive"} <= set(results["targets"])
+    floor = results["versus_floor"]
+    assert set(floor) == {"/v1/predict", "/predict/bulk/strict"}
+    for path, figures in floor.items():
+        assert figures["floor"]["one_client"]["p50_ms"] > 0, path
+        assert figures["podlatency"]["over_floor"]["concurrent_cpu_per_request"] > 0, path
+    assert "/predict/bulk/strict_16_clients_cpu_per_request<=2x_floor" in results["targets"]
+    assert "the floor" in result.stdout
     assert set(results["sweep"]) == {"v1 batching", "v1 no batching", "seed batch", "seed to-thread"}
     assert results["sweep"]["v1 batching"]["4"]["rps"] > 0
     assert results["soak_32_clients"]["rss_end_mb"] > 0
@@ -164,3 +171,20 @@ def test_versus_revision_serves_both_and_compares_like_with_like(tmp_path: Path)
         "concurrent_cpu_per_request", "traced_rps", "traced_cpu_per_request", "ingestion_rows_per_s",
         "ingestion_p50", "ingestion_cpu_per_row",
     }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_request_cost_takes_each_piece_away(tmp_path: Path) -> None:
+    """Each piece's cost comes from a real server without it: the floors, no metrics, a small model."""
+    result = run_module(
+        "measure.request_cost", "--requests", "200", "--seconds", "0.5", "--rounds", "1",
+        "--out", str(tmp_path), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "request-cost.json").read_text())
+    servers = results["servers"]
+    assert len(servers) == 5
+    assert all(figures["16_clients_cpu_us_per_request"] > 0 for figures in servers.values())
+    # Observations are no-ops in the server without metrics: its phase histograms stay empty.
+    assert {"dispatch", "predict_ttft", "encode", "respond"} <= set(results["phases_at_one_client_us"])
+    assert "Prometheus metrics" in results["pieces"]

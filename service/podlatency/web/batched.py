@@ -25,8 +25,8 @@ hop and a thread wake-up per request, and caps a batch at the number of handler 
 The batching handlers are plain ASGI handlers (:func:`batched_route`): Litestar routes to them, and its
 middleware and error handlers apply as to any route, but they read the body and send the answer
 themselves. Litestar's HTTP handler machinery (a request object, the signature model, dependency
-resolution, a response object and its conversion) cost more CPU per request than our own decoding,
-framing and encoding together (docs/performance.md, "Where a request's time goes"). Litestar documents
+resolution, a response object and its conversion) costs about as much CPU per request as the HTTP
+floor's own work (docs/performance.md, "Against the floor"). Litestar documents
 only HTTP handlers, so the OpenAPI document describes these routes with their batching-off handlers,
 which take the same bodies and give the same answers (:func:`podlatency.web.openapi.document_with`).
 """
