@@ -15,10 +15,9 @@ from podlatency.errors import BodyTooLarge
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body; :class:`BodyTooLarge` past ``limit`` bytes (before reading, when declared)."""
-    too_large = BodyTooLarge(f"request body larger than {limit} bytes (PODLATENCY_MAX_BODY_BYTES)")
     for header, value in scope.get("headers", ()):
         if header == b"content-length" and value.isdigit() and int(value) > limit:
-            raise too_large
+            raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -26,7 +25,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"request body larger than {limit} bytes (PODLATENCY_MAX_BODY_BYTES)")
