@@ -261,14 +261,20 @@ def raw_concurrent(
         stop_at = time.perf_counter() + seconds
         started = time.perf_counter()
         finished: list[asyncio.Future[None]] = []
-        for _ in range(clients):
-            done: asyncio.Future[None] = loop.create_future()
-            finished.append(done)
-            await loop.create_connection(
-                functools.partial(_RawClient, request, stop_at, latencies, done), "127.0.0.1", port
-            )
-        await asyncio.wait_for(asyncio.gather(*finished), timeout=seconds + 30)
-        return time.perf_counter() - started
+        transports: list[asyncio.BaseTransport] = []
+        try:
+            for _ in range(clients):
+                done: asyncio.Future[None] = loop.create_future()
+                finished.append(done)
+                connected = await loop.create_connection(
+                    functools.partial(_RawClient, request, stop_at, latencies, done), "127.0.0.1", port
+                )
+                transports.append(connected[0])
+            await asyncio.wait_for(asyncio.gather(*finished), timeout=seconds + 30)
+            return time.perf_counter() - started
+        finally:  # one client's failure ends the run: the others' connections close too
+            for open_transport in transports:
+                open_transport.close()
 
     elapsed = asyncio.run(run())
     if not latencies:

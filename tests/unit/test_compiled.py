@@ -18,11 +18,13 @@ from podlatency.bundle import ModelBundle
 from podlatency.engines.compiled import (
     ENGINE_COMPILED,
     ENGINE_XGBOOST,
+    HELD_GIL_MAX_ROWS,
     CompiledModel,
     check_matrix,
     outputs_agree,
 )
 from podlatency.engines.compiling import BUILD_OPTIONS, MANIFEST_FILE, Compiler, export_library
+from podlatency.engines.flat_trees import EVALUATOR_LIBRARY, FlatTree, FlatTrees
 from podlatency.engines.predictor import Predictor
 from podlatency.errors import CompileFailed
 from podlatency.learning import workload
@@ -79,6 +81,9 @@ def test_compiled_predictions_equal_xgboost_at_every_bound(
     compiled, outcome = compiler.load_or_compile(bundle.boosters, bundle.version, stored(bundle, tmp_path))
     assert outcome == "compiled"
     assert outputs_agree(*predictor.compiled_and_xgboost(compiled)) is None
+    # Calls that keep the GIL, a router's 7 rows among them, as well as the one big call above.
+    assert outputs_agree(*predictor.compiled_and_xgboost(compiled, rows_per_call=HELD_GIL_MAX_ROWS)) is None
+    assert outputs_agree(*predictor.compiled_and_xgboost(compiled, rows_per_call=7)) is None
 
     matrix = rows_at_every_bound()
     on_xgboost = predictor.predict_timed(matrix)[0]
@@ -121,6 +126,7 @@ def test_a_restart_reuses_the_cache_and_a_tampered_or_otherwise_built_library_is
     assert outcome == "compiled"
     library = first.library_folder(small_bundle.version) / "ttft.so"
     assert (library.parent / MANIFEST_FILE).is_file()
+    assert EVALUATOR_LIBRARY in json.loads((library.parent / MANIFEST_FILE).read_text())["sha256"]
 
     _, outcome = Compiler(folder).load_or_compile(small_bundle.boosters, small_bundle.version, bundle_folder)
     assert outcome == "cached", "a restarted process loads what was compiled"
@@ -157,9 +163,14 @@ def test_without_a_compiler_xgboost_keeps_serving(small_bundle: ModelBundle, tmp
 
 
 def test_a_library_that_predicts_otherwise_is_refused(
-    small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path
+    small_bundle: ModelBundle, quantile_bundle: ModelBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cached library with a valid manifest but another model's trees: the check refuses it."""
+    """A cached library with a valid manifest but another model's trees: the check refuses it.
+
+    tl2cgen's libraries serve a model whose trees flat arrays cannot hold (here: deeper than allowed);
+    flat trees are built from the model's own boosters at load, so no cache can swap them.
+    """
+    monkeypatch.setattr("podlatency.engines.flat_trees.MAX_DEPTH", 3)
     folder = tmp_path / "compiled"
     compiler = Compiler(folder)
     quantile_folder = stored(quantile_bundle, tmp_path)
@@ -245,3 +256,34 @@ def test_a_booster_with_a_quantile_set_compiles_to_one_value_per_row_and_quantil
         expected = booster.inplace_predict(rows, predict_type="margin")
         assert outputs["ttft"].shape == (len(rows), 3)
         assert outputs_agree(outputs, {"ttft": np.asarray(expected, dtype=np.float32)}) is None
+
+
+def test_flat_trees_walk_as_xgboost_and_stand_aside_for_trees_they_cannot_hold(
+    small_bundle: ModelBundle,
+    quantile_set_bundle: ModelBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scalar and vector leaves give XGBoost's margins for any number of rows; too deep a model gets none."""
+    compiler = Compiler(tmp_path / "compiled")
+    compiler.load_or_compile(small_bundle.boosters, small_bundle.version, stored(small_bundle, tmp_path))
+    evaluator = compiler.library_folder(small_bundle.version) / EVALUATOR_LIBRARY
+    rows = workload.generate(300, seed=5).features.astype(np.float32)
+    for bundle in (small_bundle, quantile_set_bundle):
+        flat = FlatTrees.load(evaluator, bundle.boosters)
+        assert flat is not None
+        for target, booster in bundle.boosters.items():
+            for count in (1, 7, 17, 300):  # a lone row, a request, past one chunk of rows, a batch
+                part = np.ascontiguousarray(rows[:count])
+                expected = booster.inplace_predict(part, predict_type="margin")
+                expected = np.asarray(expected).reshape(flat.outputs(target, part).shape)
+                np.testing.assert_allclose(flat.outputs(target, part), expected, rtol=1e-5, atol=1e-3)
+                released = flat.outputs(target, part, keep_gil=False)
+                np.testing.assert_array_equal(released, flat.outputs(target, part))
+            # A row's outputs do not depend on the rest of its call: alone or batched, the same bits.
+            alone = np.concatenate([flat.outputs(target, rows[i : i + 1]) for i in range(20)])
+            np.testing.assert_array_equal(alone, flat.outputs(target, rows[:20]))
+    monkeypatch.setattr("podlatency.engines.flat_trees.MAX_DEPTH", 3)
+    assert FlatTree.of(small_bundle.boosters["ttft"]) is None
+    assert FlatTrees.load(evaluator, small_bundle.boosters) is None
+    compiler.close()

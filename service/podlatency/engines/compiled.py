@@ -24,6 +24,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from podlatency.engines.flat_trees import FlatTrees
 from podlatency.errors import PodlatencyError
 from podlatency.schema import FEATURE_NAMES, MAX_COUNT, POD_TYPE_CODES, add_derived_columns
 
@@ -58,13 +59,16 @@ class CompiledModel:
     A booster with one output gives one value per row; one with several (a set of quantiles whose
     trees carry them all in each leaf) gives a ``(rows, outputs)`` array.
 
-    Small calls go straight to tl2cgen's C API (``include/tl2cgen/c_api.h``) through a binding that
-    keeps the GIL: each of tl2cgen's Python calls releases and takes back the GIL, and in a busy
-    server taking it back means waiting for the event loop, several times per call. Calls above
-    :data:`HELD_GIL_MAX_ROWS` rows use tl2cgen's Python API, which lets the event loop run meanwhile.
+    With ``flat`` (the same trees as flat arrays, :mod:`podlatency.engines.flat_trees`) every call
+    walks those: their few hundred KB stay closer to the core between a router's requests than
+    tl2cgen's code does. tl2cgen's libraries serve a model whose trees the arrays cannot hold. Calls
+    up to :data:`HELD_GIL_MAX_ROWS` rows keep the GIL: releasing it and taking it back, in a busy
+    server, means waiting for the event loop; tl2cgen's small calls go straight to its C API
+    (``include/tl2cgen/c_api.h``) through a binding that keeps the GIL for that reason. Bigger calls
+    release it, so the event loop runs meanwhile.
     """
 
-    def __init__(self, libraries: Mapping[str, Path]) -> None:
+    def __init__(self, libraries: Mapping[str, Path], flat: FlatTrees | None = None) -> None:
         import tl2cgen  # noqa: PLC0415  (only where a compiled model is loaded)
         from tl2cgen.libloader import _LIB  # noqa: PLC0415  (the runtime tl2cgen loaded)
 
@@ -95,6 +99,7 @@ class CompiledModel:
         self._free = held.TL2cgenDMatrixFree
         self._free.argtypes = [ctypes.c_void_p]
         self._missing = np.array([np.nan], dtype=np.float32)  # rows never hold NaN; tl2cgen wants a value
+        self._flat = flat
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -110,6 +115,13 @@ class CompiledModel:
         """
         with self._lock:
             started_ns = time.time_ns()
+            flat = self._flat
+            if flat is not None:
+                rows = np.ascontiguousarray(matrix, dtype=np.float32)
+                keep_gil = len(matrix) <= HELD_GIL_MAX_ROWS
+                return self._each_target(
+                    started_ns, lambda target, _: flat.outputs(target, rows, keep_gil=keep_gil)
+                )
             if len(matrix) > HELD_GIL_MAX_ROWS:
                 dmatrix = self._dmatrix(matrix, dtype="float32")
                 return self._each_target(

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podlatency.engines.compiled import CompiledModel, outputs_agree, platform_key
+from podlatency.engines.compiled import HELD_GIL_MAX_ROWS, CompiledModel, outputs_agree, platform_key
+from podlatency.engines.flat_trees import EVALUATOR_LIBRARY, FlatTrees, build_evaluator
 from podlatency.errors import CompileFailed, CompileSuperseded
 from podlatency.metrics import service_metrics
 from podlatency.processes import die_with_parent
@@ -74,7 +75,7 @@ class BuildOptions:
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records, so that a cache built otherwise is built again."""
-        return {"gcc": list(self.gcc), "quantize": self.quantize}
+        return {"gcc": list(self.gcc), "quantize": self.quantize, "flat_trees": True}
 
 
 BUILD_OPTIONS = BuildOptions()
@@ -149,7 +150,9 @@ class Compiler:
             return predictor.engine_for(1)
         except CompileFailed as error:
             return self._stays_on_xgboost(predictor, "failed", error.detail)
-        difference = outputs_agree(*predictor.compiled_and_xgboost(compiled))
+        difference = outputs_agree(*predictor.compiled_and_xgboost(compiled)) or outputs_agree(
+            *predictor.compiled_and_xgboost(compiled, rows_per_call=HELD_GIL_MAX_ROWS)
+        )
         if difference is not None:
             shutil.rmtree(self.library_folder(version), ignore_errors=True)
             return self._stays_on_xgboost(predictor, "mismatch", difference)
@@ -176,7 +179,7 @@ class Compiler:
                 libraries = self._compile(boosters, version, bundle_folder, folder)
                 outcome = "compiled"
         try:
-            return CompiledModel(libraries), outcome
+            return CompiledModel(libraries, FlatTrees.load(folder / EVALUATOR_LIBRARY, boosters)), outcome
         except Exception as error:  # tl2cgen refuses a library it cannot load
             shutil.rmtree(folder, ignore_errors=True)
             raise CompileFailed(f"compiled library could not be loaded: {error}") from None
@@ -191,13 +194,13 @@ class Compiler:
         if manifest.get("options") != BUILD_OPTIONS.describe():
             logger.info("compiled libraries in %s were built with other options: compiling again", folder)
             return None
-        libraries = {target: folder / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
+        libraries = _built_files(folder, boosters)
         for target, path in libraries.items():
             if hashes.get(target) is None or not path.is_file() or _sha256(path) != hashes[target]:
                 logger.warning("compiled library %s does not match its manifest: compiling again", path)
                 shutil.rmtree(folder, ignore_errors=True)
                 return None
-        return libraries
+        return {target: libraries[target] for target in boosters}
 
     def _compile(
         self, boosters: Mapping[str, xgb.Booster], version: str, bundle_folder: Path, folder: Path
@@ -222,7 +225,7 @@ class Compiler:
                     raise CompileSuperseded(f"model {self._wanted_version} replaced it while it compiled")
                 reason = output.decode(errors="replace").strip().splitlines()
                 raise CompileFailed(f"compiling failed: {reason[-1] if reason else child.returncode}")
-            libraries = {target: staging / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
+            libraries = _built_files(staging, boosters)
             seconds = round(time.monotonic() - started, 2)
             manifest = {
                 "platform": platform_key(),
@@ -261,6 +264,12 @@ class Compiler:
             return self._child
 
 
+def _built_files(folder: Path, boosters: Mapping[str, xgb.Booster]) -> dict[str, Path]:
+    """What a compile writes, by its manifest key: each target's library, and the flat-trees evaluator."""
+    built = {target: folder / f"{target}{LIBRARY_SUFFIX}" for target in boosters}
+    return built | {EVALUATOR_LIBRARY: folder / EVALUATOR_LIBRARY}
+
+
 def _compile_child_setup() -> None:
     """In the compile child: the lowest CPU priority, and death with the process it compiles for."""
     os.nice(19)
@@ -287,12 +296,13 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def compile_boosters(bundle_folder: Path, targets: list[str], out: Path, compiler: str) -> None:
-    """Compile each target's UBJSON booster in ``bundle_folder`` to ``out/<target>.so``."""
+    """Compile each target's UBJSON booster in ``bundle_folder`` to ``out/<target>.so``, and the evaluator."""
     import xgboost as xgb  # noqa: PLC0415  (the compile child only)
 
     for target in targets:
         booster = xgb.Booster(model_file=str(bundle_folder / f"{target}.ubj"))
         export_library(booster, out / f"{target}{LIBRARY_SUFFIX}", compiler, BUILD_OPTIONS)
+    build_evaluator(out / EVALUATOR_LIBRARY, compiler)
 
 
 def export_library(booster: xgb.Booster, library: Path, compiler: str, options: BuildOptions) -> None:

@@ -130,11 +130,19 @@ class Predictor:
         return engines
 
     def compiled_and_xgboost(
-        self, compiled: CompiledModel
+        self, compiled: CompiledModel, *, rows_per_call: int | None = None
     ) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
-        """Raw outputs of ``compiled`` and of XGBoost on the CPU, on the same check matrix."""
+        """Raw outputs of ``compiled`` and of XGBoost on the CPU, on the same check matrix.
+
+        With ``rows_per_call``, ``compiled`` predicts the matrix in calls of that many rows (the way a
+        router's few rows take); else in one call.
+        """
         matrix = check_matrix(self.bundle.boosters, self._columns)
-        candidate, _ = compiled.predict_timed(matrix)
+        step = rows_per_call or len(matrix)
+        calls = [
+            compiled.predict_timed(matrix[start : start + step])[0] for start in range(0, len(matrix), step)
+        ]
+        candidate = {target: np.concatenate([call[target] for call in calls]) for target in calls[0]}
         reference = {
             target: per_row(
                 booster.inplace_predict(matrix, validate_features=False, predict_type="margin"), len(matrix)
