@@ -9,7 +9,8 @@ run over the same model folder (the embedded default, compiled trees, one worker
 the revision's (its ``service/`` first on ``PYTHONPATH``) and the working tree's. In interleaved
 rounds, each answers a 7-pod ``/v1/predict`` to one keep-alive client (p50, and server CPU per
 request) and to 16 clients (req/s, p99, server CPU per request); each figure keeps its best round.
-Both must give the same predictions for the same body. Then the same at 16 clients with tracing at
+Both must give the same predictions for the same body (within float32 tolerance: two engines may sum
+the same leaves in another order). Then the same at 16 clients with tracing at
 its defaults (an OTLP endpoint, the 1% head share, slow and failed requests kept), each exporting to
 a receiver of its own, as the chart deploys them. With ``--own-models`` each server instead starts on
 an empty folder and trains the embedded default its own code trains (for a change to training,
@@ -57,6 +58,19 @@ def extract_package(revision: str, into: Path) -> str:
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     return commit
+
+
+PREDICTION_TOLERANCE = 1e-5
+"""Relative: what two engines may differ by in float32 (summing the same leaves in another order)."""
+
+
+def same_predictions(revision: list[tuple[float, float]], working_tree: list[tuple[float, float]]) -> bool:
+    """Whether both answered the same latencies for every pod, within float32 tolerance."""
+    return len(revision) == len(working_tree) and all(
+        abs(ours - theirs) <= PREDICTION_TOLERANCE * max(abs(ours), abs(theirs), 1.0)
+        for pod, other in zip(revision, working_tree, strict=True)
+        for theirs, ours in zip(pod, other, strict=True)
+    )
 
 
 def one_client(server: LocalServer, body: bytes, requests: int) -> dict[str, Any]:
@@ -222,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, point in ingestion.items():
         results[name]["ingestion"] = point
         results[name]["traced"] = traced[name]
-    same = (
-        results["revision"]["one_client"]["predictions"]
-        == results["working tree"]["one_client"]["predictions"]
+    same = same_predictions(
+        results["revision"]["one_client"]["predictions"], results["working tree"]["one_client"]["predictions"]
     )
     report = {
         "revision": args.rev,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from measure.versus_revision import same_predictions
 from podlatency.engines.predictor import cuda_usable
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -138,6 +139,13 @@ def _state(pid: int) -> str:
     except FileNotFoundError:
         return "gone"
     return next(line for line in status.splitlines() if line.startswith("State:"))
+
+
+def test_versus_revision_holds_predictions_to_float32_tolerance() -> None:
+    """Engines summing the same leaves in another order agree; a model that predicts otherwise does not."""
+    assert same_predictions([(100.0, 20.0)], [(100.0005, 20.0)])
+    assert not same_predictions([(100.0, 20.0)], [(100.01, 20.0)])
+    assert not same_predictions([(100.0, 20.0)], [])
 
 
 def test_versus_revision_refuses_an_unknown_revision_by_name() -> None:
