@@ -180,6 +180,7 @@ def test_predictions_answer_as_the_router_reads_them(
     """
     server = start_server(model_dir)
     server.wait_for("/readyz", 200)
+    server.wait_for_engine("compiled")  # bulk and one-by-one answers below come from one engine
     status = poll(server)
     assert (status["is_ready"], status["objective_type"], status["quantile"]) == (True, "mean", 0.9)
 

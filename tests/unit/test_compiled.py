@@ -283,6 +283,18 @@ def test_flat_trees_walk_as_xgboost_and_stand_aside_for_trees_they_cannot_hold(
             # A row's outputs do not depend on the rest of its call: alone or batched, the same bits.
             alone = np.concatenate([flat.outputs(target, rows[i : i + 1]) for i in range(20)])
             np.testing.assert_array_equal(alone, flat.outputs(target, rows[:20]))
+    # A tree per output (XGBoost's other multi-output strategy) is left to tl2cgen.
+    per_output = xgb.train(
+        {
+            "objective": "reg:quantileerror",
+            "quantile_alpha": [0.5, 0.9],
+            "tree_method": "hist",
+            "max_depth": 3,
+        },
+        xgb.DMatrix(rows[:200], label=rows[:200, 1]),
+        num_boost_round=3,
+    )
+    assert FlatTree.of(per_output) is None
     monkeypatch.setattr("podlatency.engines.flat_trees.MAX_DEPTH", 3)
     assert FlatTree.of(small_bundle.boosters["ttft"]) is None
     assert FlatTrees.load(evaluator, small_bundle.boosters) is None

@@ -96,10 +96,13 @@ class FlatTree:
 
     @classmethod
     def of(cls, booster: xgb.Booster) -> FlatTree | None:
-        """The booster's trees as arrays; ``None`` for trees this cannot hold (categorical or too deep)."""
+        """The booster's trees as arrays; ``None`` for trees they cannot hold (see the comments below)."""
         model = json.loads(bytes(booster.save_raw("json")))
-        trees: list[dict[str, Any]] = model["learner"]["gradient_booster"]["model"]["trees"]
-        if not trees or any(any(tree.get("split_type", [])) for tree in trees):
+        forest = model["learner"]["gradient_booster"]["model"]
+        trees: list[dict[str, Any]] = forest["trees"]
+        # Categorical splits, or trees that each serve one of several outputs (a tree per output,
+        # where vector leaves hold every output in one tree): not what the arrays hold.
+        if not trees or any(any(tree.get("split_type", [])) for tree in trees) or any(forest["tree_info"]):
             return None
         outputs = max(1, int(trees[0]["tree_param"].get("size_leaf_vector", "1")))
         depth = max(_depth(tree) for tree in trees)
